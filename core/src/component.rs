@@ -1,0 +1,115 @@
+//! The component traits: sources, enrichers and sinks, and the typetag'd configs that build them.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+
+use crate::error::{BuildError, EnrichError, SinkError, SourceError};
+use crate::record::{RawRecord, Record};
+use crate::runtime::BatchReport;
+use crate::settings::BatchSettings;
+
+/// What a component may need to know about the pipeline it is built into.
+#[derive(Debug, Clone)]
+pub struct BuildContext {
+    /// The pipeline's `name`.
+    pub pipeline: String,
+    /// Whether the caller only validates: components check their settings but open nothing
+    /// that would change the outside world (no files created, no tables made).
+    pub validate_only: bool,
+}
+
+/// Configuration of a source: one `[source]` table, chosen by its `type`.
+#[typetag::serde(tag = "type")]
+#[async_trait]
+pub trait SourceConfig: Debug + Send + Sync {
+    /// Builds the source; configuration errors surface here, before any record is read.
+    async fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Source>, BuildError>;
+    /// One line saying what this source reads, for `sluice validate` and the run summary.
+    fn describe(&self) -> String;
+}
+
+/// Configuration of an enricher: one `[[enrichers]]` table, chosen by its `type`.
+#[typetag::serde(tag = "type")]
+#[async_trait]
+pub trait EnricherConfig: Debug + Send + Sync {
+    /// Builds the enricher.
+    async fn build(&self, ctx: &BuildContext) -> Result<Arc<dyn Enricher>, BuildError>;
+    /// One line saying what this enricher does.
+    fn describe(&self) -> String;
+}
+
+/// Configuration of a sink: the `[sink]` or `[error_sink]` table, chosen by its `type`.
+#[typetag::serde(tag = "type")]
+#[async_trait]
+pub trait SinkConfig: Debug + Send + Sync {
+    /// Builds the sink, checking that its destination exists and can take the records.
+    async fn build(&self, ctx: &BuildContext) -> Result<Arc<dyn Sink>, BuildError>;
+    /// One line saying where this sink writes.
+    fn describe(&self) -> String;
+}
+
+/// A batch of records from one shard, in order of sequence number.
+pub struct SourceBatch {
+    /// The shard all records belong to.
+    pub shard_id: String,
+    /// The records, in order.
+    pub records: Vec<RawRecord>,
+    /// Told the outcome of the batch, so the source can checkpoint; `None` when nothing is kept.
+    pub ack: Option<Box<dyn Acknowledge>>,
+}
+
+impl Debug for SourceBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceBatch")
+            .field("shard_id", &self.shard_id)
+            .field("records", &self.records.len())
+            .field("ack", &self.ack.is_some())
+            .finish()
+    }
+}
+
+/// Receives a processed batch's report; a source stores its checkpoint here.
+#[async_trait]
+pub trait Acknowledge: Send {
+    /// Called once per batch, in order per shard, after every record has an outcome.
+    async fn acknowledge(self: Box<Self>, report: &BatchReport) -> Result<(), SourceError>;
+}
+
+/// A source of records: a stream of per-shard batches that ends when a finite source is exhausted.
+pub trait Source: Send {
+    /// Starts reading. Batches of one shard come in order; different shards may interleave.
+    fn batches(
+        self: Box<Self>,
+        settings: BatchSettings,
+    ) -> BoxStream<'static, Result<SourceBatch, SourceError>>;
+}
+
+/// What an enricher decided for a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Pass the record on.
+    Keep,
+    /// Drop the record deliberately; it counts as `Skipped`.
+    Skip,
+}
+
+/// Reads and rewrites records one at a time.
+#[async_trait]
+pub trait Enricher: Send + Sync {
+    /// Enriches one record in place.
+    async fn enrich(&self, record: &mut Record) -> Result<Verdict, EnrichError>;
+}
+
+/// Stores records.
+#[async_trait]
+pub trait Sink: Send + Sync {
+    /// Writes a batch in order and answers for each record, in the same order.
+    async fn write(&self, batch: &[Record]) -> Vec<Result<(), SinkError>>;
+    /// Whether the sink writes at all (a sink may be switched off to dry-run a pipeline).
+    fn enabled(&self) -> bool {
+        true
+    }
+}

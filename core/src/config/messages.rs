@@ -1,0 +1,145 @@
+//! Turns figment's errors into messages that name the file, the key and the fix.
+
+use std::path::Path;
+
+use figment::error::Kind;
+
+use crate::error::ConfigError;
+
+pub(super) fn from_figment(file: &Path, err: figment::Error) -> ConfigError {
+    let mut key = None;
+    let messages: Vec<String> = err
+        .into_iter()
+        .map(|e| {
+            let path = e.path.join(".");
+            if key.is_none() && !path.is_empty() {
+                key = Some(path.clone());
+            }
+            let origin = e
+                .metadata
+                .as_ref()
+                .filter(|m| m.name.contains("environment"))
+                .map(|_| {
+                    format!(
+                        " (set by environment variable {}{})",
+                        super::OVERRIDE_PREFIX,
+                        e.path.join("__").to_uppercase()
+                    )
+                })
+                .unwrap_or_default();
+            format!("{}{origin}", describe(&path, &e.kind))
+        })
+        .collect();
+    ConfigError {
+        file: file.to_owned(),
+        key,
+        message: messages.join("; "),
+    }
+}
+
+fn at(path: &str) -> String {
+    if path.is_empty() {
+        "at the top level".to_owned()
+    } else {
+        format!("in `{path}`")
+    }
+}
+
+fn describe(path: &str, kind: &Kind) -> String {
+    match kind {
+        Kind::UnknownField(field, expected) => {
+            let hint = match closest(field, expected) {
+                Some(near) => format!("did you mean `{near}`?"),
+                None => "remove it, or see the README's pipeline-file reference".to_owned(),
+            };
+            format!(
+                "unknown key `{field}` {}; expected one of {}: {hint}",
+                at(path),
+                list(expected)
+            )
+        }
+        Kind::UnknownVariant(variant, expected) => {
+            let hint = match closest(variant, expected) {
+                Some(near) => format!("did you mean `{near}`?"),
+                None => "a component from another crate must be linked into the binary".to_owned(),
+            };
+            format!(
+                "unknown type `{variant}` {}; known types are {}: {hint}",
+                at(path),
+                list(expected)
+            )
+        }
+        Kind::MissingField(field) => {
+            let full = if path.is_empty() {
+                field.to_string()
+            } else {
+                format!("{path}.{field}")
+            };
+            if field == "type" {
+                format!("missing key `{full}`: every component table needs `type = \"...\"`")
+            } else {
+                format!("missing key `{full}`: add it")
+            }
+        }
+        Kind::InvalidType(actual, expected) => {
+            format!("`{path}` has the wrong type: found {actual}, expected {expected}")
+        }
+        Kind::InvalidValue(actual, expected) => {
+            format!("`{path}` has a bad value: found {actual}, expected {expected}")
+        }
+        Kind::DuplicateField(field) => format!("key `{field}` appears twice {}", at(path)),
+        Kind::Message(msg) if path.is_empty() => msg.clone(),
+        other => format!("`{path}`: {other}"),
+    }
+}
+
+fn list(items: &[&str]) -> String {
+    if items.is_empty() {
+        return "none".to_owned();
+    }
+    items
+        .iter()
+        .map(|i| format!("`{i}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The expected name nearest to a typo, if it is near enough to be a likely intent.
+fn closest<'a>(typo: &str, expected: &[&'a str]) -> Option<&'a str> {
+    expected
+        .iter()
+        .map(|e| (edit_distance(typo, e), *e))
+        .filter(|(d, e)| *d <= 2.max(e.len() / 3))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, e)| e)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let next = (prev + usize::from(ca != *cb))
+                .min(row[j] + 1)
+                .min(row[j + 1] + 1);
+            prev = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggests_the_nearest_expected_name() {
+        assert_eq!(closest("tabel", &["path", "table", "key"]), Some("table"));
+        assert_eq!(closest("sqlitee", &["file", "sqlite", "stdout"]), Some("sqlite"));
+        assert_eq!(closest("zzzzzz", &["path", "table"]), None);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+    }
+}

@@ -1,0 +1,266 @@
+//! Pipeline files: TOML loaded with figment, `${VAR}` interpolation, `SLUICE__` overrides, and
+//! errors that name the file, the key and the fix.
+
+mod interpolate;
+mod messages;
+
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Toml};
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
+use serde::Deserialize;
+
+pub use interpolate::{interpolate, InterpolateError};
+
+use crate::component::{BuildContext, EnricherConfig, SinkConfig, Source, SourceConfig};
+use crate::error::{BuildError, ConfigError};
+use crate::runtime::{NamedEnricher, Pipeline};
+use crate::settings::{BatchSettings, RetryPolicy};
+
+/// The prefix of environment variables that override pipeline keys: `SLUICE__SINK__TABLE`.
+pub const OVERRIDE_PREFIX: &str = "SLUICE__";
+
+/// A pipeline file, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// The pipeline's name: in logs, dead letters and default resource names.
+    pub name: String,
+    /// Where records come from.
+    pub source: Box<dyn SourceConfig>,
+    /// Enrichers, applied in order.
+    #[serde(default)]
+    pub enrichers: Vec<Box<dyn EnricherConfig>>,
+    /// Where records are stored.
+    pub sink: Box<dyn SinkConfig>,
+    /// Where records that cannot be stored go, each in a dead-letter envelope.
+    pub error_sink: Box<dyn SinkConfig>,
+    /// How records are grouped into batches.
+    #[serde(default)]
+    pub batch: BatchSettings,
+    /// How retryable failures are retried.
+    #[serde(default)]
+    pub retry: RetryPolicy,
+    /// The file this was loaded from.
+    #[serde(skip)]
+    pub file: PathBuf,
+}
+
+/// Reads a TOML file and resolves `${VAR}` references in its strings.
+struct InterpolatedToml {
+    path: PathBuf,
+}
+
+impl Provider for InterpolatedToml {
+    fn metadata(&self) -> Metadata {
+        Toml::file_exact(&self.path).metadata()
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let mut data = Toml::file_exact(&self.path).data()?;
+        let lookup = |name: &str| std::env::var(name).ok();
+        for dict in data.values_mut() {
+            let mut path = Vec::new();
+            interpolate_dict(dict, &mut path, &lookup)?;
+        }
+        Ok(data)
+    }
+}
+
+fn interpolate_dict(
+    dict: &mut Dict,
+    path: &mut Vec<String>,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), figment::Error> {
+    for (key, value) in dict.iter_mut() {
+        path.push(key.clone());
+        interpolate_value(value, path, lookup)?;
+        path.pop();
+    }
+    Ok(())
+}
+
+fn interpolate_value(
+    value: &mut Value,
+    path: &mut Vec<String>,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), figment::Error> {
+    match value {
+        Value::String(_, s) => {
+            *s = interpolate(s, lookup).map_err(|e| {
+                let mut err = figment::Error::from(e.to_string());
+                err.path = path.clone();
+                err
+            })?;
+        }
+        Value::Dict(_, dict) => interpolate_dict(dict, path, lookup)?,
+        Value::Array(_, items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                path.push(i.to_string());
+                interpolate_value(item, path, lookup)?;
+                path.pop();
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+impl PipelineConfig {
+    /// Loads a pipeline file: the TOML, `${VAR}` interpolation, then `SLUICE__` overrides.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+        let path = path.as_ref();
+        if !path.is_file() {
+            return Err(ConfigError {
+                file: path.to_owned(),
+                key: None,
+                message: if path.exists() {
+                    "is not a file; give the path of a pipeline .toml file".into()
+                } else {
+                    "no such file; give the path of a pipeline .toml file (see pipelines/)".into()
+                },
+            });
+        }
+        let figment = Figment::new()
+            .merge(InterpolatedToml {
+                path: path.to_owned(),
+            })
+            .merge(Env::prefixed(OVERRIDE_PREFIX).split("__"));
+        let mut config: PipelineConfig = figment
+            .extract()
+            .map_err(|e| messages::from_figment(path, e))?;
+        config.file = path.to_owned();
+        config.check()?;
+        Ok(config)
+    }
+
+    fn error(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        let key = key.into();
+        ConfigError {
+            file: self.file.clone(),
+            message: format!("`{key}`: {}", message.into()),
+            key: Some(key),
+        }
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.name.trim().is_empty() {
+            return Err(self.error("name", "must not be empty; name the pipeline"));
+        }
+        self.batch
+            .validate()
+            .and_then(|()| self.retry.validate())
+            .map_err(|(key, message)| self.error(key, message))
+    }
+
+    fn context(&self, validate_only: bool) -> BuildContext {
+        BuildContext {
+            pipeline: self.name.clone(),
+            validate_only,
+        }
+    }
+
+    fn build_error(&self, table: &str, e: BuildError) -> ConfigError {
+        match e {
+            BuildError::Invalid { key, message } => self.error(format!("{table}.{key}"), message),
+            BuildError::Unavailable { what, message } => {
+                self.error(table, format!("{what}: {message}"))
+            }
+        }
+    }
+
+    /// Builds everything but the source (a Lambda's events are its source).
+    pub async fn build_pipeline(&self, validate_only: bool) -> Result<Pipeline, ConfigError> {
+        let ctx = self.context(validate_only);
+        let mut enrichers = Vec::with_capacity(self.enrichers.len());
+        for (i, config) in self.enrichers.iter().enumerate() {
+            let enricher = config
+                .build(&ctx)
+                .await
+                .map_err(|e| self.build_error(&format!("enrichers[{i}]"), e))?;
+            enrichers.push(NamedEnricher {
+                name: self.enricher_name(i),
+                enricher,
+            });
+        }
+        let sink = self
+            .sink
+            .build(&ctx)
+            .await
+            .map_err(|e| self.build_error("sink", e))?;
+        let error_sink = self
+            .error_sink
+            .build(&ctx)
+            .await
+            .map_err(|e| self.build_error("error_sink", e))?;
+        Ok(Pipeline::new(
+            self.name.clone(),
+            enrichers,
+            sink,
+            error_sink,
+            self.batch,
+            self.retry,
+        ))
+    }
+
+    /// Builds the source and the pipeline; nothing is read yet.
+    pub async fn build(
+        &self,
+        validate_only: bool,
+    ) -> Result<(Pipeline, Box<dyn Source>), ConfigError> {
+        let source = self
+            .source
+            .build(&self.context(validate_only))
+            .await
+            .map_err(|e| self.build_error("source", e))?;
+        let pipeline = self.build_pipeline(validate_only).await?;
+        Ok((pipeline, source))
+    }
+
+    /// The name of enricher `i` in stages and summaries: its type, with `#n` for the n-th of a type.
+    pub fn enricher_name(&self, i: usize) -> String {
+        let kind = self.enrichers[i].typetag_name();
+        let nth = self.enrichers[..=i]
+            .iter()
+            .filter(|e| e.typetag_name() == kind)
+            .count();
+        if nth == 1 {
+            kind.to_owned()
+        } else {
+            format!("{kind}#{nth}")
+        }
+    }
+
+    /// What the pipeline will do, one line per stage, for `sluice validate`.
+    pub fn describe(&self) -> Vec<String> {
+        let mut lines = vec![format!("source      {}", self.source.describe())];
+        for (i, e) in self.enrichers.iter().enumerate() {
+            lines.push(format!(
+                "enricher {} {} ({})",
+                i + 1,
+                self.enricher_name(i),
+                e.describe()
+            ));
+        }
+        lines.push(format!("sink        {}", self.sink.describe()));
+        lines.push(format!("error sink  {}", self.error_sink.describe()));
+        lines.push(format!(
+            "batches     up to {} records or {}",
+            self.batch.max_records,
+            humantime_serde::re::humantime::format_duration(self.batch.max_age)
+        ));
+        lines.push(format!(
+            "retries     {} attempts, backoff {}..{}, within {}, then {}",
+            self.retry.attempts,
+            humantime_serde::re::humantime::format_duration(self.retry.initial_backoff),
+            humantime_serde::re::humantime::format_duration(self.retry.max_backoff),
+            humantime_serde::re::humantime::format_duration(self.retry.max_elapsed),
+            match self.retry.on_exhausted {
+                crate::settings::OnExhausted::Fail => "fail (deliver again)",
+                crate::settings::OnExhausted::DeadLetter => "dead-letter",
+            }
+        ));
+        lines
+    }
+}

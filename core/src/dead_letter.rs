@@ -1,0 +1,130 @@
+//! The dead-letter envelope: what the error sink receives for a record that cannot be stored.
+
+use base64::Engine;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::record::{Meta, Record};
+
+/// The stage at which a record was given up on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stage {
+    /// The payload is not a JSON object (empty, bad base64, not UTF-8, not JSON, not an object).
+    Decode,
+    /// An enricher rejected the record; holds the enricher's name (`filter`, `fields#2`).
+    Enrich(String),
+    /// The sink rejected the record.
+    Sink,
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stage::Decode => f.write_str("decode"),
+            Stage::Enrich(name) => write!(f, "enrich:{name}"),
+            Stage::Sink => f.write_str("sink"),
+        }
+    }
+}
+
+/// The error part of an envelope.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvelopeError {
+    /// `decode`, `missing_field`, `permanent` or `retries_exhausted`.
+    pub kind: String,
+    /// The message, naming the field or the reason.
+    pub message: String,
+}
+
+/// A dead-letter envelope, serialised as the error sink's record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// The pipeline's name.
+    pub pipeline: String,
+    /// `decode`, `enrich:<name>` or `sink`.
+    pub stage: String,
+    /// Why the record was given up on.
+    pub error: EnvelopeError,
+    /// Attempts made at the failing stage.
+    pub attempts: u32,
+    /// Where the record came from (stream, shard, sequence number, partition key, arrival time)
+    /// and what enrichers attached (such as the SSM parameter version).
+    pub source: Meta,
+    /// The original payload, base64 (standard alphabet, padded).
+    pub payload_base64: String,
+    /// When the record was given up on.
+    pub failed_at: DateTime<Utc>,
+    /// The sluice version that wrote the envelope.
+    pub sluice_version: String,
+}
+
+impl DeadLetter {
+    /// An envelope for a record's payload and position.
+    pub fn new(
+        pipeline: &str,
+        stage: &Stage,
+        kind: &str,
+        message: String,
+        attempts: u32,
+        data: &[u8],
+        meta: &Meta,
+    ) -> Self {
+        Self {
+            pipeline: pipeline.to_owned(),
+            stage: stage.to_string(),
+            error: EnvelopeError {
+                kind: kind.to_owned(),
+                message,
+            },
+            attempts,
+            source: meta.clone(),
+            payload_base64: base64::engine::general_purpose::STANDARD.encode(data),
+            failed_at: Utc::now(),
+            sluice_version: crate::VERSION.to_owned(),
+        }
+    }
+
+    /// The envelope as a record for the error sink, at the failed record's position.
+    pub fn into_record(self) -> Record {
+        let value = serde_json::to_value(&self).expect("an envelope always serialises");
+        let data = Bytes::from(value.to_string());
+        Record {
+            data,
+            value,
+            meta: self.source,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_carries_position_reason_and_original_payload() {
+        let meta = Meta {
+            source: "file".into(),
+            stream: "in.jsonl".into(),
+            shard_id: "file".into(),
+            sequence_number: 7.into(),
+            ..Meta::default()
+        };
+        let env = DeadLetter::new(
+            "p",
+            &Stage::Enrich("fields".into()),
+            "missing_field",
+            "no `s3-key`".into(),
+            1,
+            b"{\"a\":1}",
+            &meta,
+        );
+        let rec = env.into_record();
+        assert_eq!(rec.value["stage"], "enrich:fields");
+        assert_eq!(rec.value["error"]["kind"], "missing_field");
+        assert_eq!(rec.value["source"]["sequence_number"], "7");
+        assert_eq!(rec.value["payload_base64"], "eyJhIjoxfQ==");
+        let back: DeadLetter = serde_json::from_slice(&rec.data).expect("round trip");
+        assert_eq!(back.source, meta);
+    }
+}

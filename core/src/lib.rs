@@ -1,0 +1,32 @@
+//! sluice-core: the record model, the component traits, pipeline files and the runtime.
+//!
+//! A pipeline chains one source, enrichers in order, one sink and one error sink. Components are
+//! registered with typetag: a crate that implements [`SinkConfig`] with
+//! `#[typetag::serde(name = "x")]` adds `type = "x"` to pipeline files once it is linked.
+
+pub mod component;
+pub mod config;
+pub mod dead_letter;
+pub mod decode;
+pub mod error;
+pub mod kinesis_event;
+pub mod record;
+pub mod runtime;
+pub mod settings;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
+
+pub use async_trait::async_trait;
+pub use component::{
+    Acknowledge, BuildContext, Enricher, EnricherConfig, Sink, SinkConfig, Source, SourceBatch,
+    SourceConfig, Verdict,
+};
+pub use config::PipelineConfig;
+pub use error::{BuildError, ConfigError, EnrichError, SinkError, SourceError};
+pub use record::{Encoding, Meta, RawRecord, Record, SequenceNumber};
+pub use runtime::{BatchReport, Outcome, Pipeline, Progress, RunSummary};
+pub use settings::{BatchSettings, OnExhausted, RetryPolicy};
+pub use typetag;
+
+/// The sluice version, written into dead-letter envelopes.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,195 @@
+//! The record model: what a source hands the runtime and what enrichers and sinks see.
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+use std::fmt;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// A record as a source delivered it, before decoding.
+#[derive(Debug, Clone)]
+pub struct RawRecord {
+    /// The payload bytes as received (for `Encoding::Base64`, the base64 text).
+    pub data: Bytes,
+    /// How `data` is encoded on the wire.
+    pub encoding: Encoding,
+    /// Where the record came from.
+    pub meta: Meta,
+}
+
+/// How a source's payload is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// The bytes are the JSON document itself.
+    Raw,
+    /// The bytes are base64 text of the JSON document (Lambda Kinesis events).
+    Base64,
+}
+
+/// A decoded record flowing through enrichers into a sink.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// The payload as it arrived (after transport decoding), kept for the dead-letter envelope.
+    pub data: Bytes,
+    /// The decoded JSON object; enrichers read and write it.
+    pub value: serde_json::Value,
+    /// Where the record came from, plus facts enrichers attach (`meta.extra`).
+    pub meta: Meta,
+}
+
+/// The source position of a record and facts attached on its way through.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    /// The source component's type (`file`, `stdin`, `kinesis`, `lambda`).
+    pub source: String,
+    /// The stream the record belongs to: a Kinesis stream name, a file path as configured.
+    pub stream: String,
+    /// The shard within the stream (`file` and `stdin` have one each).
+    pub shard_id: String,
+    /// The record's position within its shard.
+    pub sequence_number: SequenceNumber,
+    /// The position within an aggregated Kinesis record, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub_sequence: Option<u64>,
+    /// The Kinesis partition key, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition_key: Option<String>,
+    /// When the source received the record, when it says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arrival_time: Option<DateTime<Utc>>,
+    /// Facts enrichers attach (such as `ssm_parameter_version`); carried into the dead-letter envelope.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra: BTreeMap<String, String>,
+}
+
+impl Meta {
+    /// Reads a meta field by the name templates use (`{$meta.NAME}`); `None` when it is unset.
+    pub fn get(&self, name: &str) -> Option<String> {
+        match name {
+            "source" => Some(self.source.clone()),
+            "stream" => Some(self.stream.clone()),
+            "shard_id" => Some(self.shard_id.clone()),
+            "sequence_number" => Some(self.sequence_number.to_string()),
+            "sub_sequence" => self.sub_sequence.map(|s| s.to_string()),
+            "partition_key" => self.partition_key.clone(),
+            "arrival_time" => self.arrival_time.map(|t| t.to_rfc3339()),
+            other => self.extra.get(other).cloned(),
+        }
+    }
+
+    /// The meta names every record has, whatever its source.
+    pub const FIELDS: &'static [&'static str] = &[
+        "source",
+        "stream",
+        "shard_id",
+        "sequence_number",
+        "sub_sequence",
+        "partition_key",
+        "arrival_time",
+    ];
+}
+
+/// A position within a shard: a decimal string of up to 128 digits (Kinesis), compared as a number.
+///
+/// Kinesis sequence numbers do not fit in a `u128` (39 digits), and comparing them as plain strings
+/// puts "10" before "9"; so the order is by significant length, then lexically.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SequenceNumber(String);
+
+impl SequenceNumber {
+    /// Wraps a decimal string; non-digit text still orders deterministically (by length, then bytes).
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    /// The sequence number as given.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    fn significant(&self) -> &str {
+        let trimmed = self.0.trim_start_matches('0');
+        if trimmed.is_empty() && !self.0.is_empty() {
+            "0"
+        } else {
+            trimmed
+        }
+    }
+}
+
+impl From<u64> for SequenceNumber {
+    fn from(n: u64) -> Self {
+        Self(n.to_string())
+    }
+}
+
+impl fmt::Display for SequenceNumber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Ord for SequenceNumber {
+    fn cmp(&self, other: &Self) -> Ordering {
+        let (a, b) = (self.significant(), other.significant());
+        a.len()
+            .cmp(&b.len())
+            .then_with(|| a.cmp(b))
+            .then_with(|| self.0.cmp(&other.0))
+    }
+}
+
+impl PartialOrd for SequenceNumber {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seq(s: &str) -> SequenceNumber {
+        SequenceNumber::new(s)
+    }
+
+    #[test]
+    fn sequence_numbers_compare_as_numbers_not_strings() {
+        assert!(seq("9") < seq("10"));
+        assert!(seq("2") < seq("11"));
+        assert!(seq("007") < seq("10"));
+        assert_eq!(seq("5").cmp(&seq("5")), Ordering::Equal);
+    }
+
+    #[test]
+    fn sequence_numbers_beyond_u128_compare_correctly() {
+        // 56 digits, like real Kinesis sequence numbers; u128 holds only 39.
+        let a = seq("49590338271490256608559692538361571095921575989136588898");
+        let b = seq("49590338271490256608559692538361571095921575989136588899");
+        let c = seq("149590338271490256608559692538361571095921575989136588898");
+        assert!(a < b);
+        assert!(b < c);
+        let mut v = vec![c.clone(), a.clone(), b.clone()];
+        v.sort();
+        assert_eq!(v, vec![a, b, c]);
+    }
+
+    #[test]
+    fn meta_reads_named_fields_and_extras() {
+        let mut m = Meta {
+            source: "file".into(),
+            stream: "in.jsonl".into(),
+            shard_id: "file".into(),
+            sequence_number: 12.into(),
+            ..Meta::default()
+        };
+        m.extra.insert("ssm_parameter_version".into(), "3".into());
+        assert_eq!(m.get("sequence_number").as_deref(), Some("12"));
+        assert_eq!(m.get("stream").as_deref(), Some("in.jsonl"));
+        assert_eq!(m.get("partition_key"), None);
+        assert_eq!(m.get("ssm_parameter_version").as_deref(), Some("3"));
+    }
+}

@@ -1,0 +1,264 @@
+//! Outcomes per record, reports per batch and the summary of a run.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::record::SequenceNumber;
+
+/// Where a record ended. Every record that enters ends in exactly one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    /// The sink acknowledged the record.
+    Stored,
+    /// Deliberately dropped: by an enricher (`filter`), or not written because the sink is disabled.
+    Skipped {
+        /// Who dropped it.
+        by: String,
+    },
+    /// A permanent failure, written to the error sink with its reason.
+    DeadLettered {
+        /// `decode`, `enrich:<name>` or `sink`.
+        stage: String,
+    },
+    /// Neither stored nor dead-lettered: it must be delivered again.
+    Failed {
+        /// Why.
+        error: String,
+    },
+}
+
+impl Outcome {
+    /// Stored, skipped and dead-lettered records are done; a checkpoint may pass them.
+    pub fn is_terminal(&self) -> bool {
+        !matches!(self, Outcome::Failed { .. })
+    }
+}
+
+/// The outcome of one batch of one shard.
+#[derive(Debug, Clone, Serialize)]
+pub struct BatchReport {
+    /// The shard.
+    pub shard_id: String,
+    /// Each record's position and outcome, in the batch's order.
+    pub outcomes: Vec<(SequenceNumber, Outcome)>,
+    /// The last position a checkpoint may move to: the end of the contiguous prefix of terminal
+    /// outcomes (and never past an earlier batch's failure). `None` when it may not move.
+    pub checkpoint: Option<SequenceNumber>,
+}
+
+impl BatchReport {
+    /// A report whose checkpoint is the batch's own terminal prefix.
+    pub fn new(shard_id: String, outcomes: Vec<(SequenceNumber, Outcome)>) -> Self {
+        let checkpoint = outcomes
+            .iter()
+            .take_while(|(_, o)| o.is_terminal())
+            .last()
+            .map(|(seq, _)| seq.clone());
+        Self {
+            shard_id,
+            outcomes,
+            checkpoint,
+        }
+    }
+
+    /// Whether every record of the batch is done.
+    pub fn is_complete(&self) -> bool {
+        self.outcomes.iter().all(|(_, o)| o.is_terminal())
+    }
+
+    /// The first record that must be delivered again (Lambda's `batchItemFailures` entry).
+    pub fn first_failure(&self) -> Option<&SequenceNumber> {
+        self.outcomes
+            .iter()
+            .find(|(_, o)| !o.is_terminal())
+            .map(|(seq, _)| seq)
+    }
+}
+
+/// Live counters a progress display reads while a run goes on.
+#[derive(Debug, Default)]
+pub struct Progress {
+    records: AtomicU64,
+    stored: AtomicU64,
+    skipped: AtomicU64,
+    dead_lettered: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// A snapshot of the counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    /// Records that entered.
+    pub records: u64,
+    /// Stored.
+    pub stored: u64,
+    /// Skipped.
+    pub skipped: u64,
+    /// Dead-lettered.
+    pub dead_lettered: u64,
+    /// Failed.
+    pub failed: u64,
+}
+
+impl Counts {
+    /// Whether every record that entered has exactly one outcome.
+    pub fn adds_up(&self) -> bool {
+        self.stored + self.skipped + self.dead_lettered + self.failed == self.records
+    }
+}
+
+impl Progress {
+    pub(crate) fn add(&self, report: &BatchReport) {
+        let mut c = Counts::default();
+        for (_, o) in &report.outcomes {
+            c.count(o);
+        }
+        self.records.fetch_add(c.records, Ordering::Relaxed);
+        self.stored.fetch_add(c.stored, Ordering::Relaxed);
+        self.skipped.fetch_add(c.skipped, Ordering::Relaxed);
+        self.dead_lettered.fetch_add(c.dead_lettered, Ordering::Relaxed);
+        self.failed.fetch_add(c.failed, Ordering::Relaxed);
+    }
+
+    /// The counters now.
+    pub fn snapshot(&self) -> Counts {
+        Counts {
+            records: self.records.load(Ordering::Relaxed),
+            stored: self.stored.load(Ordering::Relaxed),
+            skipped: self.skipped.load(Ordering::Relaxed),
+            dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Counts {
+    fn count(&mut self, o: &Outcome) {
+        self.records += 1;
+        match o {
+            Outcome::Stored => self.stored += 1,
+            Outcome::Skipped { .. } => self.skipped += 1,
+            Outcome::DeadLettered { .. } => self.dead_lettered += 1,
+            Outcome::Failed { .. } => self.failed += 1,
+        }
+    }
+}
+
+/// What a whole run did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RunSummary {
+    /// The pipeline's name.
+    pub pipeline: String,
+    /// Outcome counts.
+    pub counts: Counts,
+    /// Skipped records by who skipped them.
+    pub skipped_by: BTreeMap<String, u64>,
+    /// Dead-lettered records by stage.
+    pub dead_lettered_by: BTreeMap<String, u64>,
+    /// The first few failures' errors, with their positions.
+    pub failures: Vec<String>,
+    /// The checkpoint each shard reached (absent for a shard whose first record failed).
+    pub checkpoints: BTreeMap<String, SequenceNumber>,
+    /// Errors that stopped the source or its checkpoints; records not yet read remain unread.
+    pub errors: Vec<String>,
+    /// Wall-clock time of the run.
+    #[serde(with = "secs")]
+    pub elapsed: Duration,
+}
+
+/// How many failures a summary lists by name.
+const FAILURES_LISTED: usize = 10;
+
+impl RunSummary {
+    pub(crate) fn add(&mut self, report: &BatchReport) {
+        for (seq, o) in &report.outcomes {
+            self.counts.count(o);
+            match o {
+                Outcome::Skipped { by } => *self.skipped_by.entry(by.clone()).or_default() += 1,
+                Outcome::DeadLettered { stage } => {
+                    *self.dead_lettered_by.entry(stage.clone()).or_default() += 1
+                }
+                Outcome::Failed { error } if self.failures.len() < FAILURES_LISTED => self
+                    .failures
+                    .push(format!("{}/{}: {error}", report.shard_id, seq)),
+                _ => {}
+            }
+        }
+        if let Some(cp) = &report.checkpoint {
+            self.checkpoints
+                .insert(report.shard_id.clone(), cp.clone());
+        }
+    }
+
+    pub(crate) fn merge(&mut self, other: RunSummary) {
+        let c = other.counts;
+        self.counts.records += c.records;
+        self.counts.stored += c.stored;
+        self.counts.skipped += c.skipped;
+        self.counts.dead_lettered += c.dead_lettered;
+        self.counts.failed += c.failed;
+        for (k, v) in other.skipped_by {
+            *self.skipped_by.entry(k).or_default() += v;
+        }
+        for (k, v) in other.dead_lettered_by {
+            *self.dead_lettered_by.entry(k).or_default() += v;
+        }
+        let room = FAILURES_LISTED.saturating_sub(self.failures.len());
+        self.failures.extend(other.failures.into_iter().take(room));
+        self.checkpoints.extend(other.checkpoints);
+        self.errors.extend(other.errors);
+    }
+
+    /// A run succeeded when no record failed and nothing stopped it.
+    pub fn is_success(&self) -> bool {
+        self.counts.failed == 0 && self.errors.is_empty()
+    }
+
+    /// Records per second over the whole run.
+    pub fn records_per_second(&self) -> f64 {
+        let secs = self.elapsed.as_secs_f64();
+        if secs > 0.0 {
+            self.counts.records as f64 / secs
+        } else {
+            0.0
+        }
+    }
+}
+
+mod secs {
+    pub fn serialize<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed() -> Outcome {
+        Outcome::Failed { error: "x".into() }
+    }
+
+    #[test]
+    fn checkpoint_is_the_end_of_the_terminal_prefix() {
+        let r = BatchReport::new(
+            "s".into(),
+            vec![
+                (1.into(), Outcome::Stored),
+                (2.into(), Outcome::Skipped { by: "filter".into() }),
+                (3.into(), failed()),
+                (4.into(), Outcome::Stored),
+            ],
+        );
+        assert_eq!(r.checkpoint, Some(2.into()));
+        assert_eq!(r.first_failure(), Some(&3.into()));
+        assert!(!r.is_complete());
+
+        let r = BatchReport::new("s".into(), vec![(9.into(), failed())]);
+        assert_eq!(r.checkpoint, None);
+    }
+}

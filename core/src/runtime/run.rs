@@ -1,0 +1,97 @@
+//! Running a pipeline over a source: one worker per shard keeps that shard's batches in order
+//! while different shards proceed concurrently.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use super::{Pipeline, Progress, RunSummary};
+use crate::component::{Source, SourceBatch};
+
+/// Batches queued per shard ahead of its worker; small, so a slow sink holds the source back.
+const QUEUED_PER_SHARD: usize = 2;
+
+impl Pipeline {
+    /// Reads `source` to its end (or until it fails) and returns what happened; `progress` is
+    /// updated after each batch for a live display.
+    pub async fn run(&self, source: Box<dyn Source>, progress: Arc<Progress>) -> RunSummary {
+        let started = tokio::time::Instant::now();
+        let mut batches = source.batches(self.batch_settings());
+        let mut shards: HashMap<String, mpsc::Sender<SourceBatch>> = HashMap::new();
+        let mut workers = JoinSet::new();
+        let mut source_errors = Vec::new();
+
+        while let Some(next) = batches.next().await {
+            let batch = match next {
+                Ok(batch) => batch,
+                Err(e) => {
+                    tracing::error!(error = %e, "the source failed; records not yet read stay unread");
+                    source_errors.push(format!("source: {e}"));
+                    break;
+                }
+            };
+            let queue = shards.entry(batch.shard_id.clone()).or_insert_with(|| {
+                let (tx, rx) = mpsc::channel(QUEUED_PER_SHARD);
+                workers.spawn(shard_worker(self.clone(), rx, progress.clone()));
+                tx
+            });
+            if let Err(returned) = queue.send(batch).await {
+                // A worker only stops early by panicking; keep the batch's records accounted for.
+                source_errors.push(format!(
+                    "shard {}: its worker stopped; {} records not processed",
+                    returned.0.shard_id,
+                    returned.0.records.len()
+                ));
+            }
+        }
+        drop(shards);
+
+        let mut summary = RunSummary {
+            pipeline: self.name().to_owned(),
+            errors: source_errors,
+            ..RunSummary::default()
+        };
+        while let Some(joined) = workers.join_next().await {
+            match joined {
+                Ok(shard_summary) => summary.merge(shard_summary),
+                Err(e) => summary.errors.push(format!("a shard worker failed: {e}")),
+            }
+        }
+        summary.elapsed = started.elapsed();
+        summary
+    }
+}
+
+async fn shard_worker(
+    pipeline: Pipeline,
+    mut queue: mpsc::Receiver<SourceBatch>,
+    progress: Arc<Progress>,
+) -> RunSummary {
+    let mut summary = RunSummary::default();
+    // Once a record of this shard has failed, no later batch may move the checkpoint past it.
+    let mut blocked = false;
+    while let Some(batch) = queue.recv().await {
+        let SourceBatch {
+            shard_id,
+            records,
+            ack,
+        } = batch;
+        let mut report = pipeline.process_batch(shard_id, records).await;
+        if blocked {
+            report.checkpoint = None;
+        }
+        blocked |= !report.is_complete();
+        if let Some(ack) = ack {
+            if let Err(e) = ack.acknowledge(&report).await {
+                tracing::error!(shard = %report.shard_id, error = %e, "checkpoint not stored; the batch will be delivered again");
+                summary.errors.push(format!("shard {}: {e}", report.shard_id));
+            }
+        }
+        progress.add(&report);
+        summary.add(&report);
+    }
+    summary
+}

@@ -1,0 +1,316 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::*;
+use crate::component::Source;
+use crate::testkit::{raw, Failure, FailingSink, FlakyEnricher, MemorySink, MemorySource};
+
+fn policy() -> RetryPolicy {
+    RetryPolicy {
+        attempts: 4,
+        initial_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(100),
+        max_elapsed: Duration::from_secs(10),
+        on_exhausted: OnExhausted::Fail,
+    }
+}
+
+fn pipeline(
+    enrichers: Vec<NamedEnricher>,
+    sink: Arc<dyn Sink>,
+    error_sink: Arc<dyn Sink>,
+    retry: RetryPolicy,
+) -> Pipeline {
+    Pipeline::new(
+        "test",
+        enrichers,
+        sink,
+        error_sink,
+        BatchSettings {
+            max_records: 10,
+            max_age: Duration::from_secs(1),
+        },
+        retry,
+    )
+}
+
+fn records(shard: &str, seqs: std::ops::RangeInclusive<u64>) -> Vec<RawRecord> {
+    seqs.map(|i| raw(shard, i, &format!(r#"{{"n":{i},"shard":"{shard}"}}"#)))
+        .collect()
+}
+
+fn outcome(report: &BatchReport, seq: u64) -> &Outcome {
+    &report
+        .outcomes
+        .iter()
+        .find(|(s, _)| *s == seq.into())
+        .expect("position reported")
+        .1
+}
+
+/// Skips records whose `n` is odd.
+struct SkipOdd;
+
+#[async_trait]
+impl Enricher for SkipOdd {
+    async fn enrich(&self, r: &mut Record) -> Result<Verdict, crate::error::EnrichError> {
+        match r.value["n"].as_u64() {
+            Some(n) if n % 2 == 1 => Ok(Verdict::Skip),
+            Some(_) => Ok(Verdict::Keep),
+            None => Err(crate::error::EnrichError::MissingField {
+                field: "n".into(),
+                context: "skip-odd".into(),
+            }),
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn retryable_failures_are_retried_and_then_stored() {
+    let sink = FailingSink::default().failing(3, Failure::RetryableTimes(2));
+    let dlq = MemorySink::default();
+    let p = pipeline(vec![], Arc::new(sink.clone()), Arc::new(dlq.clone()), policy());
+    let report = p.process_batch("s".into(), records("s", 1..=5)).await;
+    assert!(report.outcomes.iter().all(|(_, o)| *o == Outcome::Stored), "{report:?}");
+    assert_eq!(sink.offered(3), 3, "two failures, then success");
+    assert_eq!(sink.offered(2), 1, "neighbours are not written twice");
+    assert_eq!(sink.inner.values().len(), 5);
+    assert!(dlq.values().is_empty());
+    assert_eq!(report.checkpoint, Some(5.into()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn permanent_failures_are_dead_lettered_with_their_reason_and_payload() {
+    let sink = FailingSink::default().failing(2, Failure::Permanent);
+    let dlq = MemorySink::default();
+    let p = pipeline(vec![], Arc::new(sink.clone()), Arc::new(dlq.clone()), policy());
+    let report = p.process_batch("s".into(), records("s", 1..=3)).await;
+    assert_eq!(outcome(&report, 2), &Outcome::DeadLettered { stage: "sink".into() });
+    assert_eq!(sink.offered(2), 1, "a permanent failure is not retried");
+    let letters = dlq.values();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0]["stage"], "sink");
+    assert_eq!(letters[0]["error"]["kind"], "permanent");
+    assert_eq!(letters[0]["error"]["message"], "injected permanent failure");
+    assert_eq!(letters[0]["source"]["sequence_number"], "2");
+    use base64::Engine;
+    let payload = base64::engine::general_purpose::STANDARD
+        .decode(letters[0]["payload_base64"].as_str().expect("payload"))
+        .expect("base64");
+    assert_eq!(payload, br#"{"n":2,"shard":"s"}"#);
+    assert_eq!(report.checkpoint, Some(3.into()), "dead-lettered records are done");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_error_sink_makes_the_record_failed_and_stops_the_checkpoint() {
+    let sink = FailingSink::default().failing(3, Failure::Permanent);
+    let dlq = FailingSink::failing_all(Failure::AlwaysRetryable);
+    let p = pipeline(vec![], Arc::new(sink.clone()), Arc::new(dlq.clone()), policy());
+    let report = p.process_batch("s".into(), records("s", 1..=5)).await;
+    assert!(matches!(outcome(&report, 3), Outcome::Failed { error } if error.contains("error sink failed")));
+    assert_eq!(dlq.offered(3), policy().attempts as usize, "the error sink is retried too");
+    assert_eq!(outcome(&report, 4), &Outcome::Stored);
+    assert_eq!(report.checkpoint, Some(2.into()));
+    assert_eq!(report.first_failure(), Some(&3.into()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_a_failure_later_batches_of_that_shard_do_not_move_its_checkpoint() {
+    let sink = FailingSink::default().failing(13, Failure::Permanent);
+    let dlq = FailingSink::failing_all(Failure::Permanent);
+    let p = pipeline(vec![], Arc::new(sink), Arc::new(dlq), policy());
+    // Batches of 10: shard a fails at 13 (second batch); shard b is unaffected.
+    let source = MemorySource::new(vec![
+        ("a".into(), records("a", 1..=30)),
+        ("b".into(), records("b", 101..=130)),
+    ]);
+    let acks = source.acks();
+    let summary = p.run(Box::new(source), Arc::default()).await;
+    assert_eq!(summary.counts.failed, 1);
+    assert_eq!(summary.counts.stored, 59);
+    assert!(!summary.is_success());
+    assert_eq!(summary.checkpoints.get("a"), Some(&12.into()));
+    assert_eq!(summary.checkpoints.get("b"), Some(&130.into()));
+    let acks = acks.lock().expect("acks");
+    let a: Vec<_> = acks
+        .iter()
+        .filter(|r| r.shard_id == "a")
+        .map(|r| r.checkpoint.clone())
+        .collect();
+    assert_eq!(a, vec![Some(10.into()), Some(12.into()), None]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn exhausted_retries_fail_or_dead_letter_as_configured() {
+    for (on_exhausted, expect_failed) in [(OnExhausted::Fail, true), (OnExhausted::DeadLetter, false)] {
+        let sink = FailingSink::default().failing(2, Failure::AlwaysRetryable);
+        let dlq = MemorySink::default();
+        let retry = RetryPolicy { on_exhausted, ..policy() };
+        let p = pipeline(vec![], Arc::new(sink.clone()), Arc::new(dlq.clone()), retry);
+        let report = p.process_batch("s".into(), records("s", 1..=3)).await;
+        assert_eq!(sink.offered(2), 4, "attempts are bounded");
+        if expect_failed {
+            assert!(matches!(outcome(&report, 2), Outcome::Failed { .. }));
+            assert!(dlq.values().is_empty());
+        } else {
+            assert_eq!(outcome(&report, 2), &Outcome::DeadLettered { stage: "sink".into() });
+            assert_eq!(dlq.values()[0]["error"]["kind"], "retries_exhausted");
+            assert_eq!(dlq.values()[0]["attempts"], 4);
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_stop_at_the_time_budget() {
+    let sink = FailingSink::failing_all(Failure::AlwaysRetryable);
+    let retry = RetryPolicy {
+        attempts: 1000,
+        initial_backoff: Duration::from_secs(1),
+        max_backoff: Duration::from_secs(1),
+        max_elapsed: Duration::from_secs(5),
+        on_exhausted: OnExhausted::Fail,
+    };
+    let p = pipeline(vec![], Arc::new(sink.clone()), Arc::new(MemorySink::default()), retry);
+    let started = tokio::time::Instant::now();
+    let report = p.process_batch("s".into(), records("s", 1..=1)).await;
+    assert!(matches!(outcome(&report, 1), Outcome::Failed { .. }));
+    assert!(started.elapsed() <= Duration::from_secs(5), "no retry starts past the budget");
+    assert!(sink.offered(1) >= 5 && sink.offered(1) <= 11, "offered {}", sink.offered(1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn enrichers_run_in_order_and_retry_retryable_errors() {
+    let sink = MemorySink::default();
+    let dlq = MemorySink::default();
+    let enrichers = vec![
+        NamedEnricher { name: "flaky".into(), enricher: Arc::new(FlakyEnricher::new(2)) },
+        NamedEnricher { name: "skip-odd".into(), enricher: Arc::new(SkipOdd) },
+    ];
+    let p = pipeline(enrichers, Arc::new(sink.clone()), Arc::new(dlq.clone()), policy());
+    let mut batch = records("s", 1..=4);
+    batch.push(raw("s", 5, r#"{"no_n":true}"#));
+    batch.push(raw("s", 6, r#"{"n":"#));
+    let report = p.process_batch("s".into(), batch).await;
+    assert_eq!(outcome(&report, 1), &Outcome::Skipped { by: "skip-odd".into() });
+    assert_eq!(outcome(&report, 2), &Outcome::Stored);
+    assert_eq!(outcome(&report, 5), &Outcome::DeadLettered { stage: "enrich:skip-odd".into() });
+    assert_eq!(outcome(&report, 6), &Outcome::DeadLettered { stage: "decode".into() });
+    let stored: Vec<_> = sink.values().iter().map(|v| v["n"].clone()).collect();
+    assert_eq!(stored, vec![2, 4], "kept records reach the sink in order");
+    let letters = dlq.values();
+    assert_eq!(letters.len(), 2);
+    assert_eq!(letters[0]["error"]["kind"], "missing_field");
+    assert_eq!(letters[1]["stage"], "decode");
+    assert_eq!(letters[1]["error"]["kind"], "decode");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_enricher_that_never_recovers_fails_its_records() {
+    let sink = MemorySink::default();
+    let enrichers = vec![NamedEnricher {
+        name: "ssm".into(),
+        enricher: Arc::new(FlakyEnricher::new(usize::MAX)),
+    }];
+    let p = pipeline(enrichers, Arc::new(sink.clone()), Arc::new(MemorySink::default()), policy());
+    let report = p.process_batch("s".into(), records("s", 1..=3)).await;
+    assert!(report.outcomes.iter().all(|(_, o)| matches!(o, Outcome::Failed { .. })));
+    assert!(sink.values().is_empty(), "never stored without the enrichment");
+    assert_eq!(report.checkpoint, None);
+}
+
+/// A sink that can be switched off, like the DynamoDB sink with `PERSIST_RECORDS=0`.
+struct Disabled(MemorySink);
+
+#[async_trait]
+impl Sink for Disabled {
+    async fn write(&self, batch: &[Record]) -> Vec<Result<(), SinkError>> {
+        self.0.write(batch).await
+    }
+    fn enabled(&self) -> bool {
+        false
+    }
+}
+
+#[tokio::test]
+async fn a_disabled_sink_is_not_called_and_its_records_are_skipped() {
+    let sink = MemorySink::default();
+    let p = pipeline(vec![], Arc::new(Disabled(sink.clone())), Arc::new(MemorySink::default()), policy());
+    let report = p.process_batch("s".into(), records("s", 1..=3)).await;
+    assert!(report
+        .outcomes
+        .iter()
+        .all(|(_, o)| *o == Outcome::Skipped { by: "sink disabled".into() }));
+    assert_eq!(sink.calls(), 0);
+}
+
+/// A sink that yields between records, so shard workers interleave.
+#[derive(Clone, Default)]
+struct SlowSink(MemorySink);
+
+#[async_trait]
+impl Sink for SlowSink {
+    async fn write(&self, batch: &[Record]) -> Vec<Result<(), SinkError>> {
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(0..5))).await;
+        self.0.write(batch).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_shard_is_written_in_order_while_shards_interleave() {
+    let sink = SlowSink::default();
+    let p = pipeline(vec![], Arc::new(sink.clone()), Arc::new(MemorySink::default()), policy());
+    let shards: Vec<_> = ["a", "b", "c"]
+        .iter()
+        .map(|s| (s.to_string(), records(s, 1..=200)))
+        .collect();
+    let summary = p.run(Box::new(MemorySource::new(shards)), Arc::default()).await;
+    assert_eq!(summary.counts.stored, 600);
+    let stored = sink.0.records();
+    for shard in ["a", "b", "c"] {
+        let seqs: Vec<_> = stored
+            .iter()
+            .filter(|r| r.meta.shard_id == shard)
+            .map(|r| r.meta.sequence_number.clone())
+            .collect();
+        assert_eq!(seqs.len(), 200);
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "shard {shard} out of order");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn outcomes_always_add_up_to_the_input() {
+    fastrand::seed(7);
+    for round in 0..40 {
+        let mut sink = FailingSink::default();
+        let mut batch = Vec::new();
+        let n = fastrand::u64(1..60);
+        for seq in 1..=n {
+            let payload = match fastrand::u8(0..10) {
+                0 => String::new(),
+                1 => "[1,2]".to_owned(),
+                2 => r#"{"no_n":1}"#.to_owned(),
+                _ => format!(r#"{{"n":{seq}}}"#),
+            };
+            batch.push(raw("s", seq, &payload));
+            sink = match fastrand::u8(0..6) {
+                0 => sink.failing(seq, Failure::Permanent),
+                1 => sink.failing(seq, Failure::RetryableTimes(fastrand::usize(1..6))),
+                2 => sink.failing(seq, Failure::AlwaysRetryable),
+                _ => sink,
+            };
+        }
+        let dlq: Arc<dyn Sink> = if round % 3 == 0 {
+            Arc::new(FailingSink::failing_all(Failure::Permanent))
+        } else {
+            Arc::new(MemorySink::default())
+        };
+        let enrichers = vec![NamedEnricher { name: "skip-odd".into(), enricher: Arc::new(SkipOdd) }];
+        let p = pipeline(enrichers, Arc::new(sink), dlq, policy());
+        let source = MemorySource::new(vec![("s".into(), batch)]);
+        let summary = p.run(Box::new(source) as Box<dyn Source>, Arc::default()).await;
+        assert_eq!(summary.counts.records, n, "round {round}");
+        assert!(summary.counts.adds_up(), "round {round}: {:?}", summary.counts);
+    }
+}

@@ -1,0 +1,136 @@
+//! Runtime settings shared by every pipeline: `[batch]` and `[retry]`.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// How sources group records into batches (`[batch]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchSettings {
+    /// The most records in one batch.
+    pub max_records: usize,
+    /// How long an endless source waits to fill a batch before sending what it has.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+}
+
+impl Default for BatchSettings {
+    fn default() -> Self {
+        Self {
+            max_records: 500,
+            max_age: Duration::from_secs(1),
+        }
+    }
+}
+
+/// What happens to a record whose retries are exhausted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnExhausted {
+    /// The record is `Failed`: the checkpoint stays before it and it is delivered again.
+    Fail,
+    /// The record is dead-lettered with kind `retries_exhausted`.
+    DeadLetter,
+}
+
+/// Retries of retryable errors (`[retry]`): exponential backoff with jitter, bounded in attempts and in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included.
+    pub attempts: u32,
+    /// The backoff ceiling before the first retry; it doubles on each retry.
+    #[serde(with = "humantime_serde")]
+    pub initial_backoff: Duration,
+    /// The largest backoff ceiling.
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// No retry starts after this much time since the first attempt.
+    #[serde(with = "humantime_serde")]
+    pub max_elapsed: Duration,
+    /// What becomes of a record still failing when the attempts or the time run out.
+    pub on_exhausted: OnExhausted,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            attempts: 6,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+            max_elapsed: Duration::from_secs(30),
+            on_exhausted: OnExhausted::Fail,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The ceiling of the backoff before retry number `retry` (1-based); the sleep is drawn below it.
+    pub fn backoff_ceiling(&self, retry: u32) -> Duration {
+        let factor = 2u32.saturating_pow(retry.saturating_sub(1));
+        self.initial_backoff
+            .saturating_mul(factor)
+            .min(self.max_backoff)
+    }
+
+    /// A jittered backoff before retry number `retry` (equal jitter: uniform in `[ceiling/2, ceiling]`).
+    pub fn backoff(&self, retry: u32) -> Duration {
+        let ceiling = self.backoff_ceiling(retry);
+        let half = ceiling / 2;
+        half + half.mul_f64(fastrand::f64())
+    }
+
+    /// Checks that the bounds make sense; names the key to fix.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        if self.attempts == 0 {
+            return Err((
+                "retry.attempts".into(),
+                "must be at least 1 (the first attempt counts)".into(),
+            ));
+        }
+        if self.max_backoff < self.initial_backoff {
+            return Err((
+                "retry.max_backoff".into(),
+                "must not be less than retry.initial_backoff".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl BatchSettings {
+    /// Checks that the bounds make sense; names the key to fix.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        if self.max_records == 0 {
+            return Err((
+                "batch.max_records".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_ceiling_and_stays_within_it() {
+        let p = RetryPolicy {
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(700),
+            ..RetryPolicy::default()
+        };
+        assert_eq!(p.backoff_ceiling(1), Duration::from_millis(100));
+        assert_eq!(p.backoff_ceiling(2), Duration::from_millis(200));
+        assert_eq!(p.backoff_ceiling(3), Duration::from_millis(400));
+        assert_eq!(p.backoff_ceiling(4), Duration::from_millis(700));
+        assert_eq!(p.backoff_ceiling(60), Duration::from_millis(700));
+        for retry in 1..10 {
+            let b = p.backoff(retry);
+            assert!(b <= p.backoff_ceiling(retry) && b >= p.backoff_ceiling(retry) / 2);
+        }
+    }
+}

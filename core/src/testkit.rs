@@ -1,0 +1,258 @@
+//! Test components: a memory source, a memory sink, and sinks and enrichers that fail on cue.
+//! Used by the runtime's own tests and by component crates (feature `testkit`).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::{self, BoxStream, StreamExt};
+
+use crate::component::{Acknowledge, Enricher, Sink, Source, SourceBatch, Verdict};
+use crate::error::{EnrichError, SinkError, SourceError};
+use crate::record::{Encoding, Meta, RawRecord, Record, SequenceNumber};
+use crate::runtime::BatchReport;
+use crate::settings::BatchSettings;
+
+/// A raw JSON record at `shard`/`seq` of stream `test`.
+pub fn raw(shard: &str, seq: u64, payload: &str) -> RawRecord {
+    RawRecord {
+        data: Bytes::copy_from_slice(payload.as_bytes()),
+        encoding: Encoding::Raw,
+        meta: Meta {
+            source: "memory".into(),
+            stream: "test".into(),
+            shard_id: shard.into(),
+            sequence_number: SequenceNumber::from(seq),
+            ..Meta::default()
+        },
+    }
+}
+
+/// A decoded record at `shard`/`seq`.
+pub fn record(shard: &str, seq: u64, value: serde_json::Value) -> Record {
+    let r = raw(shard, seq, &value.to_string());
+    Record {
+        data: r.data,
+        value,
+        meta: r.meta,
+    }
+}
+
+/// A source that yields the batches it was given and keeps the reports it is acknowledged with.
+pub struct MemorySource {
+    batches: Vec<(String, Vec<RawRecord>)>,
+    acks: Arc<Mutex<Vec<BatchReport>>>,
+}
+
+impl MemorySource {
+    /// A source of these batches (each split further by `max_records`).
+    pub fn new(batches: Vec<(String, Vec<RawRecord>)>) -> Self {
+        Self {
+            batches,
+            acks: Arc::default(),
+        }
+    }
+
+    /// The reports acknowledged so far, in order of acknowledgement.
+    pub fn acks(&self) -> Arc<Mutex<Vec<BatchReport>>> {
+        self.acks.clone()
+    }
+}
+
+struct MemoryAck(Arc<Mutex<Vec<BatchReport>>>);
+
+#[async_trait]
+impl Acknowledge for MemoryAck {
+    async fn acknowledge(self: Box<Self>, report: &BatchReport) -> Result<(), SourceError> {
+        self.0.lock().expect("ack log lock").push(report.clone());
+        Ok(())
+    }
+}
+
+impl Source for MemorySource {
+    fn batches(
+        self: Box<Self>,
+        settings: BatchSettings,
+    ) -> BoxStream<'static, Result<SourceBatch, SourceError>> {
+        let acks = self.acks;
+        let batches: Vec<_> = self
+            .batches
+            .into_iter()
+            .flat_map(|(shard, records)| {
+                records
+                    .chunks(settings.max_records)
+                    .map(|c| (shard.clone(), c.to_vec()))
+                    .collect::<Vec<_>>()
+            })
+            .map(move |(shard_id, records)| {
+                Ok(SourceBatch {
+                    shard_id,
+                    records,
+                    ack: Some(Box::new(MemoryAck(acks.clone())) as Box<dyn Acknowledge>),
+                })
+            })
+            .collect();
+        stream::iter(batches).boxed()
+    }
+}
+
+/// A sink that keeps what it is given, in order, and counts its calls.
+#[derive(Clone, Default)]
+pub struct MemorySink {
+    records: Arc<Mutex<Vec<Record>>>,
+    calls: Arc<Mutex<usize>>,
+}
+
+impl MemorySink {
+    /// The records stored so far, in order of storing.
+    pub fn records(&self) -> Vec<Record> {
+        self.records.lock().expect("sink lock").clone()
+    }
+
+    /// The values stored so far.
+    pub fn values(&self) -> Vec<serde_json::Value> {
+        self.records().into_iter().map(|r| r.value).collect()
+    }
+
+    /// How many times `write` was called.
+    pub fn calls(&self) -> usize {
+        *self.calls.lock().expect("sink lock")
+    }
+}
+
+#[async_trait]
+impl Sink for MemorySink {
+    async fn write(&self, batch: &[Record]) -> Vec<Result<(), SinkError>> {
+        *self.calls.lock().expect("sink lock") += 1;
+        self.records
+            .lock()
+            .expect("sink lock")
+            .extend(batch.iter().cloned());
+        vec![Ok(()); batch.len()]
+    }
+}
+
+/// How a [`FailingSink`] treats a record it picks.
+#[derive(Debug, Clone)]
+pub enum Failure {
+    /// Fails retryably this many times, then stores.
+    RetryableTimes(usize),
+    /// Always fails retryably.
+    AlwaysRetryable,
+    /// Always fails permanently.
+    Permanent,
+}
+
+/// A memory sink that fails records picked by sequence number, or fails every record.
+#[derive(Clone, Default)]
+pub struct FailingSink {
+    /// Where the records it lets through go.
+    pub inner: MemorySink,
+    rules: Arc<Mutex<HashMap<String, Failure>>>,
+    everything: Option<Failure>,
+    seen: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl FailingSink {
+    /// A sink that fails the record at sequence number `seq` (of any shard) as `failure` says.
+    pub fn failing(self, seq: u64, failure: Failure) -> Self {
+        self.rules
+            .lock()
+            .expect("rules lock")
+            .insert(seq.to_string(), failure);
+        self
+    }
+
+    /// A sink that fails every record as `failure` says.
+    pub fn failing_all(failure: Failure) -> Self {
+        Self {
+            everything: Some(failure),
+            ..Self::default()
+        }
+    }
+
+    /// How many times the record at `seq` was offered.
+    pub fn offered(&self, seq: u64) -> usize {
+        self.seen
+            .lock()
+            .expect("seen lock")
+            .get(&seq.to_string())
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+#[async_trait]
+impl Sink for FailingSink {
+    async fn write(&self, batch: &[Record]) -> Vec<Result<(), SinkError>> {
+        let mut results = Vec::with_capacity(batch.len());
+        let mut passed = Vec::new();
+        for record in batch {
+            let seq = record.meta.sequence_number.to_string();
+            let seen = {
+                let mut seen = self.seen.lock().expect("seen lock");
+                let n = seen.entry(seq.clone()).or_default();
+                *n += 1;
+                *n
+            };
+            let rule = self
+                .everything
+                .clone()
+                .or_else(|| self.rules.lock().expect("rules lock").get(&seq).cloned());
+            let result = match rule {
+                Some(Failure::RetryableTimes(n)) if seen <= n => {
+                    Err(SinkError::Retryable(format!("injected retryable failure {seen}/{n}")))
+                }
+                Some(Failure::AlwaysRetryable) => {
+                    Err(SinkError::Retryable("injected outage".into()))
+                }
+                Some(Failure::Permanent) => {
+                    Err(SinkError::Permanent("injected permanent failure".into()))
+                }
+                _ => Ok(()),
+            };
+            if result.is_ok() {
+                passed.push(record.clone());
+            }
+            results.push(result);
+        }
+        if !passed.is_empty() {
+            self.inner.write(&passed).await;
+        }
+        results
+    }
+}
+
+/// An enricher that fails retryably for its first `n` calls per record, then keeps the record.
+#[derive(Default)]
+pub struct FlakyEnricher {
+    /// Retryable failures per record before success (`usize::MAX`: never succeeds).
+    pub failures: usize,
+    seen: Mutex<HashMap<String, usize>>,
+}
+
+impl FlakyEnricher {
+    /// An enricher that fails each record `failures` times before keeping it.
+    pub fn new(failures: usize) -> Self {
+        Self {
+            failures,
+            seen: Mutex::default(),
+        }
+    }
+}
+
+#[async_trait]
+impl Enricher for FlakyEnricher {
+    async fn enrich(&self, record: &mut Record) -> Result<Verdict, EnrichError> {
+        let key = format!("{}/{}", record.meta.shard_id, record.meta.sequence_number);
+        let mut seen = self.seen.lock().expect("seen lock");
+        let n = seen.entry(key).or_default();
+        *n += 1;
+        if *n <= self.failures {
+            Err(EnrichError::Retryable("parameter store unavailable".into()))
+        } else {
+            Ok(Verdict::Keep)
+        }
+    }
+}
