@@ -1,1 +1,15 @@
+//! sluice enrichers: `filter`, `fields` and `static`.
+//!
+//! Each registers its `type` with typetag; linking this crate makes them available to pipeline files.
 
+mod fields;
+mod filter;
+mod missing;
+mod static_value;
+mod template;
+
+pub use fields::FieldsConfig;
+pub use filter::{Condition, FilterConfig};
+pub use missing::IfMissing;
+pub use static_value::StaticConfig;
+pub use template::{Template, TemplateError};

@@ -1,0 +1,218 @@
+//! `type = "filter"`: keep or skip records by a field's value.
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sluice_core::{
+    BuildContext, BuildError, EnrichError, Enricher, EnricherConfig, Record, Verdict,
+};
+use std::sync::Arc;
+
+use crate::missing::IfMissing;
+
+/// A test of one top-level field: exactly one of `equals`, `starts_with`, `exists`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Condition {
+    /// The top-level field to test.
+    pub field: String,
+    /// True when the field equals this value (any JSON value).
+    #[serde(default)]
+    pub equals: Option<Value>,
+    /// True when the field is a string starting with this (false for other types).
+    #[serde(default)]
+    pub starts_with: Option<String>,
+    /// True when the field's presence is this (an absent field is then no error).
+    #[serde(default)]
+    pub exists: Option<bool>,
+}
+
+/// Keeps the records that pass `keep_if`, or skips those that pass `skip_if`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterConfig {
+    /// Keep only records for which this holds.
+    #[serde(default)]
+    pub keep_if: Option<Condition>,
+    /// Skip records for which this holds.
+    #[serde(default)]
+    pub skip_if: Option<Condition>,
+    /// When the field is absent: `dead_letter` (default), `skip` or `keep`.
+    #[serde(default)]
+    pub if_missing: IfMissing,
+}
+
+impl Condition {
+    fn validate(&self, key: &str) -> Result<(), BuildError> {
+        let tests = [
+            self.equals.is_some(),
+            self.starts_with.is_some(),
+            self.exists.is_some(),
+        ];
+        match tests.iter().filter(|t| **t).count() {
+            1 => Ok(()),
+            0 => Err(BuildError::invalid(
+                key,
+                "needs one test: `equals`, `starts_with` or `exists`",
+            )),
+            _ => Err(BuildError::invalid(
+                key,
+                "has more than one test; use one filter per test",
+            )),
+        }
+    }
+
+    /// Whether the condition holds; `None` when the field is absent and the test needs it.
+    fn holds(&self, record: &Record) -> Option<bool> {
+        let value = record.value.get(&self.field);
+        if let Some(exists) = self.exists {
+            return Some(value.is_some() == exists);
+        }
+        let value = value?;
+        if let Some(expected) = &self.equals {
+            return Some(value == expected);
+        }
+        if let Some(prefix) = &self.starts_with {
+            return Some(value.as_str().is_some_and(|s| s.starts_with(prefix.as_str())));
+        }
+        Some(false)
+    }
+
+    fn describe(&self) -> String {
+        if let Some(v) = &self.equals {
+            format!("`{}` equals {v}", self.field)
+        } else if let Some(p) = &self.starts_with {
+            format!("`{}` starts with {p:?}", self.field)
+        } else if self.exists == Some(false) {
+            format!("`{}` is absent", self.field)
+        } else {
+            format!("`{}` exists", self.field)
+        }
+    }
+}
+
+#[typetag::serde(name = "filter")]
+#[async_trait]
+impl EnricherConfig for FilterConfig {
+    async fn build(&self, _ctx: &BuildContext) -> Result<Arc<dyn Enricher>, BuildError> {
+        let (condition, keep_when) = match (&self.keep_if, &self.skip_if) {
+            (Some(c), None) => {
+                c.validate("keep_if")?;
+                (c.clone(), true)
+            }
+            (None, Some(c)) => {
+                c.validate("skip_if")?;
+                (c.clone(), false)
+            }
+            _ => {
+                return Err(BuildError::invalid(
+                    "keep_if",
+                    "give exactly one of `keep_if` and `skip_if`, e.g. keep_if = { field = \"s3-key\", starts_with = \"waze/\" }",
+                ))
+            }
+        };
+        let context = format!(
+            "filter {} {}",
+            if keep_when { "keep_if" } else { "skip_if" },
+            condition.describe()
+        );
+        Ok(Arc::new(Filter {
+            condition,
+            keep_when,
+            if_missing: self.if_missing,
+            context,
+        }))
+    }
+
+    fn describe(&self) -> String {
+        match (&self.keep_if, &self.skip_if) {
+            (Some(c), _) => format!("keep if {}", c.describe()),
+            (_, Some(c)) => format!("skip if {}", c.describe()),
+            _ => "no condition".into(),
+        }
+    }
+}
+
+struct Filter {
+    condition: Condition,
+    keep_when: bool,
+    if_missing: IfMissing,
+    context: String,
+}
+
+#[async_trait]
+impl Enricher for Filter {
+    async fn enrich(&self, record: &mut Record) -> Result<Verdict, EnrichError> {
+        match self.condition.holds(record) {
+            Some(holds) if holds == self.keep_when => Ok(Verdict::Keep),
+            Some(_) => Ok(Verdict::Skip),
+            None => self.if_missing.resolve(&self.condition.field, &self.context),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    async fn build(config: Value) -> Result<Arc<dyn Enricher>, BuildError> {
+        let config: FilterConfig = serde_json::from_value(config).expect("config");
+        let ctx = BuildContext {
+            pipeline: "t".into(),
+            validate_only: false,
+        };
+        config.build(&ctx).await
+    }
+
+    async fn verdict(f: &Arc<dyn Enricher>, value: Value) -> Result<Verdict, EnrichError> {
+        let mut r = Record {
+            data: Default::default(),
+            value,
+            meta: Default::default(),
+        };
+        f.enrich(&mut r).await
+    }
+
+    #[tokio::test]
+    async fn keeps_and_skips_by_prefix_and_dead_letters_a_missing_field() {
+        let f = build(json!({"keep_if": {"field": "s3-key", "starts_with": "waze/"}}))
+            .await
+            .expect("builds");
+        assert_eq!(verdict(&f, json!({"s3-key": "waze/a"})).await, Ok(Verdict::Keep));
+        assert_eq!(verdict(&f, json!({"s3-key": "cv/a"})).await, Ok(Verdict::Skip));
+        assert_eq!(verdict(&f, json!({"s3-key": 5})).await, Ok(Verdict::Skip));
+        let err = verdict(&f, json!({"other": 1})).await.expect_err("missing");
+        assert!(matches!(&err, EnrichError::MissingField { field, .. } if field == "s3-key"));
+        assert!(err.to_string().contains("s3-key"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn skip_if_equals_exists_and_if_missing() {
+        let f = build(json!({"skip_if": {"field": "state", "equals": "MI"}, "if_missing": "keep"}))
+            .await
+            .expect("builds");
+        assert_eq!(verdict(&f, json!({"state": "MI"})).await, Ok(Verdict::Skip));
+        assert_eq!(verdict(&f, json!({"state": "OH"})).await, Ok(Verdict::Keep));
+        assert_eq!(verdict(&f, json!({})).await, Ok(Verdict::Keep));
+        let f = build(json!({"keep_if": {"field": "x", "exists": true}})).await.expect("builds");
+        assert_eq!(verdict(&f, json!({})).await, Ok(Verdict::Skip));
+        assert_eq!(verdict(&f, json!({"x": null})).await, Ok(Verdict::Keep));
+        let f = build(json!({"keep_if": {"field": "x", "equals": 1}, "if_missing": "skip"}))
+            .await
+            .expect("builds");
+        assert_eq!(verdict(&f, json!({})).await, Ok(Verdict::Skip));
+    }
+
+    #[tokio::test]
+    async fn conditions_need_exactly_one_test_and_one_direction() {
+        for bad in [
+            json!({}),
+            json!({"keep_if": {"field": "x"}}),
+            json!({"keep_if": {"field": "x", "equals": 1, "exists": true}}),
+            json!({"keep_if": {"field": "x", "exists": true}, "skip_if": {"field": "y", "exists": true}}),
+        ] {
+            assert!(build(bad.clone()).await.is_err(), "{bad}");
+        }
+    }
+}

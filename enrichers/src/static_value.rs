@@ -1,0 +1,56 @@
+//! `type = "static"`: sets a field to a configured value (the local stand-in for an SSM batch id).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sluice_core::{
+    BuildContext, BuildError, EnrichError, Enricher, EnricherConfig, Record, Verdict,
+};
+
+/// Sets `field` to `value` on every record.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticConfig {
+    /// The top-level field to set.
+    pub field: String,
+    /// The value: any TOML value (string, number, boolean, table, array).
+    pub value: Value,
+    /// Whether to replace a value the record already has (default true).
+    #[serde(default = "yes")]
+    pub overwrite: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[typetag::serde(name = "static")]
+#[async_trait]
+impl EnricherConfig for StaticConfig {
+    async fn build(&self, _ctx: &BuildContext) -> Result<Arc<dyn Enricher>, BuildError> {
+        if self.field.is_empty() {
+            return Err(BuildError::invalid("field", "must not be empty"));
+        }
+        Ok(Arc::new(self.clone()))
+    }
+
+    fn describe(&self) -> String {
+        format!("set `{}` = {}", self.field, self.value)
+    }
+}
+
+#[async_trait]
+impl Enricher for StaticConfig {
+    async fn enrich(&self, record: &mut Record) -> Result<Verdict, EnrichError> {
+        let object = record
+            .value
+            .as_object_mut()
+            .ok_or_else(|| EnrichError::Permanent("the record is not a JSON object".into()))?;
+        if self.overwrite || !object.contains_key(&self.field) {
+            object.insert(self.field.clone(), self.value.clone());
+        }
+        Ok(Verdict::Keep)
+    }
+}

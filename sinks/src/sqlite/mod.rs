@@ -1,0 +1,248 @@
+//! `type = "sqlite"`: the embedded default store. Upserts records into a table keyed by one field,
+//! so a rerun or a redelivery overwrites instead of duplicating.
+
+mod schema;
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use rusqlite::{Connection, ErrorCode};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sluice_core::{BuildContext, BuildError, Record, Sink, SinkConfig, SinkError};
+
+use schema::quote;
+
+/// Upserts records into an SQLite table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqliteSinkConfig {
+    /// The database file; created if missing.
+    pub path: String,
+    /// The table; created on the first write if missing, one column per top-level field.
+    pub table: String,
+    /// The field whose value is the primary key.
+    pub key: String,
+}
+
+#[typetag::serde(name = "sqlite")]
+#[async_trait]
+impl SinkConfig for SqliteSinkConfig {
+    async fn build(&self, ctx: &BuildContext) -> Result<Arc<dyn Sink>, BuildError> {
+        for (key, value) in [("table", &self.table), ("key", &self.key)] {
+            if value.is_empty() {
+                return Err(BuildError::invalid(key, "must not be empty"));
+            }
+        }
+        crate::file::check_parent(&self.path)?;
+        if ctx.validate_only && !Path::new(&self.path).exists() {
+            return Ok(Arc::new(SqliteSink::unopened(self.clone())));
+        }
+        let config = self.clone();
+        tokio::task::spawn_blocking(move || SqliteSink::open(config))
+            .await
+            .map_err(|e| BuildError::Unavailable {
+                what: "sqlite".into(),
+                message: e.to_string(),
+            })?
+            .map(|sink| Arc::new(sink) as Arc<dyn Sink>)
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "sqlite {} table `{}` (upsert on `{}`)",
+            self.path, self.table, self.key
+        )
+    }
+}
+
+struct Table {
+    conn: Connection,
+    columns: HashSet<String>,
+}
+
+struct SqliteSink {
+    config: SqliteSinkConfig,
+    table: Arc<Mutex<Option<Table>>>,
+}
+
+impl SqliteSink {
+    fn unopened(config: SqliteSinkConfig) -> Self {
+        Self {
+            config,
+            table: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    fn open(config: SqliteSinkConfig) -> Result<Self, BuildError> {
+        let unavailable = |e: rusqlite::Error| BuildError::Unavailable {
+            what: config.path.clone(),
+            message: e.to_string(),
+        };
+        let conn = Connection::open(&config.path).map_err(unavailable)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;",
+        )
+        .map_err(unavailable)?;
+        let existing = schema::columns(&conn, &config.table).map_err(unavailable)?;
+        if !existing.is_empty() && !existing.iter().any(|(c, pk)| *c == config.key && *pk) {
+            return Err(BuildError::invalid(
+                "key",
+                format!(
+                    "table `{}` in {} exists but `{}` is not its primary key; use its key column or a new table",
+                    config.table, config.path, config.key
+                ),
+            ));
+        }
+        let columns = existing.into_iter().map(|(c, _)| c).collect();
+        Ok(Self {
+            table: Arc::new(Mutex::new(Some(Table { conn, columns }))),
+            config,
+        })
+    }
+}
+
+/// Why a record cannot be a row; checked before anything is written.
+fn check(record: &Record, key: &str) -> Result<(), SinkError> {
+    let object = record
+        .value
+        .as_object()
+        .ok_or_else(|| SinkError::Permanent("the record is not a JSON object".into()))?;
+    match object.get(key) {
+        Some(Value::String(s)) if !s.is_empty() => Ok(()),
+        Some(Value::Number(_)) => Ok(()),
+        Some(other) => Err(SinkError::Permanent(format!(
+            "key field `{key}` must be a non-empty string or a number, not {other}"
+        ))),
+        None => Err(SinkError::Permanent(format!(
+            "the record has no key field `{key}`"
+        ))),
+    }
+}
+
+fn retryable_or_permanent(e: &rusqlite::Error) -> SinkError {
+    match e.sqlite_error_code() {
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked | ErrorCode::DiskFull)
+        | Some(ErrorCode::SystemIoFailure | ErrorCode::CannotOpen) => {
+            SinkError::Retryable(e.to_string())
+        }
+        _ => SinkError::Permanent(e.to_string()),
+    }
+}
+
+impl Table {
+    /// Creates the table or adds columns so every field of `rows` has one.
+    fn widen(&mut self, config: &SqliteSinkConfig, rows: &[&Record]) -> rusqlite::Result<()> {
+        let mut new: Vec<(String, &'static str)> = Vec::new();
+        for record in rows {
+            for (field, value) in record.value.as_object().into_iter().flatten() {
+                if !self.columns.contains(field) && !new.iter().any(|(n, _)| n == field) {
+                    new.push((field.clone(), schema::column_type(value)));
+                }
+            }
+        }
+        if new.is_empty() {
+            return Ok(());
+        }
+        if self.columns.is_empty() {
+            schema::create(&self.conn, &config.table, &config.key, &new)?;
+        } else {
+            for (name, ty) in &new {
+                schema::add_column(&self.conn, &config.table, name, ty)?;
+            }
+        }
+        self.columns.extend(new.into_iter().map(|(n, _)| n));
+        Ok(())
+    }
+
+    fn upsert(&mut self, config: &SqliteSinkConfig, batch: &[Record]) -> Vec<Result<(), SinkError>> {
+        let mut results: Vec<Result<(), SinkError>> =
+            batch.iter().map(|r| check(r, &config.key)).collect();
+        let rows: Vec<&Record> = batch
+            .iter()
+            .zip(&results)
+            .filter(|(_, ok)| ok.is_ok())
+            .map(|(r, _)| r)
+            .collect();
+        if rows.is_empty() {
+            return results;
+        }
+        let whole = |e: rusqlite::Error, results: &mut Vec<Result<(), SinkError>>| {
+            let err = retryable_or_permanent(&e);
+            let err = match err {
+                // A schema or transaction failure is not one record's fault: try the batch again.
+                SinkError::Permanent(m) => SinkError::Retryable(m),
+                retry => retry,
+            };
+            for r in results.iter_mut().filter(|r| r.is_ok()) {
+                *r = Err(err.clone());
+            }
+        };
+        if let Err(e) = self.widen(config, &rows) {
+            whole(e, &mut results);
+            return results;
+        }
+        let tx = match self.conn.transaction() {
+            Ok(tx) => tx,
+            Err(e) => {
+                whole(e, &mut results);
+                return results;
+            }
+        };
+        for (record, result) in batch.iter().zip(results.iter_mut()) {
+            if result.is_err() {
+                continue;
+            }
+            let object = record.value.as_object().expect("checked to be an object");
+            let names: Vec<String> = object.keys().map(|k| quote(k)).collect();
+            let updates: Vec<String> = names
+                .iter()
+                .map(|n| format!("{n} = excluded.{n}"))
+                .collect();
+            let sql = format!(
+                "INSERT INTO {} ({}) VALUES ({}) ON CONFLICT({}) DO UPDATE SET {}",
+                quote(&config.table),
+                names.join(", "),
+                vec!["?"; names.len()].join(", "),
+                quote(&config.key),
+                updates.join(", ")
+            );
+            let values: Vec<rusqlite::types::Value> = object.values().map(schema::to_sql).collect();
+            let executed = tx
+                .prepare_cached(&sql)
+                .and_then(|mut stmt| stmt.execute(rusqlite::params_from_iter(values)));
+            if let Err(e) = executed {
+                *result = Err(retryable_or_permanent(&e));
+            }
+        }
+        if let Err(e) = tx.commit() {
+            whole(e, &mut results);
+        }
+        results
+    }
+}
+
+#[async_trait]
+impl Sink for SqliteSink {
+    async fn write(&self, batch: &[Record]) -> Vec<Result<(), SinkError>> {
+        let (table, config, batch) = (self.table.clone(), self.config.clone(), batch.to_vec());
+        let n = batch.len();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = match table.lock() {
+                Ok(g) => g,
+                Err(_) => return vec![Err(SinkError::Retryable("the database lock is poisoned".into())); n],
+            };
+            match guard.as_mut() {
+                Some(table) => table.upsert(&config, &batch),
+                None => vec![Err(SinkError::Permanent("the sink was built for validation only".into())); n],
+            }
+        })
+        .await
+        .unwrap_or_else(|e| vec![Err(SinkError::Retryable(format!("the database task failed: {e}"))); n])
+    }
+}
+
+#[cfg(test)]
+mod tests;

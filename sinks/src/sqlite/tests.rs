@@ -1,0 +1,97 @@
+use serde_json::json;
+
+use super::*;
+
+fn record(value: Value) -> Record {
+    Record {
+        data: Default::default(),
+        value,
+        meta: Default::default(),
+    }
+}
+
+async fn sink(dir: &tempfile::TempDir) -> (Arc<dyn Sink>, String) {
+    let path = dir.path().join("t.db").to_string_lossy().into_owned();
+    let config = SqliteSinkConfig {
+        path: path.clone(),
+        table: "curated records".into(),
+        key: "Id".into(),
+    };
+    let ctx = BuildContext {
+        pipeline: "t".into(),
+        validate_only: false,
+    };
+    (config.build(&ctx).await.expect("opens"), path)
+}
+
+#[tokio::test]
+async fn creates_typed_columns_and_upserts_on_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (sink, path) = sink(&dir).await;
+    let batch = vec![
+        record(json!({"Id": "a", "State": "MI", "n": 3, "x": 1.5, "ok": true, "tags": ["t"]})),
+        record(json!({"Id": "b", "State": "OH", "n": 4, "x": 2.5, "ok": false, "tags": []})),
+    ];
+    assert!(sink.write(&batch).await.iter().all(Result::is_ok));
+    // Rerun with a changed value and a new field: same rows, updated, column added.
+    let again = vec![record(json!({"Id": "a", "State": "WI", "n": 3, "extra": "e"}))];
+    assert!(sink.write(&again).await.iter().all(Result::is_ok));
+
+    let conn = Connection::open(&path).expect("open");
+    let count: i64 = conn
+        .query_row("SELECT COUNT(*) FROM \"curated records\"", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(count, 2);
+    let (state, n, x, ok, tags, extra): (String, i64, f64, i64, String, String) = conn
+        .query_row(
+            "SELECT State, n, x, ok, tags, extra FROM \"curated records\" WHERE Id = 'a'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+        )
+        .expect("row a");
+    assert_eq!((state.as_str(), n, x, ok, tags.as_str(), extra.as_str()), ("WI", 3, 1.5, 1, "[\"t\"]", "e"));
+    let types: Vec<(String, String, i64)> = conn
+        .prepare("SELECT name, type, pk FROM pragma_table_info('curated records')")
+        .expect("pragma")
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .expect("rows")
+        .collect::<Result<_, _>>()
+        .expect("types");
+    assert!(types.contains(&("Id".into(), "TEXT".into(), 1)), "{types:?}");
+    assert!(types.contains(&("n".into(), "INTEGER".into(), 0)), "{types:?}");
+    assert!(types.contains(&("x".into(), "REAL".into(), 0)), "{types:?}");
+}
+
+#[tokio::test]
+async fn records_without_a_usable_key_are_rejected_without_failing_neighbours() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (sink, path) = sink(&dir).await;
+    let batch = vec![
+        record(json!({"Id": "a"})),
+        record(json!({"NoId": "b"})),
+        record(json!({"Id": null})),
+        record(json!({"Id": "c"})),
+    ];
+    let results = sink.write(&batch).await;
+    assert!(results[0].is_ok() && results[3].is_ok());
+    assert!(matches!(&results[1], Err(SinkError::Permanent(m)) if m.contains("no key field `Id`")));
+    assert!(matches!(&results[2], Err(SinkError::Permanent(_))));
+    let conn = Connection::open(&path).expect("open");
+    let count: i64 = conn
+        .query_row("SELECT COUNT(*) FROM \"curated records\"", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(count, 2);
+}
+
+#[tokio::test]
+async fn an_existing_table_keyed_otherwise_is_a_build_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("t.db").to_string_lossy().into_owned();
+    Connection::open(&path)
+        .and_then(|c| c.execute_batch("CREATE TABLE t (Other TEXT PRIMARY KEY, Id TEXT)"))
+        .expect("setup");
+    let config = SqliteSinkConfig { path, table: "t".into(), key: "Id".into() };
+    let ctx = BuildContext { pipeline: "t".into(), validate_only: false };
+    let err = config.build(&ctx).await.err().expect("wrong key");
+    assert!(err.to_string().contains("not its primary key"), "{err}");
+}

@@ -1,0 +1,44 @@
+//! `type = "stdout"`: prints each record as one JSON line.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use sluice_core::{BuildContext, BuildError, Record, Sink, SinkConfig, SinkError};
+
+/// Prints records to standard output.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StdoutSinkConfig {}
+
+#[typetag::serde(name = "stdout")]
+#[async_trait]
+impl SinkConfig for StdoutSinkConfig {
+    async fn build(&self, _ctx: &BuildContext) -> Result<Arc<dyn Sink>, BuildError> {
+        Ok(Arc::new(StdoutSink))
+    }
+
+    fn describe(&self) -> String {
+        "standard output (JSON lines)".into()
+    }
+}
+
+struct StdoutSink;
+
+#[async_trait]
+impl Sink for StdoutSink {
+    async fn write(&self, batch: &[Record]) -> Vec<Result<(), SinkError>> {
+        let mut buf = Vec::with_capacity(batch.len() * 256);
+        for record in batch {
+            serde_json::to_writer(&mut buf, &record.value).expect("a JSON value always serialises");
+            buf.push(b'\n');
+        }
+        let mut out = std::io::stdout().lock();
+        let result = out
+            .write_all(&buf)
+            .and_then(|()| out.flush())
+            .map_err(|e| SinkError::Retryable(format!("writing to standard output: {e}")));
+        vec![result; batch.len()]
+    }
+}
