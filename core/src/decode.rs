@@ -25,14 +25,17 @@ pub enum DecodeError {
     NotAnObject(&'static str),
 }
 
-/// Decodes a raw record; on failure returns the error with the raw record, so nothing is lost.
-pub fn decode(raw: RawRecord) -> Result<Record, (DecodeError, RawRecord)> {
+/// A payload that did not decode, with the record as received, so nothing is lost.
+pub type Undecodable = Box<(DecodeError, RawRecord)>;
+
+/// Decodes a raw record; on failure returns the error with the raw record.
+pub fn decode(raw: RawRecord) -> Result<Record, Undecodable> {
     let data = match raw.encoding {
         Encoding::Raw => raw.data.clone(),
         Encoding::Base64 => {
             match base64::engine::general_purpose::STANDARD.decode(raw.data.trim_ascii()) {
                 Ok(bytes) => Bytes::from(bytes),
-                Err(e) => return Err((DecodeError::Base64(e.to_string()), raw)),
+                Err(e) => return Err(Box::new((DecodeError::Base64(e.to_string()), raw))),
             }
         }
     };
@@ -43,14 +46,14 @@ pub fn decode(raw: RawRecord) -> Result<Record, (DecodeError, RawRecord)> {
             meta: raw.meta,
         }),
         // Past the transport encoding, the decoded bytes are the payload worth keeping.
-        Err(e) => Err((
+        Err(e) => Err(Box::new((
             e,
             RawRecord {
                 data,
                 encoding: Encoding::Raw,
                 meta: raw.meta,
             },
-        )),
+        ))),
     }
 }
 
@@ -101,19 +104,37 @@ mod tests {
     fn rejects_each_kind_of_bad_payload_with_its_reason() {
         assert_eq!(err(b"", Encoding::Raw), DecodeError::Empty);
         assert_eq!(err(b"  ", Encoding::Raw), DecodeError::Empty);
-        assert!(matches!(err(b"%%%", Encoding::Base64), DecodeError::Base64(_)));
-        assert_eq!(err(b"{\"a\":\"\xff\"}", Encoding::Raw), DecodeError::Utf8(6));
-        assert!(matches!(err(b"{\"a\":", Encoding::Raw), DecodeError::Json(_)));
-        assert_eq!(err(b"[1]", Encoding::Raw), DecodeError::NotAnObject("array"));
-        assert_eq!(err(b"\"s\"", Encoding::Raw), DecodeError::NotAnObject("string"));
-        assert_eq!(err(b"null", Encoding::Raw), DecodeError::NotAnObject("null"));
+        assert!(matches!(
+            err(b"%%%", Encoding::Base64),
+            DecodeError::Base64(_)
+        ));
+        assert_eq!(
+            err(b"{\"a\":\"\xff\"}", Encoding::Raw),
+            DecodeError::Utf8(6)
+        );
+        assert!(matches!(
+            err(b"{\"a\":", Encoding::Raw),
+            DecodeError::Json(_)
+        ));
+        assert_eq!(
+            err(b"[1]", Encoding::Raw),
+            DecodeError::NotAnObject("array")
+        );
+        assert_eq!(
+            err(b"\"s\"", Encoding::Raw),
+            DecodeError::NotAnObject("string")
+        );
+        assert_eq!(
+            err(b"null", Encoding::Raw),
+            DecodeError::NotAnObject("null")
+        );
     }
 
     #[test]
     fn bad_base64_keeps_the_text_as_received() {
-        let (_, kept) = decode(raw(b"not base64!", Encoding::Base64)).expect_err("bad");
+        let (_, kept) = *decode(raw(b"not base64!", Encoding::Base64)).expect_err("bad");
         assert_eq!(&kept.data[..], b"not base64!");
-        let (_, kept) = decode(raw(b"WzFd", Encoding::Base64)).expect_err("array");
+        let (_, kept) = *decode(raw(b"WzFd", Encoding::Base64)).expect_err("array");
         assert_eq!(&kept.data[..], b"[1]");
     }
 }

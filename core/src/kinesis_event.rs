@@ -63,10 +63,9 @@ impl KinesisEventRecord {
 
     /// The record as the runtime takes it, its data still base64.
     pub fn into_raw(self, source: &str) -> RawRecord {
-        let arrival_time = self
-            .kinesis
-            .approximate_arrival_timestamp
-            .and_then(|secs| DateTime::<Utc>::from_timestamp_millis((secs * 1000.0).round() as i64));
+        let arrival_time = self.kinesis.approximate_arrival_timestamp.and_then(|secs| {
+            DateTime::<Utc>::from_timestamp_millis((secs * 1000.0).round() as i64)
+        });
         RawRecord {
             meta: Meta {
                 source: source.to_owned(),

@@ -103,10 +103,7 @@ impl BatchSettings {
     /// Checks that the bounds make sense; names the key to fix.
     pub fn validate(&self) -> Result<(), (String, String)> {
         if self.max_records == 0 {
-            return Err((
-                "batch.max_records".into(),
-                "must be at least 1".into(),
-            ));
+            return Err(("batch.max_records".into(), "must be at least 1".into()));
         }
         Ok(())
     }

@@ -201,9 +201,9 @@ impl Sink for FailingSink {
                 .clone()
                 .or_else(|| self.rules.lock().expect("rules lock").get(&seq).cloned());
             let result = match rule {
-                Some(Failure::RetryableTimes(n)) if seen <= n => {
-                    Err(SinkError::Retryable(format!("injected retryable failure {seen}/{n}")))
-                }
+                Some(Failure::RetryableTimes(n)) if seen <= n => Err(SinkError::Retryable(
+                    format!("injected retryable failure {seen}/{n}"),
+                )),
                 Some(Failure::AlwaysRetryable) => {
                     Err(SinkError::Retryable("injected outage".into()))
                 }

@@ -141,7 +141,9 @@ impl Fields {
 impl Enricher for Fields {
     async fn enrich(&self, record: &mut Record) -> Result<Verdict, EnrichError> {
         if !record.value.is_object() {
-            return Err(EnrichError::Permanent("the record is not a JSON object".into()));
+            return Err(EnrichError::Permanent(
+                "the record is not a JSON object".into(),
+            ));
         }
         // Everything that can fail is checked before the record changes.
         let values = match self.render_all(record) {
@@ -224,7 +226,11 @@ mod tests {
         assert_eq!(a.value["DataTableName"], "alert");
         assert_eq!(a.value["State"], "MI");
         let keys: Vec<_> = a.value.as_object().unwrap().keys().cloned().collect();
-        assert_eq!(keys.len(), 4, "keep_only leaves exactly the named fields: {keys:?}");
+        assert_eq!(
+            keys.len(),
+            4,
+            "keep_only leaves exactly the named fields: {keys:?}"
+        );
 
         let mut again = record(input.clone(), 7);
         f.enrich(&mut again).await.expect("enriches");
@@ -258,9 +264,15 @@ mod tests {
 
     #[tokio::test]
     async fn bad_templates_and_namespaces_are_build_errors_naming_the_key() {
-        let err = build(json!({"set": {"X": "{open"}})).await.err().expect("bad template");
+        let err = build(json!({"set": {"X": "{open"}}))
+            .await
+            .err()
+            .expect("bad template");
         assert!(err.to_string().contains("set.X"), "{err}");
-        let err = build(json!({"uuid_namespace": "nope"})).await.err().expect("bad uuid");
+        let err = build(json!({"uuid_namespace": "nope"}))
+            .await
+            .err()
+            .expect("bad uuid");
         assert!(err.to_string().contains("uuid_namespace"), "{err}");
     }
 }

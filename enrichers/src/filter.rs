@@ -73,7 +73,11 @@ impl Condition {
             return Some(value == expected);
         }
         if let Some(prefix) = &self.starts_with {
-            return Some(value.as_str().is_some_and(|s| s.starts_with(prefix.as_str())));
+            return Some(
+                value
+                    .as_str()
+                    .is_some_and(|s| s.starts_with(prefix.as_str())),
+            );
         }
         Some(false)
     }
@@ -146,7 +150,9 @@ impl Enricher for Filter {
         match self.condition.holds(record) {
             Some(holds) if holds == self.keep_when => Ok(Verdict::Keep),
             Some(_) => Ok(Verdict::Skip),
-            None => self.if_missing.resolve(&self.condition.field, &self.context),
+            None => self
+                .if_missing
+                .resolve(&self.condition.field, &self.context),
         }
     }
 }
@@ -179,8 +185,14 @@ mod tests {
         let f = build(json!({"keep_if": {"field": "s3-key", "starts_with": "waze/"}}))
             .await
             .expect("builds");
-        assert_eq!(verdict(&f, json!({"s3-key": "waze/a"})).await, Ok(Verdict::Keep));
-        assert_eq!(verdict(&f, json!({"s3-key": "cv/a"})).await, Ok(Verdict::Skip));
+        assert_eq!(
+            verdict(&f, json!({"s3-key": "waze/a"})).await,
+            Ok(Verdict::Keep)
+        );
+        assert_eq!(
+            verdict(&f, json!({"s3-key": "cv/a"})).await,
+            Ok(Verdict::Skip)
+        );
         assert_eq!(verdict(&f, json!({"s3-key": 5})).await, Ok(Verdict::Skip));
         let err = verdict(&f, json!({"other": 1})).await.expect_err("missing");
         assert!(matches!(&err, EnrichError::MissingField { field, .. } if field == "s3-key"));
@@ -195,7 +207,9 @@ mod tests {
         assert_eq!(verdict(&f, json!({"state": "MI"})).await, Ok(Verdict::Skip));
         assert_eq!(verdict(&f, json!({"state": "OH"})).await, Ok(Verdict::Keep));
         assert_eq!(verdict(&f, json!({})).await, Ok(Verdict::Keep));
-        let f = build(json!({"keep_if": {"field": "x", "exists": true}})).await.expect("builds");
+        let f = build(json!({"keep_if": {"field": "x", "exists": true}}))
+            .await
+            .expect("builds");
         assert_eq!(verdict(&f, json!({})).await, Ok(Verdict::Skip));
         assert_eq!(verdict(&f, json!({"x": null})).await, Ok(Verdict::Keep));
         let f = build(json!({"keep_if": {"field": "x", "equals": 1}, "if_missing": "skip"}))

@@ -53,7 +53,11 @@ impl Template {
                     chars.next();
                     text.push('}');
                 }
-                '}' => return Err(syntax("a `}` without its `{`; write `}}` for a literal brace")),
+                '}' => {
+                    return Err(syntax(
+                        "a `}` without its `{`; write `}}` for a literal brace",
+                    ))
+                }
                 '{' => {
                     let mut name = String::new();
                     loop {
@@ -149,14 +153,26 @@ mod tests {
         assert_eq!(t.render(&r).unwrap(), "waze/shardId-1/42");
         let t = Template::parse("{{{n}}}").unwrap();
         assert_eq!(t.render(&r).unwrap(), "{3}");
-        assert_eq!(Template::parse("a{x}b{y}").unwrap().fields().collect::<Vec<_>>(), ["x", "y"]);
+        assert_eq!(
+            Template::parse("a{x}b{y}")
+                .unwrap()
+                .fields()
+                .collect::<Vec<_>>(),
+            ["x", "y"]
+        );
     }
 
     #[test]
     fn absent_or_null_fields_and_unset_meta_are_missing() {
         let r = record(json!({"a": null}));
-        assert_eq!(Template::parse("{a}").unwrap().render(&r), Err(Missing("a".into())));
-        assert_eq!(Template::parse("x{b}").unwrap().render(&r), Err(Missing("b".into())));
+        assert_eq!(
+            Template::parse("{a}").unwrap().render(&r),
+            Err(Missing("a".into()))
+        );
+        assert_eq!(
+            Template::parse("x{b}").unwrap().render(&r),
+            Err(Missing("b".into()))
+        );
         assert_eq!(
             Template::parse("{$meta.partition_key}").unwrap().render(&r),
             Err(Missing("$meta.partition_key".into()))

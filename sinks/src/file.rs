@@ -92,7 +92,9 @@ impl Sink for FileSink {
         }
         let (file, fsync, path) = (self.file.clone(), self.fsync, self.path.clone());
         let written = tokio::task::spawn_blocking(move || {
-            let mut guard = file.lock().map_err(|_| "the file lock is poisoned".to_owned())?;
+            let mut guard = file
+                .lock()
+                .map_err(|_| "the file lock is poisoned".to_owned())?;
             let file = guard
                 .as_mut()
                 .ok_or_else(|| "the sink was built for validation only".to_owned())?;
@@ -118,38 +120,74 @@ mod tests {
     async fn appends_one_line_per_record_of_any_size() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("out.jsonl").to_string_lossy().into_owned();
-        let config = FileSinkConfig { path: path.clone(), fsync: true };
-        let ctx = BuildContext { pipeline: "t".into(), validate_only: false };
+        let config = FileSinkConfig {
+            path: path.clone(),
+            fsync: true,
+        };
+        let ctx = BuildContext {
+            pipeline: "t".into(),
+            validate_only: false,
+        };
         let sink = config.build(&ctx).await.expect("builds");
         let big = "x".repeat(2 * 1024 * 1024);
         let records: Vec<_> = [json!({"a": 1}), json!({"big": big})]
             .into_iter()
-            .map(|value| Record { data: Default::default(), value, meta: Default::default() })
+            .map(|value| Record {
+                data: Default::default(),
+                value,
+                meta: Default::default(),
+            })
             .collect();
         assert!(sink.write(&records).await.iter().all(Result::is_ok));
         assert!(sink.write(&records[..1]).await.iter().all(Result::is_ok));
         let text = std::fs::read_to_string(&path).expect("written");
-        let lines: Vec<serde_json::Value> =
-            text.lines().map(|l| serde_json::from_str(l).expect("json line")).collect();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json line"))
+            .collect();
         assert_eq!(lines.len(), 3);
-        assert_eq!(lines[1]["big"].as_str().map(str::len), Some(2 * 1024 * 1024));
+        assert_eq!(
+            lines[1]["big"].as_str().map(str::len),
+            Some(2 * 1024 * 1024)
+        );
     }
 
     #[tokio::test]
     async fn a_write_error_is_retryable_for_every_record() {
-        let config = FileSinkConfig { path: "/dev/full".into(), fsync: false };
-        let ctx = BuildContext { pipeline: "t".into(), validate_only: false };
+        let config = FileSinkConfig {
+            path: "/dev/full".into(),
+            fsync: false,
+        };
+        let ctx = BuildContext {
+            pipeline: "t".into(),
+            validate_only: false,
+        };
         let sink = config.build(&ctx).await.expect("opens");
-        let r = Record { data: Default::default(), value: json!({"a": 1}), meta: Default::default() };
+        let r = Record {
+            data: Default::default(),
+            value: json!({"a": 1}),
+            meta: Default::default(),
+        };
         let results = sink.write(&[r.clone(), r]).await;
         assert_eq!(results.len(), 2);
-        assert!(results.iter().all(|r| matches!(r, Err(SinkError::Retryable(_)))), "{results:?}");
+        assert!(
+            results
+                .iter()
+                .all(|r| matches!(r, Err(SinkError::Retryable(_)))),
+            "{results:?}"
+        );
     }
 
     #[tokio::test]
     async fn a_missing_folder_is_a_build_error_naming_the_path() {
-        let config = FileSinkConfig { path: "/no/such/folder/x.jsonl".into(), fsync: true };
-        let ctx = BuildContext { pipeline: "t".into(), validate_only: true };
+        let config = FileSinkConfig {
+            path: "/no/such/folder/x.jsonl".into(),
+            fsync: true,
+        };
+        let ctx = BuildContext {
+            pipeline: "t".into(),
+            validate_only: true,
+        };
         let err = config.build(&ctx).await.err().expect("fails");
         assert!(err.to_string().contains("/no/such/folder"), "{err}");
     }

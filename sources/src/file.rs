@@ -75,12 +75,13 @@ impl Source for FileSource {
         let path = self.config.path;
         match self.config.format {
             FileFormat::Jsonl => stream::once(async move {
-                let file = tokio::fs::File::open(&path)
-                    .await
-                    .map_err(|source| SourceError::Io {
-                        what: path.clone(),
-                        source,
-                    })?;
+                let file =
+                    tokio::fs::File::open(&path)
+                        .await
+                        .map_err(|source| SourceError::Io {
+                            what: path.clone(),
+                            source,
+                        })?;
                 let origin = Origin {
                     source: "file",
                     stream: path,
@@ -97,21 +98,25 @@ impl Source for FileSource {
                 Err(e) => stream::once(async { Err(e) }).boxed(),
             })
             .boxed(),
-            FileFormat::KinesisEvent => stream::once(async move { read_event(&path, settings).await })
-                .flat_map(|read| match read {
-                    Ok(batches) => stream::iter(batches.into_iter().map(Ok)).boxed(),
-                    Err(e) => stream::once(async { Err(e) }).boxed(),
-                })
-                .boxed(),
+            FileFormat::KinesisEvent => {
+                stream::once(async move { read_event(&path, settings).await })
+                    .flat_map(|read| match read {
+                        Ok(batches) => stream::iter(batches.into_iter().map(Ok)).boxed(),
+                        Err(e) => stream::once(async { Err(e) }).boxed(),
+                    })
+                    .boxed()
+            }
         }
     }
 }
 
 async fn read_event(path: &str, settings: BatchSettings) -> Result<Vec<SourceBatch>, SourceError> {
-    let bytes = tokio::fs::read(path).await.map_err(|source| SourceError::Io {
-        what: path.to_owned(),
-        source,
-    })?;
+    let bytes = tokio::fs::read(path)
+        .await
+        .map_err(|source| SourceError::Io {
+            what: path.to_owned(),
+            source,
+        })?;
     let event: KinesisEvent = serde_json::from_slice(&bytes).map_err(|e| {
         SourceError::Format(format!(
             "{path} is not a Lambda Kinesis event ({{\"Records\": [...]}}): {e}"

@@ -2,7 +2,9 @@
 
 use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt};
-use sluice_core::{BatchSettings, Encoding, Meta, RawRecord, SequenceNumber, SourceBatch, SourceError};
+use sluice_core::{
+    BatchSettings, Encoding, Meta, RawRecord, SequenceNumber, SourceBatch, SourceError,
+};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 
 /// Where the lines come from, for each record's meta.
@@ -128,12 +130,26 @@ mod tests {
     async fn lines_become_records_numbered_by_line_skipping_blanks() {
         let batches = read(b"{\"a\":1}\n\n  \r\n{\"a\":2}\r\nnot json\n{\"a\":3}", 2).await;
         let records: Vec<_> = batches.iter().flat_map(|b| b.records.iter()).collect();
-        let seqs: Vec<_> = records.iter().map(|r| r.meta.sequence_number.to_string()).collect();
+        let seqs: Vec<_> = records
+            .iter()
+            .map(|r| r.meta.sequence_number.to_string())
+            .collect();
         assert_eq!(seqs, ["1", "4", "5", "6"]);
         assert_eq!(&records[1].data[..], b"{\"a\":2}");
-        assert_eq!(&records[2].data[..], b"not json", "malformed lines are records too");
-        assert_eq!(&records[3].data[..], b"{\"a\":3}", "a last line without newline counts");
-        assert_eq!(batches.iter().map(|b| b.records.len()).collect::<Vec<_>>(), [2, 2]);
+        assert_eq!(
+            &records[2].data[..],
+            b"not json",
+            "malformed lines are records too"
+        );
+        assert_eq!(
+            &records[3].data[..],
+            b"{\"a\":3}",
+            "a last line without newline counts"
+        );
+        assert_eq!(
+            batches.iter().map(|b| b.records.len()).collect::<Vec<_>>(),
+            [2, 2]
+        );
         assert!(batches.iter().all(|b| b.shard_id == "file"));
         assert_eq!(records[0].meta.stream, "in.jsonl");
     }

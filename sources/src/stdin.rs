@@ -50,6 +50,10 @@ impl Source for StdinSource {
             stream: self.stream,
             shard_id: "stdin".into(),
         };
-        json_lines(tokio::io::BufReader::new(tokio::io::stdin()), origin, settings)
+        json_lines(
+            tokio::io::BufReader::new(tokio::io::stdin()),
+            origin,
+            settings,
+        )
     }
 }

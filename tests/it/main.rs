@@ -1,1 +1,40 @@
+//! Tests of the `sluice` binary: the local Waze job, the CLI and pipeline-file validation.
 
+mod cli;
+mod local_job;
+mod validate;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The repository root (the tests run the binary from there, as the README does).
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The `sluice` binary, run from the repository root with no pipeline variables inherited.
+pub fn sluice() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    cmd.current_dir(root());
+    for (name, _) in std::env::vars() {
+        if name.starts_with("WAZE_") || name.starts_with("SLUICE") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd
+}
+
+/// Runs a command and returns its output, with stdout and stderr as text.
+pub fn run(cmd: &mut Command) -> (Output, String, String) {
+    let out = cmd.output().expect("the sluice binary runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out, stdout, stderr)
+}
+
+/// Writes a pipeline file into `dir`.
+pub fn pipeline_file(dir: &Path, name: &str, toml: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, toml).expect("pipeline file written");
+    path
+}

@@ -92,10 +92,16 @@ mod tests {
     #[test]
     fn unset_and_malformed_references_are_errors() {
         assert_eq!(run("${NOPE}"), Err(InterpolateError::Unset("NOPE".into())));
-        assert!(matches!(run("${TABLE"), Err(InterpolateError::Malformed(_))));
+        assert!(matches!(
+            run("${TABLE"),
+            Err(InterpolateError::Malformed(_))
+        ));
         assert!(matches!(run("${}"), Err(InterpolateError::Malformed(_))));
         assert!(matches!(run("${A B}"), Err(InterpolateError::Malformed(_))));
         let msg = run("${NOPE}").unwrap_err().to_string();
-        assert!(msg.contains("`NOPE` is not set") && msg.contains("${NOPE:-default}"), "{msg}");
+        assert!(
+            msg.contains("`NOPE` is not set") && msg.contains("${NOPE:-default}"),
+            "{msg}"
+        );
     }
 }

@@ -11,7 +11,7 @@ pub(super) fn from_figment(file: &Path, err: figment::Error) -> ConfigError {
     let messages: Vec<String> = err
         .into_iter()
         .map(|e| {
-            let path = e.path.join(".");
+            let path = key_path(&e.path);
             if key.is_none() && !path.is_empty() {
                 key = Some(path.clone());
             }
@@ -19,13 +19,7 @@ pub(super) fn from_figment(file: &Path, err: figment::Error) -> ConfigError {
                 .metadata
                 .as_ref()
                 .filter(|m| m.name.contains("environment"))
-                .map(|_| {
-                    format!(
-                        " (set by environment variable {}{})",
-                        super::OVERRIDE_PREFIX,
-                        e.path.join("__").to_uppercase()
-                    )
-                })
+                .map(|_| format!(" (from a {}* environment variable)", super::OVERRIDE_PREFIX))
                 .unwrap_or_default();
             format!("{}{origin}", describe(&path, &e.kind))
         })
@@ -35,6 +29,40 @@ pub(super) fn from_figment(file: &Path, err: figment::Error) -> ConfigError {
         key,
         message: messages.join("; "),
     }
+}
+
+/// `enrichers.1.keep_if` as `enrichers[1].keep_if`.
+pub(super) fn key_path(path: &[String]) -> String {
+    let mut out = String::new();
+    for part in path {
+        if part.parse::<usize>().is_ok() {
+            out.push_str(&format!("[{part}]"));
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(part);
+        }
+    }
+    out
+}
+
+/// Components deserialise through typetag, which turns serde's structured errors into text;
+/// this reads `unknown field: found `x`, expected `one of `a`, `b``` back.
+fn unknown_field_in(msg: &str) -> Option<(String, Vec<String>)> {
+    let rest = msg.strip_prefix("unknown field: found `")?;
+    let (field, expected) = rest.split_once("`, expected ")?;
+    let names = match expected.strip_prefix("`one of ") {
+        Some(list) => list.strip_suffix('`').unwrap_or(list),
+        None => expected,
+    };
+    let names = names
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_owned)
+        .collect();
+    Some((field.to_owned(), names))
 }
 
 fn at(path: &str) -> String {
@@ -47,16 +75,11 @@ fn at(path: &str) -> String {
 
 fn describe(path: &str, kind: &Kind) -> String {
     match kind {
-        Kind::UnknownField(field, expected) => {
-            let hint = match closest(field, expected) {
-                Some(near) => format!("did you mean `{near}`?"),
-                None => "remove it, or see the README's pipeline-file reference".to_owned(),
-            };
-            format!(
-                "unknown key `{field}` {}; expected one of {}: {hint}",
-                at(path),
-                list(expected)
-            )
+        Kind::UnknownField(field, expected) => unknown_field(path, field, expected),
+        Kind::Message(msg) if unknown_field_in(msg).is_some() => {
+            let (field, expected) = unknown_field_in(msg).expect("checked by the guard");
+            let expected: Vec<&str> = expected.iter().map(String::as_str).collect();
+            unknown_field(path, &field, &expected)
         }
         Kind::UnknownVariant(variant, expected) => {
             let hint = match closest(variant, expected) {
@@ -91,6 +114,18 @@ fn describe(path: &str, kind: &Kind) -> String {
         Kind::Message(msg) if path.is_empty() => msg.clone(),
         other => format!("`{path}`: {other}"),
     }
+}
+
+fn unknown_field(path: &str, field: &str, expected: &[&str]) -> String {
+    let hint = match closest(field, expected) {
+        Some(near) => format!("did you mean `{near}`?"),
+        None => "remove it, or see the README's pipeline-file reference".to_owned(),
+    };
+    format!(
+        "unknown key `{field}` {}; expected one of {}: {hint}",
+        at(path),
+        list(expected)
+    )
 }
 
 fn list(items: &[&str]) -> String {
@@ -138,8 +173,28 @@ mod tests {
     #[test]
     fn suggests_the_nearest_expected_name() {
         assert_eq!(closest("tabel", &["path", "table", "key"]), Some("table"));
-        assert_eq!(closest("sqlitee", &["file", "sqlite", "stdout"]), Some("sqlite"));
+        assert_eq!(
+            closest("sqlitee", &["file", "sqlite", "stdout"]),
+            Some("sqlite")
+        );
         assert_eq!(closest("zzzzzz", &["path", "table"]), None);
         assert_eq!(edit_distance("kitten", "sitting"), 3);
+    }
+
+    #[test]
+    fn reads_unknown_fields_back_from_typetag_text() {
+        let (field, expected) = unknown_field_in(
+            "unknown field: found `tabel`, expected `one of `path`, `table`, `key``",
+        )
+        .expect("parsed");
+        assert_eq!(field, "tabel");
+        assert_eq!(expected, ["path", "table", "key"]);
+        let (_, expected) =
+            unknown_field_in("unknown field: found `x`, expected `path`").expect("parsed");
+        assert_eq!(expected, ["path"]);
+        assert_eq!(
+            key_path(&["enrichers".into(), "1".into(), "keep_if".into()]),
+            "enrichers[1].keep_if"
+        );
     }
 }

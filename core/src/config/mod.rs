@@ -62,7 +62,7 @@ impl Provider for InterpolatedToml {
         let lookup = |name: &str| std::env::var(name).ok();
         for dict in data.values_mut() {
             let mut path = Vec::new();
-            interpolate_dict(dict, &mut path, &lookup)?;
+            interpolate_dict(dict, &mut path, &lookup).map_err(|e| *e)?;
         }
         Ok(data)
     }
@@ -72,7 +72,7 @@ fn interpolate_dict(
     dict: &mut Dict,
     path: &mut Vec<String>,
     lookup: &dyn Fn(&str) -> Option<String>,
-) -> Result<(), figment::Error> {
+) -> Result<(), Box<figment::Error>> {
     for (key, value) in dict.iter_mut() {
         path.push(key.clone());
         interpolate_value(value, path, lookup)?;
@@ -85,13 +85,13 @@ fn interpolate_value(
     value: &mut Value,
     path: &mut Vec<String>,
     lookup: &dyn Fn(&str) -> Option<String>,
-) -> Result<(), figment::Error> {
+) -> Result<(), Box<figment::Error>> {
     match value {
         Value::String(_, s) => {
             *s = interpolate(s, lookup).map_err(|e| {
                 let mut err = figment::Error::from(e.to_string());
                 err.path = path.clone();
-                err
+                Box::new(err)
             })?;
         }
         Value::Dict(_, dict) => interpolate_dict(dict, path, lookup)?,

@@ -113,18 +113,21 @@ impl Pipeline {
         for (index, raw) in raw.into_iter().enumerate() {
             match decode(raw) {
                 Ok(record) => live.push((index, record)),
-                Err((error, raw)) => doomed.push(Doomed {
-                    index,
-                    envelope: DeadLetter::new(
-                        &self.name,
-                        &Stage::Decode,
-                        "decode",
-                        error.to_string(),
-                        1,
-                        &raw.data,
-                        &raw.meta,
-                    ),
-                }),
+                Err(undecodable) => {
+                    let (error, raw) = *undecodable;
+                    doomed.push(Doomed {
+                        index,
+                        envelope: DeadLetter::new(
+                            &self.name,
+                            &Stage::Decode,
+                            "decode",
+                            error.to_string(),
+                            1,
+                            &raw.data,
+                            &raw.meta,
+                        ),
+                    })
+                }
             }
         }
         for enricher in &self.enrichers {
@@ -304,9 +307,18 @@ impl Pipeline {
             .iter()
             .map(|d| (d.index, d.envelope.stage.clone()))
             .collect();
-        let letters: Vec<Record> = doomed.into_iter().map(|d| d.envelope.into_record()).collect();
-        let settled =
-            write_with_retries(&*self.error_sink, &letters, self.retry, deadline, "error sink").await;
+        let letters: Vec<Record> = doomed
+            .into_iter()
+            .map(|d| d.envelope.into_record())
+            .collect();
+        let settled = write_with_retries(
+            &*self.error_sink,
+            &letters,
+            self.retry,
+            deadline,
+            "error sink",
+        )
+        .await;
         for ((index, stage), settled) in stages.into_iter().zip(settled) {
             outcomes[index] = Some(match settled {
                 Settled::Done => Outcome::DeadLettered { stage },

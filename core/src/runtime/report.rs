@@ -120,7 +120,8 @@ impl Progress {
         self.records.fetch_add(c.records, Ordering::Relaxed);
         self.stored.fetch_add(c.stored, Ordering::Relaxed);
         self.skipped.fetch_add(c.skipped, Ordering::Relaxed);
-        self.dead_lettered.fetch_add(c.dead_lettered, Ordering::Relaxed);
+        self.dead_lettered
+            .fetch_add(c.dead_lettered, Ordering::Relaxed);
         self.failed.fetch_add(c.failed, Ordering::Relaxed);
     }
 
@@ -189,8 +190,7 @@ impl RunSummary {
             }
         }
         if let Some(cp) = &report.checkpoint {
-            self.checkpoints
-                .insert(report.shard_id.clone(), cp.clone());
+            self.checkpoints.insert(report.shard_id.clone(), cp.clone());
         }
     }
 
@@ -230,7 +230,10 @@ impl RunSummary {
 }
 
 mod secs {
-    pub fn serialize<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         s.serialize_f64(d.as_secs_f64())
     }
 }
@@ -249,7 +252,12 @@ mod tests {
             "s".into(),
             vec![
                 (1.into(), Outcome::Stored),
-                (2.into(), Outcome::Skipped { by: "filter".into() }),
+                (
+                    2.into(),
+                    Outcome::Skipped {
+                        by: "filter".into(),
+                    },
+                ),
                 (3.into(), failed()),
                 (4.into(), Outcome::Stored),
             ],

@@ -87,7 +87,9 @@ async fn shard_worker(
         if let Some(ack) = ack {
             if let Err(e) = ack.acknowledge(&report).await {
                 tracing::error!(shard = %report.shard_id, error = %e, "checkpoint not stored; the batch will be delivered again");
-                summary.errors.push(format!("shard {}: {e}", report.shard_id));
+                summary
+                    .errors
+                    .push(format!("shard {}: {e}", report.shard_id));
             }
         }
         progress.add(&report);

@@ -5,7 +5,7 @@ use async_trait::async_trait;
 
 use super::*;
 use crate::component::Source;
-use crate::testkit::{raw, Failure, FailingSink, FlakyEnricher, MemorySink, MemorySource};
+use crate::testkit::{raw, FailingSink, Failure, FlakyEnricher, MemorySink, MemorySource};
 
 fn policy() -> RetryPolicy {
     RetryPolicy {
@@ -71,9 +71,17 @@ impl Enricher for SkipOdd {
 async fn retryable_failures_are_retried_and_then_stored() {
     let sink = FailingSink::default().failing(3, Failure::RetryableTimes(2));
     let dlq = MemorySink::default();
-    let p = pipeline(vec![], Arc::new(sink.clone()), Arc::new(dlq.clone()), policy());
+    let p = pipeline(
+        vec![],
+        Arc::new(sink.clone()),
+        Arc::new(dlq.clone()),
+        policy(),
+    );
     let report = p.process_batch("s".into(), records("s", 1..=5)).await;
-    assert!(report.outcomes.iter().all(|(_, o)| *o == Outcome::Stored), "{report:?}");
+    assert!(
+        report.outcomes.iter().all(|(_, o)| *o == Outcome::Stored),
+        "{report:?}"
+    );
     assert_eq!(sink.offered(3), 3, "two failures, then success");
     assert_eq!(sink.offered(2), 1, "neighbours are not written twice");
     assert_eq!(sink.inner.values().len(), 5);
@@ -85,9 +93,19 @@ async fn retryable_failures_are_retried_and_then_stored() {
 async fn permanent_failures_are_dead_lettered_with_their_reason_and_payload() {
     let sink = FailingSink::default().failing(2, Failure::Permanent);
     let dlq = MemorySink::default();
-    let p = pipeline(vec![], Arc::new(sink.clone()), Arc::new(dlq.clone()), policy());
+    let p = pipeline(
+        vec![],
+        Arc::new(sink.clone()),
+        Arc::new(dlq.clone()),
+        policy(),
+    );
     let report = p.process_batch("s".into(), records("s", 1..=3)).await;
-    assert_eq!(outcome(&report, 2), &Outcome::DeadLettered { stage: "sink".into() });
+    assert_eq!(
+        outcome(&report, 2),
+        &Outcome::DeadLettered {
+            stage: "sink".into()
+        }
+    );
     assert_eq!(sink.offered(2), 1, "a permanent failure is not retried");
     let letters = dlq.values();
     assert_eq!(letters.len(), 1);
@@ -100,17 +118,32 @@ async fn permanent_failures_are_dead_lettered_with_their_reason_and_payload() {
         .decode(letters[0]["payload_base64"].as_str().expect("payload"))
         .expect("base64");
     assert_eq!(payload, br#"{"n":2,"shard":"s"}"#);
-    assert_eq!(report.checkpoint, Some(3.into()), "dead-lettered records are done");
+    assert_eq!(
+        report.checkpoint,
+        Some(3.into()),
+        "dead-lettered records are done"
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_failing_error_sink_makes_the_record_failed_and_stops_the_checkpoint() {
     let sink = FailingSink::default().failing(3, Failure::Permanent);
     let dlq = FailingSink::failing_all(Failure::AlwaysRetryable);
-    let p = pipeline(vec![], Arc::new(sink.clone()), Arc::new(dlq.clone()), policy());
+    let p = pipeline(
+        vec![],
+        Arc::new(sink.clone()),
+        Arc::new(dlq.clone()),
+        policy(),
+    );
     let report = p.process_batch("s".into(), records("s", 1..=5)).await;
-    assert!(matches!(outcome(&report, 3), Outcome::Failed { error } if error.contains("error sink failed")));
-    assert_eq!(dlq.offered(3), policy().attempts as usize, "the error sink is retried too");
+    assert!(
+        matches!(outcome(&report, 3), Outcome::Failed { error } if error.contains("error sink failed"))
+    );
+    assert_eq!(
+        dlq.offered(3),
+        policy().attempts as usize,
+        "the error sink is retried too"
+    );
     assert_eq!(outcome(&report, 4), &Outcome::Stored);
     assert_eq!(report.checkpoint, Some(2.into()));
     assert_eq!(report.first_failure(), Some(&3.into()));
@@ -144,10 +177,15 @@ async fn after_a_failure_later_batches_of_that_shard_do_not_move_its_checkpoint(
 
 #[tokio::test(start_paused = true)]
 async fn exhausted_retries_fail_or_dead_letter_as_configured() {
-    for (on_exhausted, expect_failed) in [(OnExhausted::Fail, true), (OnExhausted::DeadLetter, false)] {
+    for (on_exhausted, expect_failed) in
+        [(OnExhausted::Fail, true), (OnExhausted::DeadLetter, false)]
+    {
         let sink = FailingSink::default().failing(2, Failure::AlwaysRetryable);
         let dlq = MemorySink::default();
-        let retry = RetryPolicy { on_exhausted, ..policy() };
+        let retry = RetryPolicy {
+            on_exhausted,
+            ..policy()
+        };
         let p = pipeline(vec![], Arc::new(sink.clone()), Arc::new(dlq.clone()), retry);
         let report = p.process_batch("s".into(), records("s", 1..=3)).await;
         assert_eq!(sink.offered(2), 4, "attempts are bounded");
@@ -155,7 +193,12 @@ async fn exhausted_retries_fail_or_dead_letter_as_configured() {
             assert!(matches!(outcome(&report, 2), Outcome::Failed { .. }));
             assert!(dlq.values().is_empty());
         } else {
-            assert_eq!(outcome(&report, 2), &Outcome::DeadLettered { stage: "sink".into() });
+            assert_eq!(
+                outcome(&report, 2),
+                &Outcome::DeadLettered {
+                    stage: "sink".into()
+                }
+            );
             assert_eq!(dlq.values()[0]["error"]["kind"], "retries_exhausted");
             assert_eq!(dlq.values()[0]["attempts"], 4);
         }
@@ -172,12 +215,24 @@ async fn retries_stop_at_the_time_budget() {
         max_elapsed: Duration::from_secs(5),
         on_exhausted: OnExhausted::Fail,
     };
-    let p = pipeline(vec![], Arc::new(sink.clone()), Arc::new(MemorySink::default()), retry);
+    let p = pipeline(
+        vec![],
+        Arc::new(sink.clone()),
+        Arc::new(MemorySink::default()),
+        retry,
+    );
     let started = tokio::time::Instant::now();
     let report = p.process_batch("s".into(), records("s", 1..=1)).await;
     assert!(matches!(outcome(&report, 1), Outcome::Failed { .. }));
-    assert!(started.elapsed() <= Duration::from_secs(5), "no retry starts past the budget");
-    assert!(sink.offered(1) >= 5 && sink.offered(1) <= 11, "offered {}", sink.offered(1));
+    assert!(
+        started.elapsed() <= Duration::from_secs(5),
+        "no retry starts past the budget"
+    );
+    assert!(
+        sink.offered(1) >= 5 && sink.offered(1) <= 11,
+        "offered {}",
+        sink.offered(1)
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -185,18 +240,44 @@ async fn enrichers_run_in_order_and_retry_retryable_errors() {
     let sink = MemorySink::default();
     let dlq = MemorySink::default();
     let enrichers = vec![
-        NamedEnricher { name: "flaky".into(), enricher: Arc::new(FlakyEnricher::new(2)) },
-        NamedEnricher { name: "skip-odd".into(), enricher: Arc::new(SkipOdd) },
+        NamedEnricher {
+            name: "flaky".into(),
+            enricher: Arc::new(FlakyEnricher::new(2)),
+        },
+        NamedEnricher {
+            name: "skip-odd".into(),
+            enricher: Arc::new(SkipOdd),
+        },
     ];
-    let p = pipeline(enrichers, Arc::new(sink.clone()), Arc::new(dlq.clone()), policy());
+    let p = pipeline(
+        enrichers,
+        Arc::new(sink.clone()),
+        Arc::new(dlq.clone()),
+        policy(),
+    );
     let mut batch = records("s", 1..=4);
     batch.push(raw("s", 5, r#"{"no_n":true}"#));
     batch.push(raw("s", 6, r#"{"n":"#));
     let report = p.process_batch("s".into(), batch).await;
-    assert_eq!(outcome(&report, 1), &Outcome::Skipped { by: "skip-odd".into() });
+    assert_eq!(
+        outcome(&report, 1),
+        &Outcome::Skipped {
+            by: "skip-odd".into()
+        }
+    );
     assert_eq!(outcome(&report, 2), &Outcome::Stored);
-    assert_eq!(outcome(&report, 5), &Outcome::DeadLettered { stage: "enrich:skip-odd".into() });
-    assert_eq!(outcome(&report, 6), &Outcome::DeadLettered { stage: "decode".into() });
+    assert_eq!(
+        outcome(&report, 5),
+        &Outcome::DeadLettered {
+            stage: "enrich:skip-odd".into()
+        }
+    );
+    assert_eq!(
+        outcome(&report, 6),
+        &Outcome::DeadLettered {
+            stage: "decode".into()
+        }
+    );
     let stored: Vec<_> = sink.values().iter().map(|v| v["n"].clone()).collect();
     assert_eq!(stored, vec![2, 4], "kept records reach the sink in order");
     let letters = dlq.values();
@@ -213,10 +294,21 @@ async fn an_enricher_that_never_recovers_fails_its_records() {
         name: "ssm".into(),
         enricher: Arc::new(FlakyEnricher::new(usize::MAX)),
     }];
-    let p = pipeline(enrichers, Arc::new(sink.clone()), Arc::new(MemorySink::default()), policy());
+    let p = pipeline(
+        enrichers,
+        Arc::new(sink.clone()),
+        Arc::new(MemorySink::default()),
+        policy(),
+    );
     let report = p.process_batch("s".into(), records("s", 1..=3)).await;
-    assert!(report.outcomes.iter().all(|(_, o)| matches!(o, Outcome::Failed { .. })));
-    assert!(sink.values().is_empty(), "never stored without the enrichment");
+    assert!(report
+        .outcomes
+        .iter()
+        .all(|(_, o)| matches!(o, Outcome::Failed { .. })));
+    assert!(
+        sink.values().is_empty(),
+        "never stored without the enrichment"
+    );
     assert_eq!(report.checkpoint, None);
 }
 
@@ -236,12 +328,17 @@ impl Sink for Disabled {
 #[tokio::test]
 async fn a_disabled_sink_is_not_called_and_its_records_are_skipped() {
     let sink = MemorySink::default();
-    let p = pipeline(vec![], Arc::new(Disabled(sink.clone())), Arc::new(MemorySink::default()), policy());
+    let p = pipeline(
+        vec![],
+        Arc::new(Disabled(sink.clone())),
+        Arc::new(MemorySink::default()),
+        policy(),
+    );
     let report = p.process_batch("s".into(), records("s", 1..=3)).await;
-    assert!(report
-        .outcomes
-        .iter()
-        .all(|(_, o)| *o == Outcome::Skipped { by: "sink disabled".into() }));
+    assert!(report.outcomes.iter().all(|(_, o)| *o
+        == Outcome::Skipped {
+            by: "sink disabled".into()
+        }));
     assert_eq!(sink.calls(), 0);
 }
 
@@ -260,12 +357,19 @@ impl Sink for SlowSink {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_shard_is_written_in_order_while_shards_interleave() {
     let sink = SlowSink::default();
-    let p = pipeline(vec![], Arc::new(sink.clone()), Arc::new(MemorySink::default()), policy());
+    let p = pipeline(
+        vec![],
+        Arc::new(sink.clone()),
+        Arc::new(MemorySink::default()),
+        policy(),
+    );
     let shards: Vec<_> = ["a", "b", "c"]
         .iter()
         .map(|s| (s.to_string(), records(s, 1..=200)))
         .collect();
-    let summary = p.run(Box::new(MemorySource::new(shards)), Arc::default()).await;
+    let summary = p
+        .run(Box::new(MemorySource::new(shards)), Arc::default())
+        .await;
     assert_eq!(summary.counts.stored, 600);
     let stored = sink.0.records();
     for shard in ["a", "b", "c"] {
@@ -275,7 +379,10 @@ async fn each_shard_is_written_in_order_while_shards_interleave() {
             .map(|r| r.meta.sequence_number.clone())
             .collect();
         assert_eq!(seqs.len(), 200);
-        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "shard {shard} out of order");
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "shard {shard} out of order"
+        );
     }
 }
 
@@ -306,11 +413,20 @@ async fn outcomes_always_add_up_to_the_input() {
         } else {
             Arc::new(MemorySink::default())
         };
-        let enrichers = vec![NamedEnricher { name: "skip-odd".into(), enricher: Arc::new(SkipOdd) }];
+        let enrichers = vec![NamedEnricher {
+            name: "skip-odd".into(),
+            enricher: Arc::new(SkipOdd),
+        }];
         let p = pipeline(enrichers, Arc::new(sink), dlq, policy());
         let source = MemorySource::new(vec![("s".into(), batch)]);
-        let summary = p.run(Box::new(source) as Box<dyn Source>, Arc::default()).await;
+        let summary = p
+            .run(Box::new(source) as Box<dyn Source>, Arc::default())
+            .await;
         assert_eq!(summary.counts.records, n, "round {round}");
-        assert!(summary.counts.adds_up(), "round {round}: {:?}", summary.counts);
+        assert!(
+            summary.counts.adds_up(),
+            "round {round}: {:?}",
+            summary.counts
+        );
     }
 }

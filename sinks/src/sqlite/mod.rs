@@ -157,7 +157,11 @@ impl Table {
         Ok(())
     }
 
-    fn upsert(&mut self, config: &SqliteSinkConfig, batch: &[Record]) -> Vec<Result<(), SinkError>> {
+    fn upsert(
+        &mut self,
+        config: &SqliteSinkConfig,
+        batch: &[Record],
+    ) -> Vec<Result<(), SinkError>> {
         let mut results: Vec<Result<(), SinkError>> =
             batch.iter().map(|r| check(r, &config.key)).collect();
         let rows: Vec<&Record> = batch
@@ -232,15 +236,32 @@ impl Sink for SqliteSink {
         tokio::task::spawn_blocking(move || {
             let mut guard = match table.lock() {
                 Ok(g) => g,
-                Err(_) => return vec![Err(SinkError::Retryable("the database lock is poisoned".into())); n],
+                Err(_) => {
+                    return vec![
+                        Err(SinkError::Retryable("the database lock is poisoned".into()));
+                        n
+                    ]
+                }
             };
             match guard.as_mut() {
                 Some(table) => table.upsert(&config, &batch),
-                None => vec![Err(SinkError::Permanent("the sink was built for validation only".into())); n],
+                None => vec![
+                    Err(SinkError::Permanent(
+                        "the sink was built for validation only".into()
+                    ));
+                    n
+                ],
             }
         })
         .await
-        .unwrap_or_else(|e| vec![Err(SinkError::Retryable(format!("the database task failed: {e}"))); n])
+        .unwrap_or_else(|e| {
+            vec![
+                Err(SinkError::Retryable(format!(
+                    "the database task failed: {e}"
+                )));
+                n
+            ]
+        })
     }
 }
 

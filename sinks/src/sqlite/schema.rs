@@ -38,7 +38,9 @@ pub(super) fn to_sql(value: &Value) -> Sql {
 /// The columns of `table`, with whether each is the primary key; empty when the table is absent.
 pub(super) fn columns(conn: &Connection, table: &str) -> rusqlite::Result<Vec<(String, bool)>> {
     let mut stmt = conn.prepare(&format!("PRAGMA table_info({})", quote(table)))?;
-    let rows = stmt.query_map([], |row| Ok((row.get::<_, String>(1)?, row.get::<_, i64>(5)? > 0)))?;
+    let rows = stmt.query_map([], |row| {
+        Ok((row.get::<_, String>(1)?, row.get::<_, i64>(5)? > 0))
+    })?;
     rows.collect()
 }
 
@@ -52,7 +54,11 @@ pub(super) fn create(
     let defs: Vec<String> = columns
         .iter()
         .map(|(name, ty)| {
-            let pk = if name == key { " PRIMARY KEY NOT NULL" } else { "" };
+            let pk = if name == key {
+                " PRIMARY KEY NOT NULL"
+            } else {
+                ""
+            };
             format!("{} {ty}{pk}", quote(name)).replace("  ", " ")
         })
         .collect();

@@ -34,7 +34,9 @@ async fn creates_typed_columns_and_upserts_on_the_key() {
     ];
     assert!(sink.write(&batch).await.iter().all(Result::is_ok));
     // Rerun with a changed value and a new field: same rows, updated, column added.
-    let again = vec![record(json!({"Id": "a", "State": "WI", "n": 3, "extra": "e"}))];
+    let again = vec![record(
+        json!({"Id": "a", "State": "WI", "n": 3, "extra": "e"}),
+    )];
     assert!(sink.write(&again).await.iter().all(Result::is_ok));
 
     let conn = Connection::open(&path).expect("open");
@@ -46,10 +48,22 @@ async fn creates_typed_columns_and_upserts_on_the_key() {
         .query_row(
             "SELECT State, n, x, ok, tags, extra FROM \"curated records\" WHERE Id = 'a'",
             [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            },
         )
         .expect("row a");
-    assert_eq!((state.as_str(), n, x, ok, tags.as_str(), extra.as_str()), ("WI", 3, 1.5, 1, "[\"t\"]", "e"));
+    assert_eq!(
+        (state.as_str(), n, x, ok, tags.as_str(), extra.as_str()),
+        ("WI", 3, 1.5, 1, "[\"t\"]", "e")
+    );
     let types: Vec<(String, String, i64)> = conn
         .prepare("SELECT name, type, pk FROM pragma_table_info('curated records')")
         .expect("pragma")
@@ -57,8 +71,14 @@ async fn creates_typed_columns_and_upserts_on_the_key() {
         .expect("rows")
         .collect::<Result<_, _>>()
         .expect("types");
-    assert!(types.contains(&("Id".into(), "TEXT".into(), 1)), "{types:?}");
-    assert!(types.contains(&("n".into(), "INTEGER".into(), 0)), "{types:?}");
+    assert!(
+        types.contains(&("Id".into(), "TEXT".into(), 1)),
+        "{types:?}"
+    );
+    assert!(
+        types.contains(&("n".into(), "INTEGER".into(), 0)),
+        "{types:?}"
+    );
     assert!(types.contains(&("x".into(), "REAL".into(), 0)), "{types:?}");
 }
 
@@ -90,8 +110,15 @@ async fn an_existing_table_keyed_otherwise_is_a_build_error() {
     Connection::open(&path)
         .and_then(|c| c.execute_batch("CREATE TABLE t (Other TEXT PRIMARY KEY, Id TEXT)"))
         .expect("setup");
-    let config = SqliteSinkConfig { path, table: "t".into(), key: "Id".into() };
-    let ctx = BuildContext { pipeline: "t".into(), validate_only: false };
+    let config = SqliteSinkConfig {
+        path,
+        table: "t".into(),
+        key: "Id".into(),
+    };
+    let ctx = BuildContext {
+        pipeline: "t".into(),
+        validate_only: false,
+    };
     let err = config.build(&ctx).await.err().expect("wrong key");
     assert!(err.to_string().contains("not its primary key"), "{err}");
 }

@@ -1,0 +1,57 @@
+//! The run summary printed on stdout.
+
+use std::fmt::Write;
+
+use sluice_core::RunSummary;
+
+fn by(map: &std::collections::BTreeMap<String, u64>) -> String {
+    if map.is_empty() {
+        return String::new();
+    }
+    let parts: Vec<String> = map.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    format!("  ({})", parts.join(", "))
+}
+
+/// The summary as text for a person.
+pub fn text(summary: &RunSummary, sink_enabled: bool) -> String {
+    let c = &summary.counts;
+    let mut out = String::new();
+    let _ = writeln!(out, "pipeline       {}", summary.pipeline);
+    let _ = writeln!(
+        out,
+        "records        {} in {:.2} s ({:.0} records/s)",
+        c.records,
+        summary.elapsed.as_secs_f64(),
+        summary.records_per_second()
+    );
+    let _ = writeln!(out, "stored         {}", c.stored);
+    let _ = writeln!(
+        out,
+        "skipped        {}{}",
+        c.skipped,
+        by(&summary.skipped_by)
+    );
+    let _ = writeln!(
+        out,
+        "dead-lettered  {}{}",
+        c.dead_lettered,
+        by(&summary.dead_lettered_by)
+    );
+    let _ = writeln!(out, "failed         {}", c.failed);
+    for (shard, seq) in &summary.checkpoints {
+        let _ = writeln!(out, "checkpoint     {shard} @ {seq}");
+    }
+    if !sink_enabled {
+        let _ = writeln!(
+            out,
+            "note           the sink is disabled: records were read and enriched but nothing was written"
+        );
+    }
+    for f in &summary.failures {
+        let _ = writeln!(out, "failure        {f}");
+    }
+    for e in &summary.errors {
+        let _ = writeln!(out, "error          {e}");
+    }
+    out
+}

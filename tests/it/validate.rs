@@ -1,0 +1,106 @@
+//! `sluice validate`: shipped files pass; typos, unknown types and unset variables are named.
+
+use crate::{pipeline_file, root, run, sluice};
+
+#[test]
+fn every_shipped_pipeline_file_is_valid() {
+    let mut checked = 0;
+    for entry in std::fs::read_dir(root().join("pipelines")).expect("pipelines/") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let (out, stdout, stderr) = run(sluice().arg("validate").arg(&path));
+            assert!(out.status.success(), "{}: {stdout}{stderr}", path.display());
+            assert!(stdout.contains("valid"), "{stdout}");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 1);
+}
+
+fn local_with(from: &str, to: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let text = std::fs::read_to_string(root().join("pipelines/waze-persist.local.toml")).unwrap();
+    assert!(text.contains(from), "the local pipeline contains {from}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = pipeline_file(dir.path(), "broken.toml", &text.replacen(from, to, 1));
+    (dir, path)
+}
+
+fn rejected(path: &std::path::Path) -> String {
+    let (out, stdout, stderr) = run(sluice().arg("validate").arg(path));
+    assert_eq!(out.status.code(), Some(2), "{stdout}{stderr}");
+    assert!(stderr.contains("broken.toml"), "names the file: {stderr}");
+    stderr
+}
+
+#[test]
+fn a_typo_in_a_key_is_named_with_the_likely_fix() {
+    let (_dir, path) = local_with("table = \"curated_records\"", "tabel = \"curated_records\"");
+    let err = rejected(&path);
+    assert!(
+        err.contains("unknown key `tabel` in `sink`") && err.contains("did you mean `table`?"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_unknown_component_type_lists_the_known_ones() {
+    let (_dir, path) = local_with("type = \"sqlite\"", "type = \"sqlitee\"");
+    let err = rejected(&path);
+    assert!(
+        err.contains("unknown type `sqlitee`") && err.contains("`sqlite`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_unset_variable_names_the_key_and_the_fix() {
+    let (_dir, path) = local_with("${WAZE_DB:-waze-local.db}", "${WAZE_DB_NOT_SET_ANYWHERE}");
+    let err = rejected(&path);
+    assert!(
+        err.contains("`sink.path`")
+            && err.contains("WAZE_DB_NOT_SET_ANYWHERE")
+            && err.contains(":-default"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_wrong_value_type_and_a_bad_enricher_setting_are_named() {
+    let (_dir, path) = local_with("attempts = 5", "attempts = \"five\"");
+    let err = rejected(&path);
+    assert!(
+        err.contains("`retry.attempts`") && err.contains("five"),
+        "{err}"
+    );
+    let (_dir, path) = local_with(
+        "starts_with = \"waze/\"",
+        "starts_with = \"waze/\", exists = true",
+    );
+    let err = rejected(&path);
+    assert!(
+        err.contains("enrichers[0].keep_if") && err.contains("more than one test"),
+        "{err}"
+    );
+}
+
+#[test]
+fn sluice_double_underscore_variables_override_keys_and_others_are_ignored() {
+    let mut cmd = sluice();
+    cmd.args(["validate", "pipelines/waze-persist.local.toml"])
+        .env("SLUICE__SINK__TABLE", "other_table")
+        .env("SLUICE_PIPELINE", "not/a/config/key.toml")
+        .env("SLUICE_LOG", "warn");
+    let (out, stdout, stderr) = run(&mut cmd);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("table `other_table`"), "{stdout}");
+
+    let mut cmd = sluice();
+    cmd.args(["validate", "pipelines/waze-persist.local.toml"])
+        .env("SLUICE__SINK__TABEL", "x");
+    let (out, _, stderr) = run(&mut cmd);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr.contains("unknown key `tabel`") && stderr.contains("SLUICE__"),
+        "{stderr}"
+    );
+}
