@@ -1,6 +1,7 @@
 //! Tests of the `sluice` binary: the local Waze job, the CLI and pipeline-file validation.
 
 mod cli;
+mod custom_sink;
 mod local_job;
 mod validate;
 

@@ -1,0 +1,63 @@
+//! A sink defined outside sluice's crates (this test crate is "another crate") registers with
+//! typetag and is usable from a pipeline file, as the README shows.
+
+use std::sync::{Arc, Mutex};
+
+use sluice::sluice_core::{
+    async_trait, BuildContext, BuildError, Progress, Record, Sink, SinkConfig, SinkError,
+};
+use sluice::PipelineConfig;
+
+static SEEN: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CountingSinkConfig {
+    pub label: String,
+}
+
+#[typetag::serde(name = "counting")]
+#[async_trait]
+impl SinkConfig for CountingSinkConfig {
+    async fn build(&self, _: &BuildContext) -> Result<Arc<dyn Sink>, BuildError> {
+        Ok(Arc::new(CountingSink(self.label.clone())))
+    }
+    fn describe(&self) -> String {
+        format!("counting ({})", self.label)
+    }
+}
+
+struct CountingSink(String);
+
+#[async_trait]
+impl Sink for CountingSink {
+    async fn write(&self, batch: &[Record]) -> Vec<Result<(), SinkError>> {
+        let mut seen = SEEN.lock().expect("lock");
+        seen.extend(
+            batch
+                .iter()
+                .map(|r| format!("{}:{}", self.0, r.value["id"])),
+        );
+        vec![Ok(()); batch.len()]
+    }
+}
+
+#[tokio::test]
+async fn a_sink_from_another_crate_runs_in_a_pipeline() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, "{\"id\":1}\n{\"id\":2}\n").expect("input");
+    let file = crate::pipeline_file(
+        dir.path(),
+        "p.toml",
+        &format!(
+            "name = \"custom\"\n[source]\ntype = \"file\"\npath = \"{}\"\n[sink]\ntype = \"counting\"\nlabel = \"mine\"\n[error_sink]\ntype = \"stdout\"\n",
+            input.display()
+        ),
+    );
+    let config = PipelineConfig::load(&file).expect("loads");
+    let (pipeline, source) = config.build(false).await.expect("builds");
+    let summary = pipeline.run(source, Arc::new(Progress::default())).await;
+    assert_eq!(summary.counts.stored, 2);
+    assert_eq!(*SEEN.lock().expect("lock"), ["mine:1", "mine:2"]);
+}
