@@ -85,11 +85,7 @@ struct FileSink {
 #[async_trait]
 impl Sink for FileSink {
     async fn write(&self, batch: &[Record]) -> Vec<Result<(), SinkError>> {
-        let mut buf = Vec::with_capacity(batch.len() * 512);
-        for record in batch {
-            serde_json::to_writer(&mut buf, &record.value).expect("a JSON value always serialises");
-            buf.push(b'\n');
-        }
+        let buf = crate::json_lines(batch);
         let (file, fsync, path) = (self.file.clone(), self.fsync, self.path.clone());
         let written = tokio::task::spawn_blocking(move || {
             let mut guard = file

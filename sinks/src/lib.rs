@@ -9,3 +9,13 @@ mod stdout;
 pub use file::FileSinkConfig;
 pub use sqlite::SqliteSinkConfig;
 pub use stdout::StdoutSinkConfig;
+
+/// Records' values as JSON lines, one per record.
+fn json_lines(batch: &[sluice_core::Record]) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(batch.len() * 512);
+    for record in batch {
+        serde_json::to_writer(&mut buf, &record.value).expect("a JSON value always serialises");
+        buf.push(b'\n');
+    }
+    buf
+}

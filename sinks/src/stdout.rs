@@ -29,11 +29,7 @@ struct StdoutSink;
 #[async_trait]
 impl Sink for StdoutSink {
     async fn write(&self, batch: &[Record]) -> Vec<Result<(), SinkError>> {
-        let mut buf = Vec::with_capacity(batch.len() * 256);
-        for record in batch {
-            serde_json::to_writer(&mut buf, &record.value).expect("a JSON value always serialises");
-            buf.push(b'\n');
-        }
+        let buf = crate::json_lines(batch);
         let mut out = std::io::stdout().lock();
         let result = out
             .write_all(&buf)
