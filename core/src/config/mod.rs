@@ -248,14 +248,14 @@ impl PipelineConfig {
         lines.push(format!(
             "batches     up to {} records or {}",
             self.batch.max_records,
-            humantime_serde::re::humantime::format_duration(self.batch.max_age)
+            human(self.batch.max_age)
         ));
         lines.push(format!(
             "retries     {} attempts, backoff {}..{}, within {}, then {}",
             self.retry.attempts,
-            humantime_serde::re::humantime::format_duration(self.retry.initial_backoff),
-            humantime_serde::re::humantime::format_duration(self.retry.max_backoff),
-            humantime_serde::re::humantime::format_duration(self.retry.max_elapsed),
+            human(self.retry.initial_backoff),
+            human(self.retry.max_backoff),
+            human(self.retry.max_elapsed),
             match self.retry.on_exhausted {
                 crate::settings::OnExhausted::Fail => "fail (deliver again)",
                 crate::settings::OnExhausted::DeadLetter => "dead-letter",
@@ -263,4 +263,8 @@ impl PipelineConfig {
         ));
         lines
     }
+}
+
+fn human(d: std::time::Duration) -> humantime_serde::re::humantime::FormattedDuration {
+    humantime_serde::re::humantime::format_duration(d)
 }

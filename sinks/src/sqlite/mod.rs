@@ -40,8 +40,8 @@ impl SinkConfig for SqliteSinkConfig {
         if ctx.validate_only && !Path::new(&self.path).exists() {
             return Ok(Arc::new(SqliteSink::unopened(self.clone())));
         }
-        let config = self.clone();
-        tokio::task::spawn_blocking(move || SqliteSink::open(config))
+        let (config, validate_only) = (self.clone(), ctx.validate_only);
+        tokio::task::spawn_blocking(move || SqliteSink::open(config, validate_only))
             .await
             .map_err(|e| BuildError::Unavailable {
                 what: "sqlite".into(),
@@ -76,16 +76,23 @@ impl SqliteSink {
         }
     }
 
-    fn open(config: SqliteSinkConfig) -> Result<Self, BuildError> {
+    /// Opens the database and checks an existing table's key; validation opens it read-only.
+    fn open(config: SqliteSinkConfig, validate_only: bool) -> Result<Self, BuildError> {
         let unavailable = |e: rusqlite::Error| BuildError::Unavailable {
             what: config.path.clone(),
             message: e.to_string(),
         };
-        let conn = Connection::open(&config.path).map_err(unavailable)?;
-        conn.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;",
-        )
-        .map_err(unavailable)?;
+        let conn = if validate_only {
+            Connection::open_with_flags(&config.path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .map_err(unavailable)?
+        } else {
+            let conn = Connection::open(&config.path).map_err(unavailable)?;
+            conn.execute_batch(
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;",
+            )
+            .map_err(unavailable)?;
+            conn
+        };
         let existing = schema::columns(&conn, &config.table).map_err(unavailable)?;
         if !existing.is_empty() && !existing.iter().any(|(c, pk)| *c == config.key && *pk) {
             return Err(BuildError::invalid(

@@ -122,3 +122,34 @@ async fn an_existing_table_keyed_otherwise_is_a_build_error() {
     let err = config.build(&ctx).await.err().expect("wrong key");
     assert!(err.to_string().contains("not its primary key"), "{err}");
 }
+
+#[tokio::test]
+async fn validation_checks_an_existing_table_without_changing_the_database() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("t.db").to_string_lossy().into_owned();
+    Connection::open(&path)
+        .and_then(|c| c.execute_batch("CREATE TABLE t (Other TEXT PRIMARY KEY, Id TEXT)"))
+        .expect("setup");
+    let before = std::fs::read(&path).expect("db");
+    let config = SqliteSinkConfig {
+        path: path.clone(),
+        table: "t".into(),
+        key: "Id".into(),
+    };
+    let ctx = BuildContext {
+        pipeline: "t".into(),
+        validate_only: true,
+    };
+    let err = config
+        .build(&ctx)
+        .await
+        .err()
+        .expect("wrong key is found by validation");
+    assert!(err.to_string().contains("not its primary key"), "{err}");
+    assert_eq!(
+        std::fs::read(&path).expect("db"),
+        before,
+        "validation wrote nothing"
+    );
+    assert!(!dir.path().join("t.db-wal").exists());
+}
