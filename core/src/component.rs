@@ -21,6 +21,16 @@ pub struct BuildContext {
     pub validate_only: bool,
 }
 
+impl BuildContext {
+    /// The context for building pipeline `pipeline`'s components.
+    pub fn new(pipeline: impl Into<String>, validate_only: bool) -> Self {
+        Self {
+            pipeline: pipeline.into(),
+            validate_only,
+        }
+    }
+}
+
 /// Configuration of a source: one `[source]` table, chosen by its `type`.
 #[typetag::serde(tag = "type")]
 #[async_trait]

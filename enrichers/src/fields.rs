@@ -186,10 +186,7 @@ mod tests {
 
     async fn build(config: Value) -> Result<Arc<dyn Enricher>, BuildError> {
         let config: FieldsConfig = serde_json::from_value(config).expect("config");
-        let ctx = BuildContext {
-            pipeline: "t".into(),
-            validate_only: false,
-        };
+        let ctx = BuildContext::new("t", false);
         config.build(&ctx).await
     }
 

@@ -120,10 +120,7 @@ mod tests {
             path: path.clone(),
             fsync: true,
         };
-        let ctx = BuildContext {
-            pipeline: "t".into(),
-            validate_only: false,
-        };
+        let ctx = BuildContext::new("t", false);
         let sink = config.build(&ctx).await.expect("builds");
         let big = "x".repeat(2 * 1024 * 1024);
         let records: Vec<_> = [json!({"a": 1}), json!({"big": big})]
@@ -154,10 +151,7 @@ mod tests {
             path: "/dev/full".into(),
             fsync: false,
         };
-        let ctx = BuildContext {
-            pipeline: "t".into(),
-            validate_only: false,
-        };
+        let ctx = BuildContext::new("t", false);
         let sink = config.build(&ctx).await.expect("opens");
         let r = Record {
             data: Default::default(),
@@ -180,10 +174,7 @@ mod tests {
             path: "/no/such/folder/x.jsonl".into(),
             fsync: true,
         };
-        let ctx = BuildContext {
-            pipeline: "t".into(),
-            validate_only: true,
-        };
+        let ctx = BuildContext::new("t", true);
         let err = config.build(&ctx).await.err().expect("fails");
         assert!(err.to_string().contains("/no/such/folder"), "{err}");
     }

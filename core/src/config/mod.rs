@@ -155,10 +155,7 @@ impl PipelineConfig {
     }
 
     fn context(&self, validate_only: bool) -> BuildContext {
-        BuildContext {
-            pipeline: self.name.clone(),
-            validate_only,
-        }
+        BuildContext::new(self.name.clone(), validate_only)
     }
 
     fn build_error(&self, table: &str, e: BuildError) -> ConfigError {

@@ -17,10 +17,7 @@ async fn sink(dir: &tempfile::TempDir) -> (Arc<dyn Sink>, String) {
         table: "curated records".into(),
         key: "Id".into(),
     };
-    let ctx = BuildContext {
-        pipeline: "t".into(),
-        validate_only: false,
-    };
+    let ctx = BuildContext::new("t", false);
     (config.build(&ctx).await.expect("opens"), path)
 }
 
@@ -115,10 +112,7 @@ async fn an_existing_table_keyed_otherwise_is_a_build_error() {
         table: "t".into(),
         key: "Id".into(),
     };
-    let ctx = BuildContext {
-        pipeline: "t".into(),
-        validate_only: false,
-    };
+    let ctx = BuildContext::new("t", false);
     let err = config.build(&ctx).await.err().expect("wrong key");
     assert!(err.to_string().contains("not its primary key"), "{err}");
 }
@@ -136,10 +130,7 @@ async fn validation_checks_an_existing_table_without_changing_the_database() {
         table: "t".into(),
         key: "Id".into(),
     };
-    let ctx = BuildContext {
-        pipeline: "t".into(),
-        validate_only: true,
-    };
+    let ctx = BuildContext::new("t", true);
     let err = config
         .build(&ctx)
         .await
