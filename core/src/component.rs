@@ -1,24 +1,43 @@
 //! The component traits: sources, enrichers and sinks, and the typetag'd configs that build them.
 
+use std::any::{Any, TypeId};
+use std::collections::{BTreeSet, HashMap};
 use std::fmt::Debug;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 
+use crate::calls::ApiCalls;
 use crate::error::{BuildError, EnrichError, SinkError, SourceError};
 use crate::record::{RawRecord, Record};
 use crate::runtime::BatchReport;
 use crate::settings::BatchSettings;
 
 /// What a component may need to know about the pipeline it is built into.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct BuildContext {
     /// The pipeline's `name`.
     pub pipeline: String,
     /// Whether the caller only validates: components check their settings but open nothing
     /// that would change the outside world (no files created, no tables made).
     pub validate_only: bool,
+    /// Where components count their calls to outside services; the run summary reports them.
+    pub api_calls: Arc<ApiCalls>,
+    /// The fields records can have when they reach the component, when the enrichers before it
+    /// tell (`None`: unknown); a sink checks its key against them before any record is read.
+    pub record_fields: Option<BTreeSet<String>>,
+    extensions: HashMap<TypeId, Arc<dyn Any + Send + Sync>>,
+}
+
+impl Debug for BuildContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BuildContext")
+            .field("pipeline", &self.pipeline)
+            .field("validate_only", &self.validate_only)
+            .field("extensions", &self.extensions.len())
+            .finish()
+    }
 }
 
 impl BuildContext {
@@ -27,7 +46,24 @@ impl BuildContext {
         Self {
             pipeline: pipeline.into(),
             validate_only,
+            api_calls: Arc::default(),
+            record_fields: None,
+            extensions: HashMap::new(),
         }
+    }
+
+    /// Hands components a value of a type they know (an embedding program's shared client,
+    /// a test's fault-injecting HTTP client); one value per type.
+    pub fn with<T: Any + Send + Sync>(mut self, value: T) -> Self {
+        self.extensions.insert(TypeId::of::<T>(), Arc::new(value));
+        self
+    }
+
+    /// The value of type `T` handed in with [`BuildContext::with`], if any.
+    pub fn get<T: Any + Send + Sync>(&self) -> Option<&T> {
+        self.extensions
+            .get(&TypeId::of::<T>())
+            .and_then(|v| v.downcast_ref::<T>())
     }
 }
 
@@ -49,6 +85,13 @@ pub trait EnricherConfig: Debug + Send + Sync {
     async fn build(&self, ctx: &BuildContext) -> Result<Arc<dyn Enricher>, BuildError>;
     /// One line saying what this enricher does.
     fn describe(&self) -> String;
+    /// The fields a record can have after this enricher, given those it could have before
+    /// (`None`: unknown). The default says unknown; an enricher that fixes the shape says so,
+    /// which lets a sink find a missing key before any record is read.
+    fn fields_after(&self, before: Option<BTreeSet<String>>) -> Option<BTreeSet<String>> {
+        let _ = before;
+        None
+    }
 }
 
 /// Configuration of a sink: the `[sink]` or `[error_sink]` table, chosen by its `type`.

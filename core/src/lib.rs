@@ -4,6 +4,9 @@
 //! registered with typetag: a crate that implements [`SinkConfig`] with
 //! `#[typetag::serde(name = "x")]` adds `type = "x"` to pipeline files once it is linked.
 
+#[cfg(feature = "aws")]
+pub mod aws;
+pub mod calls;
 pub mod component;
 pub mod config;
 pub mod dead_letter;
@@ -17,6 +20,7 @@ pub mod settings;
 pub mod testkit;
 
 pub use async_trait::async_trait;
+pub use calls::ApiCalls;
 pub use component::{
     Acknowledge, BuildContext, Enricher, EnricherConfig, Sink, SinkConfig, Source, SourceBatch,
     SourceConfig, Verdict,

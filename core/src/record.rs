@@ -59,7 +59,8 @@ pub struct Meta {
     /// When the source received the record, when it says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub arrival_time: Option<DateTime<Utc>>,
-    /// Facts enrichers attach (such as `ssm_parameter_version`); carried into the dead-letter envelope.
+    /// Facts enrichers attach (`ssm_parameter` adds `ssm:<name>` = the version it used); carried
+    /// into the dead-letter envelope.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub extra: BTreeMap<String, String>,
 }

@@ -256,3 +256,29 @@ impl Enricher for FlakyEnricher {
         }
     }
 }
+
+/// A retry policy for tests: six attempts, 10 ms first backoff, 10 s in all.
+pub fn quick_retry() -> crate::settings::RetryPolicy {
+    crate::settings::RetryPolicy {
+        attempts: 6,
+        initial_backoff: std::time::Duration::from_millis(10),
+        max_backoff: std::time::Duration::from_millis(100),
+        max_elapsed: std::time::Duration::from_secs(10),
+        on_exhausted: crate::settings::OnExhausted::Fail,
+    }
+}
+
+/// A pipeline with no enrichers that writes to `sink`, dead-letters into the returned memory
+/// sink, and retries quickly: for testing a sink through the runtime.
+pub fn sink_pipeline(sink: Arc<dyn Sink>) -> (crate::runtime::Pipeline, MemorySink) {
+    let dead = MemorySink::default();
+    let pipeline = crate::runtime::Pipeline::new(
+        "test",
+        Vec::new(),
+        sink,
+        Arc::new(dead.clone()),
+        crate::settings::BatchSettings::default(),
+        quick_retry(),
+    );
+    (pipeline, dead)
+}

@@ -2,7 +2,7 @@
 //!
 //! Applied in that order; templates read the record as it reached this enricher, before renames.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -104,6 +104,22 @@ impl EnricherConfig for FieldsConfig {
             parts.push(format!("keep only {}", keep.join(", ")));
         }
         parts.join("; ")
+    }
+
+    fn fields_after(&self, before: Option<BTreeSet<String>>) -> Option<BTreeSet<String>> {
+        if let Some(keep) = &self.keep_only {
+            return Some(keep.iter().cloned().collect());
+        }
+        let mut fields = before?;
+        fields.extend(self.set.keys().chain(self.uuid_v5.keys()).cloned());
+        for (old, new) in &self.rename {
+            fields.remove(old);
+            fields.insert(new.clone());
+        }
+        for field in &self.drop {
+            fields.remove(field);
+        }
+        Some(fields)
     }
 }
 

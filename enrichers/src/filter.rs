@@ -6,6 +6,7 @@ use serde_json::Value;
 use sluice_core::{
     BuildContext, BuildError, EnrichError, Enricher, EnricherConfig, Record, Verdict,
 };
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use crate::missing::IfMissing;
@@ -134,6 +135,10 @@ impl EnricherConfig for FilterConfig {
             (_, Some(c)) => format!("skip if {}", c.describe()),
             _ => "no condition".into(),
         }
+    }
+
+    fn fields_after(&self, before: Option<BTreeSet<String>>) -> Option<BTreeSet<String>> {
+        before
     }
 }
 

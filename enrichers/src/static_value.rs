@@ -1,5 +1,6 @@
 //! `type = "static"`: sets a field to a configured value (the local stand-in for an SSM batch id).
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -38,6 +39,12 @@ impl EnricherConfig for StaticConfig {
 
     fn describe(&self) -> String {
         format!("set `{}` = {}", self.field, self.value)
+    }
+
+    fn fields_after(&self, before: Option<BTreeSet<String>>) -> Option<BTreeSet<String>> {
+        let mut fields = before?;
+        fields.insert(self.field.clone());
+        Some(fields)
     }
 }
 

@@ -1,13 +1,18 @@
-//! sluice sinks without AWS: `sqlite` (the embedded default store), `file` (JSON lines) and `stdout`.
+//! sluice sinks: `dynamodb`, `sqs` (the dead-letter queue), `sqlite` (the embedded default store),
+//! `file` (JSON lines) and `stdout`.
 //!
 //! Each registers its `type` with typetag; linking this crate makes them available to pipeline files.
 
+mod dynamodb;
 mod file;
 mod sqlite;
+mod sqs;
 mod stdout;
 
+pub use dynamodb::DynamoDbSinkConfig;
 pub use file::FileSinkConfig;
 pub use sqlite::SqliteSinkConfig;
+pub use sqs::SqsSinkConfig;
 pub use stdout::StdoutSinkConfig;
 
 /// Records' values as JSON lines, one per record.

@@ -107,6 +107,39 @@ fn interpolate_value(
     Ok(())
 }
 
+/// Deserialises an on/off switch that environment variables can set: `true`/`false`, `1`/`0`
+/// (as the seed's `PERSIST_RECORDS`), `yes`/`no` or `on`/`off`, as a boolean, number or string.
+pub fn switch<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    struct Switch;
+    impl serde::de::Visitor<'_> for Switch {
+        type Value = bool;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("true or false (or 1/0, yes/no, on/off)")
+        }
+        fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<bool, E> {
+            Ok(v)
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<bool, E> {
+            match v {
+                0 => Ok(false),
+                1 => Ok(true),
+                _ => Err(E::invalid_value(serde::de::Unexpected::Signed(v), &self)),
+            }
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<bool, E> {
+            self.visit_i64(i64::try_from(v).unwrap_or(i64::MAX))
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<bool, E> {
+            match v.trim().to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" | "on" => Ok(true),
+                "0" | "false" | "no" | "off" => Ok(false),
+                _ => Err(E::invalid_value(serde::de::Unexpected::Str(v), &self)),
+            }
+        }
+    }
+    d.deserialize_any(Switch)
+}
+
 impl PipelineConfig {
     /// Loads a pipeline file: the TOML, `${VAR}` interpolation, then `SLUICE__` overrides.
     pub fn load(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
@@ -154,7 +187,8 @@ impl PipelineConfig {
             .map_err(|(key, message)| self.error(key, message))
     }
 
-    fn context(&self, validate_only: bool) -> BuildContext {
+    /// The context components are built in; add extensions to it with [`BuildContext::with`].
+    pub fn context(&self, validate_only: bool) -> BuildContext {
         BuildContext::new(self.name.clone(), validate_only)
     }
 
@@ -169,7 +203,12 @@ impl PipelineConfig {
 
     /// Builds everything but the source (a Lambda's events are its source).
     pub async fn build_pipeline(&self, validate_only: bool) -> Result<Pipeline, ConfigError> {
-        let ctx = self.context(validate_only);
+        self.build_pipeline_in(&self.context(validate_only)).await
+    }
+
+    /// [`PipelineConfig::build_pipeline`] in a given context.
+    pub async fn build_pipeline_in(&self, ctx: &BuildContext) -> Result<Pipeline, ConfigError> {
+        let ctx = ctx.clone();
         let mut enrichers = Vec::with_capacity(self.enrichers.len());
         for (i, config) in self.enrichers.iter().enumerate() {
             let enricher = config
@@ -181,9 +220,14 @@ impl PipelineConfig {
                 enricher,
             });
         }
+        let mut sink_ctx = ctx.clone();
+        sink_ctx.record_fields = self
+            .enrichers
+            .iter()
+            .fold(None, |fields, e| e.fields_after(fields));
         let sink = self
             .sink
-            .build(&ctx)
+            .build(&sink_ctx)
             .await
             .map_err(|e| self.build_error("sink", e))?;
         let error_sink = self
@@ -198,7 +242,8 @@ impl PipelineConfig {
             error_sink,
             self.batch,
             self.retry,
-        ))
+        )
+        .with_api_calls(ctx.api_calls.clone()))
     }
 
     /// Builds the source and the pipeline; nothing is read yet.
@@ -206,12 +251,20 @@ impl PipelineConfig {
         &self,
         validate_only: bool,
     ) -> Result<(Pipeline, Box<dyn Source>), ConfigError> {
+        self.build_in(&self.context(validate_only)).await
+    }
+
+    /// [`PipelineConfig::build`] in a given context.
+    pub async fn build_in(
+        &self,
+        ctx: &BuildContext,
+    ) -> Result<(Pipeline, Box<dyn Source>), ConfigError> {
         let source = self
             .source
-            .build(&self.context(validate_only))
+            .build(ctx)
             .await
             .map_err(|e| self.build_error("source", e))?;
-        let pipeline = self.build_pipeline(validate_only).await?;
+        let pipeline = self.build_pipeline_in(ctx).await?;
         Ok((pipeline, source))
     }
 

@@ -11,6 +11,7 @@ use tokio::time::Instant;
 
 pub use report::{BatchReport, Counts, Outcome, Progress, RunSummary};
 
+use crate::calls::ApiCalls;
 use crate::component::{Enricher, Sink, Verdict};
 use crate::dead_letter::{DeadLetter, Stage};
 use crate::decode::decode;
@@ -37,6 +38,7 @@ pub struct Pipeline {
     error_sink: Arc<dyn Sink>,
     batch: BatchSettings,
     retry: RetryPolicy,
+    api_calls: Arc<ApiCalls>,
 }
 
 /// A record given up on, waiting to be written to the error sink.
@@ -69,7 +71,19 @@ impl Pipeline {
             error_sink,
             batch,
             retry,
+            api_calls: Arc::default(),
         }
+    }
+
+    /// Counts calls into `calls` (the build context's counter, so components' calls show up).
+    pub fn with_api_calls(mut self, calls: Arc<ApiCalls>) -> Self {
+        self.api_calls = calls;
+        self
+    }
+
+    /// The calls to outside services made so far by the pipeline's components.
+    pub fn api_calls(&self) -> &Arc<ApiCalls> {
+        &self.api_calls
     }
 
     /// The pipeline's name.

@@ -166,6 +166,8 @@ pub struct RunSummary {
     pub checkpoints: BTreeMap<String, SequenceNumber>,
     /// Errors that stopped the source or its checkpoints; records not yet read remain unread.
     pub errors: Vec<String>,
+    /// Calls made to outside services, per `Service.Operation` (each attempt counts).
+    pub api_calls: BTreeMap<String, u64>,
     /// Wall-clock time of the run.
     #[serde(with = "secs")]
     pub elapsed: Duration,

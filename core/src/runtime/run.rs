@@ -60,6 +60,7 @@ impl Pipeline {
                 Err(e) => summary.errors.push(format!("a shard worker failed: {e}")),
             }
         }
+        summary.api_calls = self.api_calls().snapshot();
         summary.elapsed = started.elapsed();
         summary
     }

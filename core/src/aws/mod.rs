@@ -1,0 +1,250 @@
+//! Shared AWS SDK set-up for AWS components: the standard credential and region chain (loaded
+//! once per process), a per-component region and endpoint, timeouts, and call counting.
+
+#[cfg(feature = "testkit")]
+pub mod faults;
+#[cfg(feature = "testkit")]
+pub mod testing;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_credential_types::provider::SharedCredentialsProvider;
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::http::SharedHttpClient;
+use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef;
+use aws_smithy_runtime_api::client::interceptors::Intercept;
+use aws_smithy_runtime_api::client::orchestrator::{HttpResponse, Metadata};
+use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_types::config_bag::ConfigBag;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+use tokio::sync::OnceCell;
+
+use crate::calls::ApiCalls;
+use crate::component::BuildContext;
+use crate::error::BuildError;
+
+/// Who retries a component's failed calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retries {
+    /// sluice's runtime does, under the pipeline's `[retry]` policy: sinks and enrichers, whose
+    /// attempts and time budget the policy bounds and the dead-letter envelope reports.
+    Runtime,
+    /// The SDK's standard mode does (3 attempts with jittered backoff): sources and checkpoints.
+    Sdk,
+}
+
+/// Where and how one component connects.
+#[derive(Debug, Clone, Copy)]
+pub struct Connection<'a> {
+    /// The component's `region` setting; `None` uses the standard chain (`AWS_REGION`, profile).
+    pub region: Option<&'a str>,
+    /// The component's `endpoint_url` setting; `None` uses `AWS_ENDPOINT_URL` or AWS itself.
+    pub endpoint_url: Option<&'a str>,
+    /// Who retries.
+    pub retries: Retries,
+}
+
+/// Replaces the standard chain for every AWS component of a pipeline, handed in with
+/// [`BuildContext::with`]: tests give fixed credentials and a fault-injecting HTTP client; an
+/// embedding program can give its own credentials.
+#[derive(Debug, Clone, Default)]
+pub struct AwsOverrides {
+    /// The HTTP client every AWS component uses instead of the default.
+    pub http_client: Option<SharedHttpClient>,
+    /// Credentials instead of the standard chain's.
+    pub credentials: Option<SharedCredentialsProvider>,
+    /// The region instead of the standard chain's (a component's own `region` still wins).
+    pub region: Option<String>,
+}
+
+/// How long one attempt of one call may take before it counts as a (retryable) timeout.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+
+static BASE: OnceCell<SdkConfig> = OnceCell::const_new();
+
+/// The SDK configuration for one component: the process's credential and region chain with the
+/// component's own region, endpoint and retry owner. Fails when no region is known.
+pub async fn sdk_config(ctx: &BuildContext, conn: Connection<'_>) -> Result<SdkConfig, BuildError> {
+    let overrides = ctx.get::<AwsOverrides>();
+    let mut builder = match overrides {
+        None => BASE
+            .get_or_init(|| aws_config::defaults(BehaviorVersion::latest()).load())
+            .await
+            .to_builder(),
+        Some(o) => {
+            let mut loader = aws_config::defaults(BehaviorVersion::latest());
+            if let Some(region) = &o.region {
+                loader = loader.region(Region::new(region.clone()));
+            }
+            if let Some(credentials) = &o.credentials {
+                loader = loader.credentials_provider(credentials.clone());
+            }
+            loader.load().await.to_builder()
+        }
+    };
+    if let Some(region) = conn.region {
+        builder = builder.region(Region::new(region.to_owned()));
+    }
+    if let Some(url) = conn.endpoint_url {
+        builder = builder.endpoint_url(url);
+    }
+    builder = builder.retry_config(match conn.retries {
+        Retries::Runtime => RetryConfig::disabled(),
+        Retries::Sdk => RetryConfig::standard(),
+    });
+    builder = builder.timeout_config(
+        TimeoutConfig::builder()
+            .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+            .build(),
+    );
+    if let Some(client) = overrides.and_then(|o| o.http_client.clone()) {
+        builder = builder.http_client(client);
+    }
+    let config = builder.build();
+    if config.region().is_none() {
+        return Err(BuildError::invalid(
+            "region",
+            "no AWS region is configured: set AWS_REGION (or `region` in this table)",
+        ));
+    }
+    Ok(config)
+}
+
+/// An SDK interceptor that counts every attempt of every call into the pipeline's [`ApiCalls`];
+/// add it to each service client (`config::Builder::from(&sdk).interceptor(..)`).
+#[derive(Debug, Clone)]
+pub struct CountCalls(pub Arc<ApiCalls>);
+
+impl CountCalls {
+    /// The counter for a pipeline's components.
+    pub fn new(ctx: &BuildContext) -> Self {
+        Self(ctx.api_calls.clone())
+    }
+}
+
+impl Intercept for CountCalls {
+    fn name(&self) -> &'static str {
+        "sluice::CountCalls"
+    }
+
+    fn read_before_transmit(
+        &self,
+        _context: &BeforeTransmitInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        if let Some(m) = cfg.load::<Metadata>() {
+            self.0.add(m.service(), m.name());
+        }
+        Ok(())
+    }
+}
+
+/// Error codes with which AWS services say "slow down" or "try again".
+const RETRYABLE_CODES: &[&str] = &[
+    "ProvisionedThroughputExceededException",
+    "ThrottlingException",
+    "Throttling",
+    "ThrottledException",
+    "RequestLimitExceeded",
+    "RequestThrottled",
+    "RequestThrottledException",
+    "TooManyRequestsException",
+    "LimitExceededException",
+    "InternalServerError",
+    "InternalFailure",
+    "ServiceUnavailable",
+    "KMSThrottlingException",
+];
+
+/// Whether a failed call may succeed if made again: timeouts, lost connections, throttling, 5xx.
+pub fn is_retryable<E: ProvideErrorMetadata>(e: &SdkError<E, HttpResponse>) -> bool {
+    match e {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            true
+        }
+        SdkError::ServiceError(s) => {
+            s.raw().status().is_server_error()
+                || s.err().code().is_some_and(|c| RETRYABLE_CODES.contains(&c))
+        }
+        _ => false,
+    }
+}
+
+/// A failed call's error code and message (`ResourceNotFoundException: Requested resource not
+/// found`), or the whole error chain when the service sent none.
+pub fn describe_error<E>(e: &SdkError<E, HttpResponse>) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match e {
+        SdkError::ServiceError(s) => match (s.err().code(), s.err().message()) {
+            (Some(code), Some(message)) => format!("{code}: {message}"),
+            (Some(code), None) => code.to_owned(),
+            _ => format!("HTTP {}: {}", s.raw().status().as_u16(), error_chain(e)),
+        },
+        _ => error_chain(e),
+    }
+}
+
+/// The error code of a service error, if the service sent one.
+pub fn error_code<E: ProvideErrorMetadata>(e: &SdkError<E, HttpResponse>) -> Option<&str> {
+    match e {
+        SdkError::ServiceError(s) => s.err().code(),
+        _ => None,
+    }
+}
+
+/// The name of a resource given by name or ARN: the part after `:table/`, `:stream/`, and so on.
+pub fn name_from_arn<'a>(name_or_arn: &'a str, resource: &str) -> &'a str {
+    if !name_or_arn.starts_with("arn:") {
+        return name_or_arn;
+    }
+    let marker = format!(":{resource}/");
+    match name_or_arn.find(&marker) {
+        Some(i) => {
+            let rest = &name_or_arn[i + marker.len()..];
+            rest.split('/').next().unwrap_or(rest)
+        }
+        None => name_or_arn,
+    }
+}
+
+/// The error's message and its source chain on one line: the SDK's `Display` alone often says
+/// only "service error".
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_come_out_of_arns() {
+        let arn = "arn:aws:dynamodb:us-east-1:123456789012:table/curated-records";
+        assert_eq!(name_from_arn(arn, "table"), "curated-records");
+        let with_index = "arn:aws:dynamodb:us-east-1:1:table/t/index/BatchId";
+        assert_eq!(name_from_arn(with_index, "table"), "t");
+        assert_eq!(name_from_arn("plain-name", "table"), "plain-name");
+        assert_eq!(
+            name_from_arn("arn:aws:kinesis:us-east-1:1:stream/waze", "stream"),
+            "waze"
+        );
+    }
+}

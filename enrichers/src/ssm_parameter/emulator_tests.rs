@@ -1,0 +1,205 @@
+//! The `ssm_parameter` enricher against the emulator (moto), with faults injected.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_ssm::types::ParameterType;
+use serde_json::json;
+use sluice_core::aws::faults::{Fault, FaultPlan};
+use sluice_core::aws::testing::{self, moto_endpoint, unique};
+use sluice_core::runtime::NamedEnricher;
+use sluice_core::testkit::{quick_retry, raw, record, MemorySink};
+use sluice_core::{BatchSettings, BuildContext, EnrichError, EnricherConfig, Outcome, Pipeline};
+
+use super::SsmParameterConfig;
+
+struct Parameter {
+    client: aws_sdk_ssm::Client,
+    name: String,
+    endpoint: String,
+}
+
+impl Parameter {
+    async fn create(endpoint: &str, value: &str) -> Self {
+        let client = aws_sdk_ssm::Client::new(&testing::sdk_config(endpoint).await);
+        let p = Self {
+            client,
+            name: format!("/sluice-tests/{}", unique("batch-id")),
+            endpoint: endpoint.to_owned(),
+        };
+        p.put(value).await;
+        p
+    }
+
+    async fn put(&self, value: &str) {
+        self.client
+            .put_parameter()
+            .name(&self.name)
+            .value(value)
+            .r#type(ParameterType::String)
+            .overwrite(true)
+            .send()
+            .await
+            .expect("put the test parameter");
+    }
+
+    fn config(&self, refresh: &str, max_age: &str) -> SsmParameterConfig {
+        use figment::providers::{Format, Toml};
+        let text = format!(
+            "parameter = \"{}\"\ninto = \"BatchId\"\nrefresh = \"{refresh}\"\nmax_age = \"{max_age}\"\nendpoint_url = \"{}\"",
+            self.name, self.endpoint
+        );
+        figment::Figment::from(Toml::string(&text))
+            .extract()
+            .expect("a valid config")
+    }
+}
+
+fn ssm_calls(ctx: &BuildContext) -> u64 {
+    ctx.api_calls.service_total("SSM")
+}
+
+#[tokio::test]
+async fn the_value_goes_into_the_field_and_its_version_into_meta_with_one_read_per_interval() {
+    let Some(endpoint) = moto_endpoint() else {
+        return;
+    };
+    let parameter = Parameter::create(&endpoint, "batch-0001").await;
+    let ctx = testing::context("test", &FaultPlan::new());
+    let enricher = parameter
+        .config("1h", "2h")
+        .build(&ctx)
+        .await
+        .expect("builds");
+    for i in 0..1000 {
+        let mut r = record("s", i, json!({"n": i}));
+        enricher.enrich(&mut r).await.expect("enriched");
+        assert_eq!(r.value["BatchId"], "batch-0001");
+        assert_eq!(r.meta.extra[&format!("ssm:{}", parameter.name)], "1");
+    }
+    assert_eq!(
+        ssm_calls(&ctx),
+        1,
+        "one read serves every record within the interval"
+    );
+}
+
+#[tokio::test]
+async fn a_new_value_is_picked_up_after_the_refresh_interval() {
+    let Some(endpoint) = moto_endpoint() else {
+        return;
+    };
+    let parameter = Parameter::create(&endpoint, "batch-0001").await;
+    let ctx = testing::context("test", &FaultPlan::new());
+    let enricher = parameter
+        .config("100ms", "1s")
+        .build(&ctx)
+        .await
+        .expect("builds");
+    parameter.put("batch-0002").await;
+    let mut r = record("s", 1, json!({}));
+    enricher.enrich(&mut r).await.unwrap();
+    assert_eq!(
+        r.value["BatchId"], "batch-0001",
+        "still within the interval"
+    );
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let mut r = record("s", 2, json!({}));
+    enricher.enrich(&mut r).await.unwrap();
+    assert_eq!(r.value["BatchId"], "batch-0002");
+    assert_eq!(r.meta.extra[&format!("ssm:{}", parameter.name)], "2");
+    assert_eq!(ssm_calls(&ctx), 2);
+}
+
+#[tokio::test]
+async fn while_unreadable_the_last_value_serves_until_max_age_then_records_wait() {
+    let Some(endpoint) = moto_endpoint() else {
+        return;
+    };
+    let parameter = Parameter::create(&endpoint, "batch-0001").await;
+    let plan = FaultPlan::new();
+    let ctx = testing::context("test", &plan);
+    let enricher = parameter
+        .config("50ms", "400ms")
+        .build(&ctx)
+        .await
+        .expect("builds");
+    plan.fail_always("GetParameter", Fault::ServerError);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut r = record("s", 1, json!({}));
+    enricher
+        .enrich(&mut r)
+        .await
+        .expect("a value younger than max_age serves");
+    assert_eq!(r.value["BatchId"], "batch-0001");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let mut r = record("s", 2, json!({}));
+    let e = enricher.enrich(&mut r).await.unwrap_err();
+    assert!(
+        matches!(&e, EnrichError::Retryable(m) if m.contains("InternalServerError")),
+        "{e:?}"
+    );
+    assert!(
+        r.value.get("BatchId").is_none(),
+        "never written without the value"
+    );
+
+    // Through the runtime: retried, then Failed; nothing reaches the sink.
+    let sink = MemorySink::default();
+    let dead = MemorySink::default();
+    let pipeline = Pipeline::new(
+        "test",
+        vec![NamedEnricher {
+            name: "ssm_parameter".into(),
+            enricher: enricher.clone(),
+        }],
+        Arc::new(sink.clone()),
+        Arc::new(dead.clone()),
+        BatchSettings::default(),
+        quick_retry(),
+    );
+    let report = pipeline
+        .process_batch("s".into(), vec![raw("s", 1, "{}"), raw("s", 2, "{}")])
+        .await;
+    assert!(
+        report
+            .outcomes
+            .iter()
+            .all(|(_, o)| matches!(o, Outcome::Failed { .. })),
+        "{report:?}"
+    );
+    assert!(sink.records().is_empty() && dead.records().is_empty());
+
+    plan.heal("GetParameter");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let report = pipeline
+        .process_batch("s".into(), vec![raw("s", 3, "{}")])
+        .await;
+    assert_eq!(
+        report.outcomes[0].1,
+        Outcome::Stored,
+        "after the outage records flow again"
+    );
+    assert_eq!(sink.values()[0]["BatchId"], "batch-0001");
+}
+
+#[tokio::test]
+async fn a_missing_parameter_is_a_clear_error_at_start_up() {
+    let Some(endpoint) = moto_endpoint() else {
+        return;
+    };
+    let parameter = Parameter::create(&endpoint, "x").await;
+    let mut config = parameter.config("5s", "60s");
+    config.parameter = "/no/such/parameter".into();
+    let ctx = testing::context("test", &FaultPlan::new());
+    let e = config
+        .build(&ctx)
+        .await
+        .err()
+        .expect("the build fails")
+        .to_string();
+    assert!(
+        e.contains("/no/such/parameter") && e.contains("ParameterNotFound"),
+        "{e}"
+    );
+}

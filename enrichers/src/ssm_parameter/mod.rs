@@ -1,0 +1,229 @@
+//! `type = "ssm_parameter"`: sets a field from an SSM parameter (the Waze job's latest batch id),
+//! read once per refresh interval rather than once per record.
+//!
+//! A record is never written without the value: when the parameter cannot be read and the last
+//! value read is older than `max_age`, the enricher fails retryably, so the record is retried and
+//! then Failed (delivered again later), never stored without it.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sluice_core::aws::{self, Connection, CountCalls, Retries};
+use sluice_core::{
+    BuildContext, BuildError, EnrichError, Enricher, EnricherConfig, Record, Verdict,
+};
+use tokio::time::Instant;
+
+fn default_refresh() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_max_age() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// After a failed read, how long records get the same error before the parameter is read again.
+const FAILURE_HOLD: Duration = Duration::from_secs(1);
+
+/// Sets a field to an SSM parameter's value.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SsmParameterConfig {
+    /// The parameter's name (`/sdc/waze/latest-batch-id`) or ARN.
+    pub parameter: String,
+    /// The field the value is written into.
+    pub into: String,
+    /// Decrypt a SecureString parameter (default false).
+    #[serde(default)]
+    pub with_decryption: bool,
+    /// How long a value read is used before reading again (default 5s).
+    #[serde(default = "default_refresh", with = "humantime_serde")]
+    pub refresh: Duration,
+    /// The oldest value used while the parameter cannot be read (default 60s); past it, records
+    /// wait (retried, then Failed) rather than being written with a stale value.
+    #[serde(default = "default_max_age", with = "humantime_serde")]
+    pub max_age: Duration,
+    /// The region; default: the standard chain (`AWS_REGION`).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Another endpoint (an emulator); default: `AWS_ENDPOINT_URL`, else AWS.
+    #[serde(default)]
+    pub endpoint_url: Option<String>,
+}
+
+#[typetag::serde(name = "ssm_parameter")]
+#[async_trait]
+impl EnricherConfig for SsmParameterConfig {
+    async fn build(&self, ctx: &BuildContext) -> Result<Arc<dyn Enricher>, BuildError> {
+        for (key, value) in [("parameter", &self.parameter), ("into", &self.into)] {
+            if value.trim().is_empty() {
+                return Err(BuildError::invalid(key, "must not be empty"));
+            }
+        }
+        if self.max_age < self.refresh {
+            return Err(BuildError::invalid(
+                "max_age",
+                format!(
+                    "must be at least `refresh` ({}), or values would expire before they are refreshed",
+                    humantime::format_duration(self.refresh)
+                ),
+            ));
+        }
+        let sdk = aws::sdk_config(
+            ctx,
+            Connection {
+                region: self.region.as_deref(),
+                endpoint_url: self.endpoint_url.as_deref(),
+                retries: Retries::Runtime,
+            },
+        )
+        .await?;
+        let client = aws_sdk_ssm::Client::from_conf(
+            aws_sdk_ssm::config::Builder::from(&sdk)
+                .interceptor(CountCalls::new(ctx))
+                .build(),
+        );
+        let enricher = SsmParameter {
+            client,
+            config: self.clone(),
+            meta_key: format!("ssm:{}", self.parameter),
+            cache: RwLock::new(None),
+            refreshing: tokio::sync::Mutex::new(None),
+        };
+        // Reading it now proves it exists and is readable, and fills the cache.
+        enricher
+            .current()
+            .await
+            .map_err(|e| BuildError::Unavailable {
+                what: format!("SSM parameter `{}`", self.parameter),
+                message: e.to_string(),
+            })?;
+        Ok(Arc::new(enricher))
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "set `{}` from SSM parameter {} (read every {})",
+            self.into,
+            self.parameter,
+            humantime::format_duration(self.refresh)
+        )
+    }
+
+    fn fields_after(&self, before: Option<BTreeSet<String>>) -> Option<BTreeSet<String>> {
+        let mut fields = before?;
+        fields.insert(self.into.clone());
+        Some(fields)
+    }
+}
+
+/// A value read, with its version and when it was read.
+#[derive(Debug, Clone)]
+struct Reading {
+    value: String,
+    version: i64,
+    read_at: Instant,
+}
+
+struct SsmParameter {
+    client: aws_sdk_ssm::Client,
+    config: SsmParameterConfig,
+    meta_key: String,
+    cache: RwLock<Option<Arc<Reading>>>,
+    /// Held while reading, so concurrent records wait for one call; remembers the last failure.
+    refreshing: tokio::sync::Mutex<Option<(Instant, String)>>,
+}
+
+impl SsmParameter {
+    fn cached(&self) -> Option<Arc<Reading>> {
+        self.cache.read().expect("no panic while caching").clone()
+    }
+
+    /// The value to use now: the cached one while fresh, else a new read, else the cached one
+    /// while younger than `max_age`.
+    async fn current(&self) -> Result<Arc<Reading>, EnrichError> {
+        let fresh = |r: &Reading| r.read_at.elapsed() < self.config.refresh;
+        if let Some(r) = self.cached().filter(|r| fresh(r)) {
+            return Ok(r);
+        }
+        let mut last_failure = self.refreshing.lock().await;
+        // Another record may have refreshed it while this one waited.
+        if let Some(r) = self.cached().filter(|r| fresh(r)) {
+            return Ok(r);
+        }
+        let failure = match &*last_failure {
+            Some((at, error)) if at.elapsed() < FAILURE_HOLD => error.clone(),
+            _ => match self.read().await {
+                Ok(reading) => {
+                    let reading = Arc::new(reading);
+                    *self.cache.write().expect("no panic while caching") = Some(reading.clone());
+                    *last_failure = None;
+                    return Ok(reading);
+                }
+                Err(error) => {
+                    *last_failure = Some((Instant::now(), error.clone()));
+                    error
+                }
+            },
+        };
+        match self.cached() {
+            Some(r) if r.read_at.elapsed() < self.config.max_age => {
+                tracing::warn!(parameter = %self.config.parameter, error = %failure, "SSM parameter unreadable; using the value read {:?} ago", r.read_at.elapsed());
+                Ok(r)
+            }
+            _ => Err(EnrichError::Retryable(failure)),
+        }
+    }
+
+    async fn read(&self) -> Result<Reading, String> {
+        let out = self
+            .client
+            .get_parameter()
+            .name(&self.config.parameter)
+            .with_decryption(self.config.with_decryption)
+            .send()
+            .await
+            .map_err(|e| {
+                format!(
+                    "cannot read SSM parameter `{}`: {}",
+                    self.config.parameter,
+                    aws::describe_error(&e)
+                )
+            })?;
+        let parameter = out
+            .parameter()
+            .ok_or_else(|| format!("SSM returned no parameter for `{}`", self.config.parameter))?;
+        Ok(Reading {
+            value: parameter.value().unwrap_or_default().to_owned(),
+            version: parameter.version(),
+            read_at: Instant::now(),
+        })
+    }
+}
+
+#[async_trait]
+impl Enricher for SsmParameter {
+    async fn enrich(&self, record: &mut Record) -> Result<Verdict, EnrichError> {
+        let reading = self.current().await?;
+        let object = record
+            .value
+            .as_object_mut()
+            .ok_or_else(|| EnrichError::Permanent("the record is not a JSON object".into()))?;
+        object.insert(
+            self.config.into.clone(),
+            Value::String(reading.value.clone()),
+        );
+        record
+            .meta
+            .extra
+            .insert(self.meta_key.clone(), reading.version.to_string());
+        Ok(Verdict::Keep)
+    }
+}
+
+#[cfg(test)]
+mod emulator_tests;

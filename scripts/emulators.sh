@@ -1,0 +1,60 @@
+# Local AWS emulators for the tests; sourced by scripts/test (and scripts/bench).
+#
+#   start_moto    installs moto's server into .venv (once; reused after), starts it on a free
+#                 loopback port and exports SLUICE_TEST_MOTO=http://127.0.0.1:PORT
+#   stop_emulators
+#
+# Nothing here needs AWS credentials or a Docker engine.
+
+MOTO_VERSION=5.2.5
+EMULATOR_PIDS=()
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# Waits until URL answers, or fails after about 30 seconds naming LOG.
+wait_for() {
+    local url=$1 log=$2
+    for _ in $(seq 1 300); do
+        if curl -fsS -o /dev/null "$url" 2>/dev/null; then return 0; fi
+        sleep 0.1
+    done
+    echo "error: the emulator at $url did not start; its log ($log):" >&2
+    tail -20 "$log" >&2
+    return 1
+}
+
+install_moto() {
+    local venv=.venv
+    if [ -x "$venv/bin/moto_server" ] && "$venv/bin/pip" show moto 2>/dev/null | grep -qx "Version: $MOTO_VERSION"; then
+        return 0
+    fi
+    echo "== installing moto[server]==$MOTO_VERSION into $venv (once)"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
+}
+
+start_moto() {
+    install_moto
+    local port log
+    port=$(free_port)
+    log=target/emulators/moto.log
+    mkdir -p target/emulators
+    .venv/bin/moto_server -H 127.0.0.1 -p "$port" > "$log" 2>&1 &
+    EMULATOR_PIDS+=("$!")
+    wait_for "http://127.0.0.1:$port/moto-api/" "$log"
+    export SLUICE_TEST_MOTO="http://127.0.0.1:$port"
+    echo "== moto $MOTO_VERSION at $SLUICE_TEST_MOTO (log: $log)"
+}
+
+stop_emulators() {
+    local pid
+    for pid in "${EMULATOR_PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${EMULATOR_PIDS[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    EMULATOR_PIDS=()
+}

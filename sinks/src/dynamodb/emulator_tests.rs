@@ -1,0 +1,323 @@
+//! The DynamoDB sink against the emulator (moto), with faults injected into its HTTP client.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
+    ScalarAttributeType,
+};
+use serde_json::{json, Value};
+use sluice_core::aws::faults::{Fault, FaultPlan};
+use sluice_core::aws::testing::{self, moto_endpoint, unique};
+use sluice_core::testkit::{raw, sink_pipeline, MemorySink};
+use sluice_core::{BuildError, Outcome, Pipeline, RawRecord, SinkConfig};
+
+use super::DynamoDbSinkConfig;
+
+struct Table {
+    client: aws_sdk_dynamodb::Client,
+    name: String,
+    endpoint: String,
+}
+
+impl Table {
+    async fn create(endpoint: &str) -> Self {
+        let client = aws_sdk_dynamodb::Client::new(&testing::sdk_config(endpoint).await);
+        let name = unique("items");
+        client
+            .create_table()
+            .table_name(&name)
+            .key_schema(
+                KeySchemaElement::builder()
+                    .attribute_name("Id")
+                    .key_type(KeyType::Hash)
+                    .build()
+                    .unwrap(),
+            )
+            .attribute_definitions(
+                AttributeDefinition::builder()
+                    .attribute_name("Id")
+                    .attribute_type(ScalarAttributeType::S)
+                    .build()
+                    .unwrap(),
+            )
+            .billing_mode(BillingMode::PayPerRequest)
+            .send()
+            .await
+            .expect("create the test table");
+        Self {
+            client,
+            name,
+            endpoint: endpoint.to_owned(),
+        }
+    }
+
+    async fn items(&self) -> HashMap<String, HashMap<String, AttributeValue>> {
+        let out = self
+            .client
+            .scan()
+            .table_name(&self.name)
+            .send()
+            .await
+            .expect("scan");
+        out.items()
+            .iter()
+            .map(|item| {
+                let id = item["Id"].as_s().expect("Id is a string").clone();
+                (id, item.clone())
+            })
+            .collect()
+    }
+
+    fn config(&self, extra: &str) -> DynamoDbSinkConfig {
+        use figment::providers::{Format, Toml};
+        let text = format!(
+            "table = \"{}\"\nendpoint_url = \"{}\"\n{extra}",
+            self.name, self.endpoint
+        );
+        figment::Figment::from(Toml::string(&text))
+            .extract()
+            .expect("a valid sink config")
+    }
+
+    async fn pipeline(
+        &self,
+        extra: &str,
+        plan: &FaultPlan,
+    ) -> (Pipeline, MemorySink, Arc<sluice_core::ApiCalls>) {
+        let ctx = testing::context("test", plan);
+        let sink = self
+            .config(extra)
+            .build(&ctx)
+            .await
+            .expect("the sink builds");
+        let (pipeline, dead) = sink_pipeline(sink);
+        (pipeline, dead, ctx.api_calls.clone())
+    }
+}
+
+fn records(values: &[Value]) -> Vec<RawRecord> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| raw("shard-0", i as u64 + 1, &v.to_string()))
+        .collect()
+}
+
+fn s(v: &str) -> AttributeValue {
+    AttributeValue::S(v.to_owned())
+}
+
+#[tokio::test]
+async fn items_keep_their_json_types_and_all_strings_turns_scalars_into_strings() {
+    let Some(endpoint) = moto_endpoint() else {
+        return;
+    };
+    let table = Table::create(&endpoint).await;
+    let plan = FaultPlan::new();
+    let value = json!({"Id": "a", "n": 2019, "b": true, "z": null, "l": ["x", 1], "m": {"k": 1.5}});
+    let (pipeline, _, _) = table.pipeline("", &plan).await;
+    let report = pipeline
+        .process_batch("shard-0".into(), records(&[value]))
+        .await;
+    assert_eq!(report.outcomes[0].1, Outcome::Stored);
+    let item = &table.items().await["a"];
+    assert_eq!(item["n"], AttributeValue::N("2019".into()));
+    assert_eq!(item["b"], AttributeValue::Bool(true));
+    assert_eq!(item["z"], AttributeValue::Null(true));
+    assert_eq!(
+        item["l"],
+        AttributeValue::L(vec![s("x"), AttributeValue::N("1".into())])
+    );
+    assert_eq!(
+        item["m"],
+        AttributeValue::M([("k".to_owned(), AttributeValue::N("1.5".into()))].into())
+    );
+
+    let (pipeline, _, _) = table.pipeline("all_strings = true", &plan).await;
+    let value = json!({"Id": "b", "n": 2019, "b": true});
+    pipeline
+        .process_batch("shard-0".into(), records(&[value]))
+        .await;
+    let item = &table.items().await["b"];
+    assert_eq!(item["n"], s("2019"));
+    assert_eq!(item["b"], s("true"));
+}
+
+#[tokio::test]
+async fn a_batch_goes_out_in_calls_of_at_most_25_and_duplicate_keys_merge_last_wins() {
+    let Some(endpoint) = moto_endpoint() else {
+        return;
+    };
+    let table = Table::create(&endpoint).await;
+    let plan = FaultPlan::new();
+    let (pipeline, dead, calls) = table.pipeline("max_concurrency = 2", &plan).await;
+    let mut values: Vec<Value> = (0..60)
+        .map(|i| json!({"Id": format!("r{i}"), "v": i}))
+        .collect();
+    // r7 comes again later in the batch with another value: DynamoDB would reject a call that
+    // names a key twice, so the sink merges them and the later one wins.
+    values.push(json!({"Id": "r7", "v": "latest"}));
+    let report = pipeline
+        .process_batch("shard-0".into(), records(&values))
+        .await;
+    assert!(
+        report.outcomes.iter().all(|(_, o)| *o == Outcome::Stored),
+        "{report:?}"
+    );
+    assert!(dead.records().is_empty());
+    let items = table.items().await;
+    assert_eq!(items.len(), 60);
+    assert_eq!(items["r7"]["v"], s("latest"));
+    // 60 distinct keys: 25 + 25 + 10.
+    assert_eq!(
+        calls.snapshot()["DynamoDB.BatchWriteItem"],
+        3,
+        "{:?}",
+        calls.snapshot()
+    );
+}
+
+#[tokio::test]
+async fn invalid_and_oversize_items_are_dead_lettered_without_failing_their_neighbours() {
+    let Some(endpoint) = moto_endpoint() else {
+        return;
+    };
+    let table = Table::create(&endpoint).await;
+    let plan = FaultPlan::new();
+    let (pipeline, dead, _) = table.pipeline("", &plan).await;
+    let mut values: Vec<Value> = (0..20).map(|i| json!({"Id": format!("ok{i}")})).collect();
+    // DynamoDB itself rejects this one (number out of range): found by splitting the call.
+    values[5] = json!({"Id": "huge-number", "n": 1e200});
+    // These the sink refuses before calling.
+    values[9] = json!({"Id": "big", "p": "x".repeat(410 * 1024)});
+    values[12] = json!({"id": "wrong-key-name"});
+    values[15] = json!({"Id": 42});
+    let report = pipeline
+        .process_batch("shard-0".into(), records(&values))
+        .await;
+    let dead_letters = dead.values();
+    assert_eq!(dead_letters.len(), 4, "{dead_letters:#?}");
+    let reason = |seq: u64| {
+        dead_letters
+            .iter()
+            .find(|d| d["source"]["sequence_number"].as_str() == Some(seq.to_string().as_str()))
+            .map(|d| d["error"]["message"].as_str().unwrap().to_owned())
+            .unwrap_or_else(|| panic!("record {seq} dead-lettered"))
+    };
+    assert!(reason(6).contains("Number overflow"), "{}", reason(6));
+    assert!(
+        reason(10).contains("over DynamoDB's limit"),
+        "{}",
+        reason(10)
+    );
+    assert!(
+        reason(13).contains("no key attribute `Id`"),
+        "{}",
+        reason(13)
+    );
+    assert!(reason(16).contains("must be of type S"), "{}", reason(16));
+    let stored = report
+        .outcomes
+        .iter()
+        .filter(|(_, o)| *o == Outcome::Stored)
+        .count();
+    assert_eq!(stored, 16);
+    assert_eq!(table.items().await.len(), 16);
+}
+
+#[tokio::test]
+async fn throttling_server_errors_timeouts_and_unprocessed_items_are_retried_until_stored() {
+    let Some(endpoint) = moto_endpoint() else {
+        return;
+    };
+    let table = Table::create(&endpoint).await;
+    let plan = FaultPlan::new();
+    let (pipeline, dead, calls) = table.pipeline("", &plan).await;
+    plan.fail("BatchWriteItem", Fault::Throttle, 1)
+        .fail("BatchWriteItem", Fault::ServerError, 1)
+        .fail("BatchWriteItem", Fault::Timeout, 1)
+        .fail("BatchWriteItem", Fault::Unprocessed, 1);
+    let values: Vec<Value> = (0..10).map(|i| json!({"Id": format!("t{i}")})).collect();
+    let report = pipeline
+        .process_batch("shard-0".into(), records(&values))
+        .await;
+    assert!(
+        report.outcomes.iter().all(|(_, o)| *o == Outcome::Stored),
+        "{report:?}"
+    );
+    assert!(dead.records().is_empty());
+    assert_eq!(plan.injected(), 4);
+    assert_eq!(calls.snapshot()["DynamoDB.BatchWriteItem"], 5);
+    assert_eq!(table.items().await.len(), 10);
+}
+
+#[tokio::test]
+async fn a_lasting_outage_leaves_records_failed_not_dead_lettered() {
+    let Some(endpoint) = moto_endpoint() else {
+        return;
+    };
+    let table = Table::create(&endpoint).await;
+    let plan = FaultPlan::new();
+    let (pipeline, dead, _) = table.pipeline("", &plan).await;
+    plan.fail_always("BatchWriteItem", Fault::ServerError);
+    let values = [json!({"Id": "a"}), json!({"Id": "b"})];
+    let report = pipeline
+        .process_batch("shard-0".into(), records(&values))
+        .await;
+    for (_, outcome) in &report.outcomes {
+        assert!(
+            matches!(outcome, Outcome::Failed { error } if error.contains("InternalServerError")),
+            "{outcome:?}"
+        );
+    }
+    assert!(
+        dead.records().is_empty(),
+        "an outage is not the records' fault"
+    );
+    assert_eq!(report.checkpoint, None);
+    assert!(table.items().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_missing_table_is_a_clear_error_at_start_up() {
+    let Some(endpoint) = moto_endpoint() else {
+        return;
+    };
+    let table = Table::create(&endpoint).await;
+    let mut config = table.config("");
+    config.table = "arn:aws:dynamodb:us-east-1:123456789012:table/no-such-table".into();
+    let ctx = testing::context("test", &FaultPlan::new());
+    let e = config.build(&ctx).await.err().expect("the build fails");
+    let BuildError::Unavailable { what, message } = e else {
+        panic!("{e:?}")
+    };
+    assert_eq!(what, "DynamoDB table `no-such-table`");
+    assert!(message.contains("ResourceNotFoundException"), "{message}");
+    assert!(
+        message.contains("check the table name, region and endpoint"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn a_disabled_sink_writes_nothing() {
+    let Some(endpoint) = moto_endpoint() else {
+        return;
+    };
+    let table = Table::create(&endpoint).await;
+    let plan = FaultPlan::new();
+    let (pipeline, _, calls) = table.pipeline("enabled = \"0\"", &plan).await;
+    let report = pipeline
+        .process_batch("shard-0".into(), records(&[json!({"Id": "a"})]))
+        .await;
+    assert_eq!(
+        report.outcomes[0].1,
+        Outcome::Skipped {
+            by: "sink disabled".into()
+        }
+    );
+    assert!(!calls.snapshot().contains_key("DynamoDB.BatchWriteItem"));
+    assert!(table.items().await.is_empty());
+}

@@ -1,0 +1,244 @@
+//! `type = "dynamodb"`: writes records as items with BatchWriteItem, 25 at a time, keyed by the
+//! table's own key so a redelivered record overwrites itself.
+
+mod encode;
+mod writer;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::types::KeyType;
+use serde::{Deserialize, Serialize};
+use sluice_core::aws::{self, Connection, CountCalls, Retries};
+use sluice_core::{BuildContext, BuildError, Sink, SinkConfig};
+
+use encode::KeyAttribute;
+use writer::BatchWriter;
+
+fn default_concurrency() -> usize {
+    4
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Writes records to a DynamoDB table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DynamoDbSinkConfig {
+    /// The table's name or ARN.
+    pub table: String,
+    /// Store numbers and booleans as strings, as the seed Lambda did (default false).
+    #[serde(default)]
+    pub all_strings: bool,
+    /// BatchWriteItem calls in flight at once per batch (default 4).
+    #[serde(default = "default_concurrency")]
+    pub max_concurrency: usize,
+    /// `false` (or `0`, as in `PERSIST_RECORDS=0`) reads, enriches and counts but writes nothing.
+    #[serde(
+        default = "default_true",
+        deserialize_with = "sluice_core::config::switch"
+    )]
+    pub enabled: bool,
+    /// The region; default: the table ARN's region, else the standard chain (`AWS_REGION`).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Another endpoint (an emulator); default: `AWS_ENDPOINT_URL`, else AWS.
+    #[serde(default)]
+    pub endpoint_url: Option<String>,
+}
+
+impl DynamoDbSinkConfig {
+    fn table_name(&self) -> &str {
+        aws::name_from_arn(&self.table, "table")
+    }
+
+    /// The region named by the setting, else by the table's ARN.
+    fn region(&self) -> Option<&str> {
+        self.region.as_deref().or_else(|| {
+            self.table
+                .strip_prefix("arn:")
+                .and_then(|arn| arn.split(':').nth(2))
+                .filter(|r| !r.is_empty())
+        })
+    }
+}
+
+#[typetag::serde(name = "dynamodb")]
+#[async_trait]
+impl SinkConfig for DynamoDbSinkConfig {
+    async fn build(&self, ctx: &BuildContext) -> Result<Arc<dyn Sink>, BuildError> {
+        if self.table_name().is_empty() {
+            return Err(BuildError::invalid(
+                "table",
+                "must name a table or give its ARN",
+            ));
+        }
+        if !(1..=64).contains(&self.max_concurrency) {
+            return Err(BuildError::invalid(
+                "max_concurrency",
+                format!("must be between 1 and 64, not {}", self.max_concurrency),
+            ));
+        }
+        let sdk = aws::sdk_config(
+            ctx,
+            Connection {
+                region: self.region(),
+                endpoint_url: self.endpoint_url.as_deref(),
+                retries: Retries::Runtime,
+            },
+        )
+        .await?;
+        let client = aws_sdk_dynamodb::Client::from_conf(
+            aws_sdk_dynamodb::config::Builder::from(&sdk)
+                .interceptor(CountCalls::new(ctx))
+                .build(),
+        );
+        let key = describe_key(&client, self.table_name()).await?;
+        if let Some(fields) = &ctx.record_fields {
+            check_key_fields(&key, fields)?;
+        }
+        Ok(Arc::new(BatchWriter::new(client, self.clone(), key)))
+    }
+
+    fn describe(&self) -> String {
+        let mut text = format!("dynamodb table {}", self.table_name());
+        if self.all_strings {
+            text.push_str(", every scalar as a string");
+        }
+        if !self.enabled {
+            text.push_str(" (disabled: nothing is written)");
+        }
+        text
+    }
+}
+
+/// The table's key attributes, from DescribeTable: proof that the table exists and is reachable.
+async fn describe_key(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+) -> Result<Vec<KeyAttribute>, BuildError> {
+    let unavailable = |message: String| BuildError::Unavailable {
+        what: format!("DynamoDB table `{table}`"),
+        message,
+    };
+    let out = client
+        .describe_table()
+        .table_name(table)
+        .send()
+        .await
+        .map_err(|e| {
+            let hint = match aws::error_code(&e) {
+                Some("ResourceNotFoundException") => {
+                    " (create it, or check the table name, region and endpoint)"
+                }
+                _ => "",
+            };
+            unavailable(format!(
+                "DescribeTable failed: {}{hint}",
+                aws::describe_error(&e)
+            ))
+        })?;
+    let description = out
+        .table()
+        .ok_or_else(|| unavailable("DescribeTable returned no table description".into()))?;
+    let mut key: Vec<(KeyType, KeyAttribute)> = Vec::new();
+    for element in description.key_schema() {
+        let name = element.attribute_name();
+        let kind = description
+            .attribute_definitions()
+            .iter()
+            .find(|d| d.attribute_name() == name)
+            .map(|d| d.attribute_type().clone())
+            .ok_or_else(|| unavailable(format!("key attribute `{name}` has no definition")))?;
+        key.push((
+            element.key_type().clone(),
+            KeyAttribute {
+                name: name.to_owned(),
+                kind,
+            },
+        ));
+    }
+    // The partition key first, then the sort key.
+    key.sort_by_key(|(t, _)| t != &KeyType::Hash);
+    Ok(key.into_iter().map(|(_, k)| k).collect())
+}
+
+/// Fails when the pipeline's enrichers leave records without one of the table's key attributes.
+fn check_key_fields(key: &[KeyAttribute], fields: &BTreeSet<String>) -> Result<(), BuildError> {
+    match key.iter().find(|k| !fields.contains(&k.name)) {
+        None => Ok(()),
+        Some(k) => Err(BuildError::invalid(
+            "table",
+            format!(
+                "the table is keyed by `{}`, but records reaching the sink carry only {}; \
+                 set `{}` in a `fields` enricher (or keep it in `keep_only`)",
+                k.name,
+                fields
+                    .iter()
+                    .map(|f| format!("`{f}`"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                k.name
+            ),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(table: &str) -> DynamoDbSinkConfig {
+        toml_config(&format!("table = \"{table}\""))
+    }
+
+    fn toml_config(text: &str) -> DynamoDbSinkConfig {
+        use figment::providers::{Format, Toml};
+        figment::Figment::from(Toml::string(text))
+            .extract()
+            .expect("valid config")
+    }
+
+    #[test]
+    fn the_region_comes_from_the_setting_then_the_arn() {
+        let arn = "arn:aws:dynamodb:eu-west-1:123456789012:table/curated";
+        assert_eq!(config(arn).region(), Some("eu-west-1"));
+        assert_eq!(config(arn).table_name(), "curated");
+        assert_eq!(config("curated").region(), None);
+        let mut c = config(arn);
+        c.region = Some("us-east-1".into());
+        assert_eq!(c.region(), Some("us-east-1"));
+    }
+
+    #[test]
+    fn enabled_reads_the_seeds_persist_records_switch() {
+        for (text, expected) in [("0", false), ("1", true), ("false", false), ("true", true)] {
+            let c = toml_config(&format!("table = \"t\"\nenabled = \"{text}\""));
+            assert_eq!(c.enabled, expected, "enabled = \"{text}\"");
+        }
+        assert!(toml_config("table = \"t\"\nenabled = 1").enabled);
+        assert!(config("t").enabled);
+    }
+
+    #[test]
+    fn a_key_the_records_lack_is_a_config_error() {
+        let key = vec![KeyAttribute {
+            name: "Id".into(),
+            kind: aws_sdk_dynamodb::types::ScalarAttributeType::S,
+        }];
+        let fields: BTreeSet<String> = ["id".to_owned(), "x".to_owned()].into();
+        let e = check_key_fields(&key, &fields).unwrap_err().to_string();
+        assert!(
+            e.contains("keyed by `Id`") && e.contains("`id`, `x`"),
+            "{e}"
+        );
+        let fields: BTreeSet<String> = ["Id".to_owned()].into();
+        assert!(check_key_fields(&key, &fields).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod emulator_tests;

@@ -1,0 +1,243 @@
+//! `type = "sqs"`: sends records (dead-letter envelopes, as the error sink) to an SQS queue with
+//! SendMessageBatch, ten at a time within the queue's size limit. Nothing is ever truncated: a
+//! message over the limit is refused with a clear error.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use aws_sdk_sqs::types::{MessageAttributeValue, QueueAttributeName, SendMessageBatchRequestEntry};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sluice_core::aws::{self, Connection, CountCalls, Retries};
+use sluice_core::{BuildContext, BuildError, Record, Sink, SinkConfig, SinkError};
+
+/// SendMessageBatch's limit on entries per call.
+pub const MAX_BATCH_ENTRIES: usize = 10;
+/// The size limit when the queue does not tell its own (SQS's long-standing default, 256 KiB).
+const DEFAULT_MAX_MESSAGE_BYTES: usize = 256 * 1024;
+/// SendMessageBatch calls in flight at once.
+const CONCURRENT_CALLS: usize = 4;
+
+/// Sends records' JSON to an SQS queue.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqsSinkConfig {
+    /// The queue's URL.
+    pub queue_url: String,
+    /// The region; default: the standard chain (`AWS_REGION`).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Another endpoint (an emulator); default: `AWS_ENDPOINT_URL`, else AWS.
+    #[serde(default)]
+    pub endpoint_url: Option<String>,
+}
+
+#[typetag::serde(name = "sqs")]
+#[async_trait]
+impl SinkConfig for SqsSinkConfig {
+    async fn build(&self, ctx: &BuildContext) -> Result<Arc<dyn Sink>, BuildError> {
+        if !self.queue_url.starts_with("http://") && !self.queue_url.starts_with("https://") {
+            return Err(BuildError::invalid(
+                "queue_url",
+                format!(
+                    "`{}` is not a queue URL; give one like https://sqs.us-east-1.amazonaws.com/123456789012/my-dlq",
+                    self.queue_url
+                ),
+            ));
+        }
+        let sdk = aws::sdk_config(
+            ctx,
+            Connection {
+                region: self.region.as_deref(),
+                endpoint_url: self.endpoint_url.as_deref(),
+                retries: Retries::Runtime,
+            },
+        )
+        .await?;
+        let client = aws_sdk_sqs::Client::from_conf(
+            aws_sdk_sqs::config::Builder::from(&sdk)
+                .interceptor(CountCalls::new(ctx))
+                .build(),
+        );
+        // Proves the queue exists and reads its size limit.
+        let attributes = client
+            .get_queue_attributes()
+            .queue_url(&self.queue_url)
+            .attribute_names(QueueAttributeName::MaximumMessageSize)
+            .send()
+            .await
+            .map_err(|e| BuildError::Unavailable {
+                what: format!("SQS queue {}", self.queue_url),
+                message: format!(
+                    "GetQueueAttributes failed: {} (check the queue URL, region and endpoint)",
+                    aws::describe_error(&e)
+                ),
+            })?;
+        let max_message_bytes = attributes
+            .attributes()
+            .and_then(|a| a.get(&QueueAttributeName::MaximumMessageSize))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES);
+        Ok(Arc::new(SqsSink {
+            client,
+            queue_url: self.queue_url.clone(),
+            max_message_bytes,
+        }))
+    }
+
+    fn describe(&self) -> String {
+        format!("sqs queue {}", self.queue_url)
+    }
+}
+
+struct SqsSink {
+    client: aws_sdk_sqs::Client,
+    queue_url: String,
+    max_message_bytes: usize,
+}
+
+/// One message ready to send, with its size as SQS counts it (body plus attributes).
+struct Message {
+    index: usize,
+    entry: SendMessageBatchRequestEntry,
+    size: usize,
+}
+
+/// Each record's answer, by its index in the batch.
+type Answers = Vec<(usize, Result<(), SinkError>)>;
+
+impl SqsSink {
+    fn message(&self, index: usize, record: &Record) -> Result<Message, SinkError> {
+        let body = serde_json::to_string(&record.value).expect("a JSON value always serialises");
+        // Dead-letter envelopes carry these; a consumer can filter on them without parsing.
+        let attributes: Vec<(&str, String)> = [
+            ("pipeline", record.value.get("pipeline")),
+            ("stage", record.value.get("stage")),
+            ("error_kind", record.value.pointer("/error/kind")),
+        ]
+        .into_iter()
+        .filter_map(|(name, v)| v.and_then(Value::as_str).map(|s| (name, s.to_owned())))
+        .collect();
+        let size = body.len()
+            + attributes
+                .iter()
+                .map(|(name, value)| name.len() + "String".len() + value.len())
+                .sum::<usize>();
+        if size > self.max_message_bytes {
+            return Err(SinkError::Permanent(format!(
+                "the message is {size} bytes, over the queue's limit of {} bytes; \
+                 it was not sent (nothing is truncated)",
+                self.max_message_bytes
+            )));
+        }
+        let mut entry = SendMessageBatchRequestEntry::builder()
+            .id(index.to_string())
+            .message_body(body);
+        for (name, value) in attributes {
+            entry = entry.message_attributes(
+                name,
+                MessageAttributeValue::builder()
+                    .data_type("String")
+                    .string_value(value)
+                    .build()
+                    .expect("data type is set"),
+            );
+        }
+        Ok(Message {
+            index,
+            entry: entry.build().expect("id and body are set"),
+            size,
+        })
+    }
+
+    async fn send(&self, group: Vec<Message>) -> Answers {
+        let entries = group.iter().map(|m| m.entry.clone()).collect();
+        let call = self
+            .client
+            .send_message_batch()
+            .queue_url(&self.queue_url)
+            .set_entries(Some(entries))
+            .send()
+            .await;
+        match call {
+            Ok(out) => group
+                .iter()
+                .map(|m| {
+                    let id = m.index.to_string();
+                    let answer = match out.failed().iter().find(|f| f.id() == id) {
+                        None => Ok(()),
+                        Some(f) => {
+                            let message = format!(
+                                "SQS refused the message: {}: {}",
+                                f.code(),
+                                f.message().unwrap_or("no message")
+                            );
+                            if f.sender_fault() {
+                                Err(SinkError::Permanent(message))
+                            } else {
+                                Err(SinkError::Retryable(message))
+                            }
+                        }
+                    };
+                    (m.index, answer)
+                })
+                .collect(),
+            Err(e) => {
+                // Whatever the cause (throttling, an outage, a deleted queue), it is not the
+                // message's fault: retried, then Failed, so the record is delivered again.
+                let message = format!("SendMessageBatch failed: {}", aws::describe_error(&e));
+                group
+                    .iter()
+                    .map(|m| (m.index, Err(SinkError::Retryable(message.clone()))))
+                    .collect()
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Sink for SqsSink {
+    async fn write(&self, batch: &[Record]) -> Vec<Result<(), SinkError>> {
+        let mut answers: Vec<Option<Result<(), SinkError>>> = vec![None; batch.len()];
+        // Groups of at most ten whose sizes together stay within the request limit.
+        let mut groups: Vec<Vec<Message>> = Vec::new();
+        let mut group_size = 0;
+        for (index, record) in batch.iter().enumerate() {
+            let message = match self.message(index, record) {
+                Ok(m) => m,
+                Err(e) => {
+                    answers[index] = Some(Err(e));
+                    continue;
+                }
+            };
+            let full = groups.last().is_none_or(|g| {
+                g.len() == MAX_BATCH_ENTRIES || group_size + message.size > self.max_message_bytes
+            });
+            if full {
+                groups.push(Vec::new());
+                group_size = 0;
+            }
+            group_size += message.size;
+            groups
+                .last_mut()
+                .expect("a group was just pushed")
+                .push(message);
+        }
+        let sent: Vec<Answers> = futures::stream::iter(groups)
+            .map(|g| self.send(g))
+            .buffer_unordered(CONCURRENT_CALLS)
+            .collect()
+            .await;
+        for (index, answer) in sent.into_iter().flatten() {
+            answers[index] = Some(answer);
+        }
+        answers
+            .into_iter()
+            .map(|a| a.expect("every record is answered: refused or sent"))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod emulator_tests;
