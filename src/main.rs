@@ -55,12 +55,15 @@ enum SummaryFormat {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a pipeline until its source is exhausted, then print a summary.
+    /// Run a pipeline until its source is exhausted (or, for Kinesis, until stopped or caught up).
     ///
-    /// Every record ends stored, skipped, dead-lettered (written to the error sink with its
+    /// Ctrl-C or SIGTERM stops reading; records already read finish, checkpoints are stored and
+    /// leases released, then the summary is printed. Every record ends stored, skipped, dead-lettered (written to the error sink with its
     /// reason) or failed (neither: it must be delivered again). The exit code is 0 when no record
     /// failed, 1 when some did or the source stopped early, 2 when the pipeline file is invalid.
-    #[command(after_help = "Example:\n  sluice run pipelines/waze-persist.local.toml")]
+    #[command(
+        after_help = "Examples:\n  sluice run pipelines/waze-persist.local.toml\n  sluice run pipelines/waze-persist.toml --until-caught-up"
+    )]
     Run {
         /// The pipeline file (TOML).
         file: PathBuf,
@@ -70,6 +73,10 @@ enum Command {
         /// How to print the summary on stdout.
         #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]
         summary: SummaryFormat,
+        /// With an endless source (Kinesis): stop once every shard is read to its current tip
+        /// and checkpointed, instead of waiting for new records.
+        #[arg(long)]
+        until_caught_up: bool,
     },
     /// Check a pipeline file: load it, build every component, read no data, print the plan.
     ///
@@ -129,9 +136,18 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             file,
             no_progress,
             summary,
+            until_caught_up,
         } => {
             let config = PipelineConfig::load(&file)?;
-            let (pipeline, source) = config.build(false).await?;
+            let mut ctx = config.context(false);
+            ctx.until_caught_up = until_caught_up;
+            let shutdown = ctx.shutdown.clone();
+            tokio::spawn(async move {
+                stop_signal().await;
+                tracing::warn!("stopping: finishing the records already read, storing checkpoints");
+                shutdown.trigger();
+            });
+            let (pipeline, source) = config.build_in(&ctx).await?;
             tracing::info!(pipeline = %config.name, file = %file.display(), "running");
             let progress = Arc::new(Progress::default());
             let bar = (!no_progress && std::io::stderr().is_terminal())
@@ -165,6 +181,30 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+    }
+}
+
+/// Ctrl-C, or SIGTERM (how Lambda, systemd and Kubernetes ask a process to stop).
+async fn stop_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
     }
 }
 

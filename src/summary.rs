@@ -38,6 +38,9 @@ pub fn text(summary: &RunSummary, sink_enabled: bool) -> String {
         by(&summary.dead_lettered_by)
     );
     let _ = writeln!(out, "failed         {}", c.failed);
+    if !summary.api_calls.is_empty() {
+        let _ = writeln!(out, "calls          {}", by(&summary.api_calls).trim());
+    }
     for (shard, seq) in &summary.checkpoints {
         let _ = writeln!(out, "checkpoint     {shard} @ {seq}");
     }

@@ -27,6 +27,12 @@ pub struct BuildContext {
     /// The fields records can have when they reach the component, when the enrichers before it
     /// tell (`None`: unknown); a sink checks its key against them before any record is read.
     pub record_fields: Option<BTreeSet<String>>,
+    /// Endless sources (Kinesis) stop once every shard is read to its current tip and
+    /// checkpointed, instead of waiting for new records: for one-shot runs, tests and benchmarks.
+    pub until_caught_up: bool,
+    /// Tells sources to stop reading (Ctrl-C, SIGTERM): they finish what they handed out, store
+    /// their checkpoints and release what they hold.
+    pub shutdown: Shutdown,
     extensions: HashMap<TypeId, Arc<dyn Any + Send + Sync>>,
 }
 
@@ -48,6 +54,8 @@ impl BuildContext {
             validate_only,
             api_calls: Arc::default(),
             record_fields: None,
+            until_caught_up: false,
+            shutdown: Shutdown::default(),
             extensions: HashMap::new(),
         }
     }
@@ -64,6 +72,35 @@ impl BuildContext {
         self.extensions
             .get(&TypeId::of::<T>())
             .and_then(|v| v.downcast_ref::<T>())
+    }
+}
+
+/// A signal to stop reading, shared by whoever triggers it and the sources that obey it.
+#[derive(Debug, Clone)]
+pub struct Shutdown(Arc<tokio::sync::watch::Sender<bool>>);
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Self(Arc::new(tokio::sync::watch::channel(false).0))
+    }
+}
+
+impl Shutdown {
+    /// Asks every holder to stop.
+    pub fn trigger(&self) {
+        self.0.send_replace(true);
+    }
+
+    /// Whether a stop was asked for.
+    pub fn is_triggered(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Waits until a stop is asked for.
+    pub async fn triggered(&self) {
+        let mut rx = self.0.subscribe();
+        // An error means the sender is gone, which cannot happen while `self` holds it.
+        let _ = rx.wait_for(|stop| *stop).await;
     }
 }
 

@@ -73,6 +73,9 @@ pub enum SourceError {
     /// Storing a checkpoint failed.
     #[error("checkpoint: {0}")]
     Checkpoint(String),
+    /// The service the source reads failed past its retries (Kinesis unreachable, say).
+    #[error("{0}")]
+    Service(String),
 }
 
 /// A component could not be built from its configuration.

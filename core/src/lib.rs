@@ -22,8 +22,8 @@ pub mod testkit;
 pub use async_trait::async_trait;
 pub use calls::ApiCalls;
 pub use component::{
-    Acknowledge, BuildContext, Enricher, EnricherConfig, Sink, SinkConfig, Source, SourceBatch,
-    SourceConfig, Verdict,
+    Acknowledge, BuildContext, Enricher, EnricherConfig, Shutdown, Sink, SinkConfig, Source,
+    SourceBatch, SourceConfig, Verdict,
 };
 pub use config::PipelineConfig;
 pub use error::{BuildError, ConfigError, EnrichError, SinkError, SourceError};

@@ -5,7 +5,8 @@ use futures::stream::{self, BoxStream, StreamExt};
 use serde::{Deserialize, Serialize};
 use sluice_core::kinesis_event::KinesisEvent;
 use sluice_core::{
-    BatchSettings, BuildContext, BuildError, Source, SourceBatch, SourceConfig, SourceError,
+    BatchSettings, BuildContext, BuildError, Shutdown, Source, SourceBatch, SourceConfig,
+    SourceError,
 };
 
 use crate::lines::{json_lines, Origin};
@@ -35,13 +36,14 @@ pub struct FileSourceConfig {
 #[typetag::serde(name = "file")]
 #[async_trait]
 impl SourceConfig for FileSourceConfig {
-    async fn build(&self, _ctx: &BuildContext) -> Result<Box<dyn Source>, BuildError> {
+    async fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Source>, BuildError> {
         if self.path.is_empty() {
             return Err(BuildError::invalid("path", "must not be empty"));
         }
         match tokio::fs::metadata(&self.path).await {
             Ok(m) if m.is_file() => Ok(Box::new(FileSource {
                 config: self.clone(),
+                shutdown: ctx.shutdown.clone(),
             })),
             Ok(_) => Err(BuildError::invalid(
                 "path",
@@ -65,6 +67,7 @@ impl SourceConfig for FileSourceConfig {
 
 struct FileSource {
     config: FileSourceConfig,
+    shutdown: Shutdown,
 }
 
 impl Source for FileSource {
@@ -73,7 +76,8 @@ impl Source for FileSource {
         settings: BatchSettings,
     ) -> BoxStream<'static, Result<SourceBatch, SourceError>> {
         let path = self.config.path;
-        match self.config.format {
+        let shutdown = self.shutdown;
+        let batches = match self.config.format {
             FileFormat::Jsonl => stream::once(async move {
                 let file =
                     tokio::fs::File::open(&path)
@@ -106,7 +110,10 @@ impl Source for FileSource {
                     })
                     .boxed()
             }
-        }
+        };
+        batches
+            .take_until(async move { shutdown.triggered().await })
+            .boxed()
     }
 }
 

@@ -1,10 +1,11 @@
 //! `type = "stdin"`: JSON lines from standard input, batched by count or age.
 
 use async_trait::async_trait;
-use futures::stream::BoxStream;
+use futures::stream::{BoxStream, StreamExt};
 use serde::{Deserialize, Serialize};
 use sluice_core::{
-    BatchSettings, BuildContext, BuildError, Source, SourceBatch, SourceConfig, SourceError,
+    BatchSettings, BuildContext, BuildError, Shutdown, Source, SourceBatch, SourceConfig,
+    SourceError,
 };
 
 use crate::lines::{json_lines, Origin};
@@ -25,9 +26,10 @@ fn default_stream() -> String {
 #[typetag::serde(name = "stdin")]
 #[async_trait]
 impl SourceConfig for StdinSourceConfig {
-    async fn build(&self, _ctx: &BuildContext) -> Result<Box<dyn Source>, BuildError> {
+    async fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Source>, BuildError> {
         Ok(Box::new(StdinSource {
             stream: self.stream.clone(),
+            shutdown: ctx.shutdown.clone(),
         }))
     }
 
@@ -38,6 +40,7 @@ impl SourceConfig for StdinSourceConfig {
 
 struct StdinSource {
     stream: String,
+    shutdown: Shutdown,
 }
 
 impl Source for StdinSource {
@@ -50,10 +53,13 @@ impl Source for StdinSource {
             stream: self.stream,
             shard_id: "stdin".into(),
         };
+        let shutdown = self.shutdown;
         json_lines(
             tokio::io::BufReader::new(tokio::io::stdin()),
             origin,
             settings,
         )
+        .take_until(async move { shutdown.triggered().await })
+        .boxed()
     }
 }

@@ -1,5 +1,7 @@
-//! Tests of the `sluice` binary: the local Waze job, the CLI and pipeline-file validation.
+//! Tests of the `sluice` binary: the local Waze job, the AWS job on the emulator, the CLI and
+//! pipeline-file validation.
 
+mod aws_job;
 mod cli;
 mod custom_sink;
 mod local_job;

@@ -2,11 +2,18 @@
 
 use crate::{pipeline_file, root, run, sluice};
 
+/// Pipeline files that need AWS resources; `aws_job` validates them against the emulator.
+pub const AWS_PIPELINES: [&str; 1] = ["waze-persist.toml"];
+
 #[test]
 fn every_shipped_pipeline_file_is_valid() {
     let mut checked = 0;
     for entry in std::fs::read_dir(root().join("pipelines")).expect("pipelines/") {
         let path = entry.expect("entry").path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if AWS_PIPELINES.contains(&name.as_str()) {
+            continue;
+        }
         if path.extension().is_some_and(|e| e == "toml") {
             let (out, stdout, stderr) = run(sluice().arg("validate").arg(&path));
             assert!(out.status.success(), "{}: {stdout}{stderr}", path.display());

@@ -60,6 +60,8 @@ pub struct AwsOverrides {
     pub credentials: Option<SharedCredentialsProvider>,
     /// The region instead of the standard chain's (a component's own `region` still wins).
     pub region: Option<String>,
+    /// The endpoint instead of `AWS_ENDPOINT_URL` (a component's own `endpoint_url` still wins).
+    pub endpoint_url: Option<String>,
 }
 
 /// How long one attempt of one call may take before it counts as a (retryable) timeout.
@@ -83,6 +85,9 @@ pub async fn sdk_config(ctx: &BuildContext, conn: Connection<'_>) -> Result<SdkC
             }
             if let Some(credentials) = &o.credentials {
                 loader = loader.credentials_provider(credentials.clone());
+            }
+            if let Some(url) = &o.endpoint_url {
+                loader = loader.endpoint_url(url);
             }
             loader.load().await.to_builder()
         }
@@ -200,6 +205,14 @@ pub fn error_code<E: ProvideErrorMetadata>(e: &SdkError<E, HttpResponse>) -> Opt
     }
 }
 
+/// The region in an ARN (`arn:aws:dynamodb:eu-west-1:...` gives `eu-west-1`); `None` for a name.
+pub fn region_from_arn(name_or_arn: &str) -> Option<&str> {
+    name_or_arn
+        .strip_prefix("arn:")
+        .and_then(|arn| arn.split(':').nth(2))
+        .filter(|r| !r.is_empty())
+}
+
 /// The name of a resource given by name or ARN: the part after `:table/`, `:stream/`, and so on.
 pub fn name_from_arn<'a>(name_or_arn: &'a str, resource: &str) -> &'a str {
     if !name_or_arn.starts_with("arn:") {
@@ -242,6 +255,8 @@ mod tests {
         let with_index = "arn:aws:dynamodb:us-east-1:1:table/t/index/BatchId";
         assert_eq!(name_from_arn(with_index, "table"), "t");
         assert_eq!(name_from_arn("plain-name", "table"), "plain-name");
+        assert_eq!(region_from_arn(arn), Some("us-east-1"));
+        assert_eq!(region_from_arn("plain-name"), None);
         assert_eq!(
             name_from_arn("arn:aws:kinesis:us-east-1:1:stream/waze", "stream"),
             "waze"

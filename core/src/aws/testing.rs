@@ -42,7 +42,8 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
-/// Fixed credentials and region for the emulator, calls going through `plan`'s HTTP client.
+/// Fixed credentials, region and endpoint for the emulator, calls going through `plan`'s HTTP
+/// client.
 pub fn overrides(plan: &FaultPlan) -> AwsOverrides {
     AwsOverrides {
         http_client: Some(plan.http_client()),
@@ -54,6 +55,7 @@ pub fn overrides(plan: &FaultPlan) -> AwsOverrides {
             "sluice-tests",
         ))),
         region: Some(REGION.to_owned()),
+        endpoint_url: std::env::var(MOTO_VAR).ok(),
     }
 }
 

@@ -47,9 +47,13 @@ pub struct PipelineConfig {
     pub file: PathBuf,
 }
 
+/// Where `${VAR}` references are looked up.
+type Variables = std::sync::Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
 /// Reads a TOML file and resolves `${VAR}` references in its strings.
 struct InterpolatedToml {
     path: PathBuf,
+    variables: Variables,
 }
 
 impl Provider for InterpolatedToml {
@@ -59,10 +63,9 @@ impl Provider for InterpolatedToml {
 
     fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
         let mut data = Toml::file_exact(&self.path).data()?;
-        let lookup = |name: &str| std::env::var(name).ok();
         for dict in data.values_mut() {
             let mut path = Vec::new();
-            interpolate_dict(dict, &mut path, &lookup).map_err(|e| *e)?;
+            interpolate_dict(dict, &mut path, &*self.variables).map_err(|e| *e)?;
         }
         Ok(data)
     }
@@ -143,6 +146,15 @@ pub fn switch<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> 
 impl PipelineConfig {
     /// Loads a pipeline file: the TOML, `${VAR}` interpolation, then `SLUICE__` overrides.
     pub fn load(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+        Self::load_with(path, |name| std::env::var(name).ok())
+    }
+
+    /// [`PipelineConfig::load`] with `${VAR}` looked up in `variables` instead of the
+    /// environment (an embedding program's settings; tests). `SLUICE__` overrides still apply.
+    pub fn load_with(
+        path: impl AsRef<Path>,
+        variables: impl Fn(&str) -> Option<String> + Send + Sync + 'static,
+    ) -> Result<Self, ConfigError> {
         let path = path.as_ref();
         if !path.is_file() {
             return Err(ConfigError {
@@ -158,6 +170,7 @@ impl PipelineConfig {
         let figment = Figment::new()
             .merge(InterpolatedToml {
                 path: path.to_owned(),
+                variables: std::sync::Arc::new(variables),
             })
             .merge(Env::prefixed(OVERRIDE_PREFIX).split("__"));
         let mut config: PipelineConfig = figment

@@ -57,12 +57,9 @@ impl DynamoDbSinkConfig {
 
     /// The region named by the setting, else by the table's ARN.
     fn region(&self) -> Option<&str> {
-        self.region.as_deref().or_else(|| {
-            self.table
-                .strip_prefix("arn:")
-                .and_then(|arn| arn.split(':').nth(2))
-                .filter(|r| !r.is_empty())
-        })
+        self.region
+            .as_deref()
+            .or_else(|| aws::region_from_arn(&self.table))
     }
 }
 
