@@ -475,3 +475,6 @@ impl KinesisSource {
         }
     }
 }
+
+#[cfg(test)]
+mod emulator_tests;
