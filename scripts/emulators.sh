@@ -2,11 +2,16 @@
 #
 #   start_moto    installs moto's server into .venv (once; reused after), starts it on a free
 #                 loopback port and exports SLUICE_TEST_MOTO=http://127.0.0.1:PORT
+#   start_kinesis_local
+#                 installs the npm package kinesis-local (a build of kinesis-mock) into
+#                 .venv/npm (once), starts it and exports SLUICE_TEST_KINESIS_LOCAL; it behaves
+#                 like Kinesis where moto does not (closed shards end), so resharding tests use it
 #   stop_emulators
 #
 # Nothing here needs AWS credentials or a Docker engine.
 
 MOTO_VERSION=5.2.5
+KINESIS_LOCAL_VERSION=0.6.2
 EMULATOR_PIDS=()
 
 free_port() {
@@ -46,6 +51,28 @@ start_moto() {
     wait_for "http://127.0.0.1:$port/moto-api/" "$log"
     export SLUICE_TEST_MOTO="http://127.0.0.1:$port"
     echo "== moto $MOTO_VERSION at $SLUICE_TEST_MOTO (log: $log)"
+}
+
+start_kinesis_local() {
+    local dir=.venv/npm
+    local pkg=$dir/node_modules/kinesis-local
+    if ! grep -qs "\"version\" : \"$KINESIS_LOCAL_VERSION\"" "$pkg/package.json"; then
+        echo "== installing kinesis-local@$KINESIS_LOCAL_VERSION into $dir (once)"
+        mkdir -p "$dir"
+        (cd "$dir" && npm install --no-audit --no-fund --silent "kinesis-local@$KINESIS_LOCAL_VERSION")
+    fi
+    local port tls_port log
+    port=$(free_port)
+    tls_port=$(free_port)
+    log=$PWD/target/emulators/kinesis-local.log
+    mkdir -p target/emulators
+    # It reads server.json from its working directory.
+    (cd "$pkg" && KINESIS_MOCK_PLAIN_PORT=$port KINESIS_MOCK_TLS_PORT=$tls_port \
+        exec node main.js > "$log" 2>&1) &
+    EMULATOR_PIDS+=("$!")
+    wait_for "http://127.0.0.1:$port/healthcheck" "$log"
+    export SLUICE_TEST_KINESIS_LOCAL="http://127.0.0.1:$port"
+    echo "== kinesis-local $KINESIS_LOCAL_VERSION at $SLUICE_TEST_KINESIS_LOCAL (log: $log)"
 }
 
 stop_emulators() {

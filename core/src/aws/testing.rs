@@ -12,20 +12,34 @@ use crate::component::BuildContext;
 /// The variable `scripts/test` sets to the emulator's endpoint (`http://127.0.0.1:PORT`).
 pub const MOTO_VAR: &str = "SLUICE_TEST_MOTO";
 
+/// The variable `scripts/test` sets to kinesis-local's endpoint (Kinesis only; for resharding).
+pub const KINESIS_LOCAL_VAR: &str = "SLUICE_TEST_KINESIS_LOCAL";
+
 /// The region tests use.
 pub const REGION: &str = "us-east-1";
 
 /// The emulator's endpoint. Without one, a test returns early with a note, unless `CI=true`:
 /// there a missing emulator fails the test, so CI can never pass by skipping.
 pub fn moto_endpoint() -> Option<String> {
-    match std::env::var(MOTO_VAR) {
+    endpoint(MOTO_VAR)
+}
+
+/// kinesis-local's endpoint, under the same rule as [`moto_endpoint`].
+pub fn kinesis_local_endpoint() -> Option<String> {
+    endpoint(KINESIS_LOCAL_VAR)
+}
+
+fn endpoint(var: &str) -> Option<String> {
+    match std::env::var(var) {
         Ok(url) if !url.is_empty() => Some(url),
         _ if std::env::var("CI").is_ok_and(|v| v == "true") => panic!(
-            "{MOTO_VAR} is not set but CI=true: the AWS emulator is missing; \
-             run the tests with `bash scripts/test`, which starts it"
+            "{var} is not set but CI=true: an emulator is missing; \
+             run the tests with `bash scripts/test`, which starts them"
         ),
         _ => {
-            eprintln!("note: {MOTO_VAR} is not set; this emulator test did nothing (run `bash scripts/test`)");
+            eprintln!(
+                "note: {var} is not set; this emulator test did nothing (run `bash scripts/test`)"
+            );
             None
         }
     }
