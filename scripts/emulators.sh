@@ -32,7 +32,8 @@ wait_for() {
 
 install_moto() {
     local venv=.venv
-    if [ -x "$venv/bin/moto_server" ] && "$venv/bin/pip" show moto 2>/dev/null | grep -qx "Version: $MOTO_VERSION"; then
+    # No `grep -q`: it would stop reading early, and pip's SIGPIPE fail the pipeline.
+    if [ -x "$venv/bin/moto_server" ] && "$venv/bin/pip" show moto 2>/dev/null | grep -x "Version: $MOTO_VERSION" > /dev/null; then
         return 0
     fi
     echo "== installing moto[server]==$MOTO_VERSION into $venv (once)"

@@ -39,7 +39,12 @@ pub fn text(summary: &RunSummary, sink_enabled: bool) -> String {
     );
     let _ = writeln!(out, "failed         {}", c.failed);
     if !summary.api_calls.is_empty() {
-        let _ = writeln!(out, "calls          {}", by(&summary.api_calls).trim());
+        let calls: Vec<String> = summary
+            .api_calls
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        let _ = writeln!(out, "calls          {}", calls.join(", "));
     }
     for (shard, seq) in &summary.checkpoints {
         let _ = writeln!(out, "checkpoint     {shard} @ {seq}");

@@ -492,3 +492,26 @@ async fn after_a_split_and_a_merge_every_record_is_stored_parents_before_childre
         "a rerun reads nothing again: {summary:?}"
     );
 }
+
+#[tokio::test]
+async fn a_lease_table_holding_another_streams_checkpoints_is_refused() {
+    let Some(endpoint) = moto_endpoint() else {
+        return;
+    };
+    let first = Stream::create(&endpoint, 1).await;
+    first.put(0, 3).await;
+    first.read("", &FaultPlan::new()).await;
+    // Same shard ids, another stream: reusing the checkpoints would skip its records.
+    let mut second = Stream::create(&endpoint, 1).await;
+    second.checkpoints = first.checkpoints.clone();
+    second.put(0, 5).await;
+    let (summary, sink) = second.read("", &FaultPlan::new()).await;
+    assert!(sink.records().is_empty());
+    assert!(
+        summary
+            .errors
+            .iter()
+            .any(|e| e.contains(&format!("holds the checkpoints of stream `{}`", first.name))),
+        "{summary:?}"
+    );
+}

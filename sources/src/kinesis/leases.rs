@@ -31,6 +31,8 @@ pub struct Lease {
     pub counter: i64,
     /// When the holder's claim lapses, in epoch milliseconds.
     pub expires_at: i64,
+    /// The stream the shard belongs to (sluice's `streamName`; KCL tables lack it).
+    pub stream: Option<String>,
 }
 
 /// A shard to take, with its parents (stored in `parentShardIds`).
@@ -44,6 +46,7 @@ pub struct Wanted {
 pub struct LeaseTable {
     client: aws_sdk_dynamodb::Client,
     table: String,
+    stream: String,
     owner: String,
     duration: Duration,
 }
@@ -70,14 +73,33 @@ impl LeaseTable {
     pub fn new(
         client: aws_sdk_dynamodb::Client,
         table: String,
+        stream: String,
         owner: String,
         duration: Duration,
     ) -> Self {
         Self {
             client,
             table,
+            stream,
             owner,
             duration,
+        }
+    }
+
+    /// Fails when the table holds another stream's leases: shard ids repeat across streams, so
+    /// their checkpoints would skip or repeat this stream's records.
+    pub fn check_stream(&self, leases: &HashMap<String, Lease>) -> Result<(), SourceError> {
+        match leases
+            .values()
+            .filter_map(|l| l.stream.as_deref())
+            .find(|s| *s != self.stream)
+        {
+            None => Ok(()),
+            Some(other) => Err(SourceError::Checkpoint(format!(
+                "lease table `{}` holds the checkpoints of stream `{other}`, not `{}`; \
+                 give this stream its own table with `checkpoint_table`",
+                self.table, self.stream
+            ))),
         }
     }
 
@@ -123,6 +145,7 @@ impl LeaseTable {
                             owner: text("leaseOwner"),
                             counter: number("leaseCounter"),
                             expires_at: number("leaseExpiresAt"),
+                            stream: text("streamName"),
                         },
                     );
                 }
@@ -246,9 +269,10 @@ impl LeaseTable {
     /// The update that takes one lease, on condition nobody took it since it was read.
     fn take(&self, wanted: &Wanted, seen: Option<&Lease>, now: i64) -> Update {
         let mut expression =
-            "SET leaseOwner = :me, leaseCounter = if_not_exists(leaseCounter, :zero) + :one, leaseExpiresAt = :expires".to_owned();
+            "SET leaseOwner = :me, leaseCounter = if_not_exists(leaseCounter, :zero) + :one, leaseExpiresAt = :expires, streamName = :stream".to_owned();
         let mut values = HashMap::from([
             (":me".to_owned(), s(&self.owner)),
+            (":stream".to_owned(), s(&self.stream)),
             (":zero".to_owned(), n(0)),
             (":one".to_owned(), n(1)),
             (

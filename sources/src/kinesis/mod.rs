@@ -222,7 +222,13 @@ impl SourceConfig for KinesisSourceConfig {
             config: self.clone(),
             start,
             kinesis,
-            leases: Arc::new(LeaseTable::new(dynamodb, table, owner, self.lease_duration)),
+            leases: Arc::new(LeaseTable::new(
+                dynamodb,
+                table,
+                self.stream_name().to_owned(),
+                owner,
+                self.lease_duration,
+            )),
             until_caught_up: ctx.until_caught_up,
             shutdown: ctx.shutdown.clone(),
         }))
@@ -358,6 +364,7 @@ impl KinesisSource {
     async fn consume(&self, settings: BatchSettings, tx: Batches) -> Result<(), SourceError> {
         let shards = self.list_shards().await?;
         let stored = self.leases.scan().await?;
+        self.leases.check_stream(&stored)?;
         let listed: HashSet<&str> = shards.iter().map(|s| s.id.as_str()).collect();
         let is_end =
             |id: &str| stored.get(id).and_then(|l| l.checkpoint.as_deref()) == Some(SHARD_END);
