@@ -105,6 +105,10 @@ fn init_logs(format: LogFormat) {
 }
 
 fn main() -> ExitCode {
+    // Started by AWS Lambda: serve invocations instead of reading a command line.
+    if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
+        return lambda_main();
+    }
     let cli = Cli::parse();
     init_logs(cli.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -116,6 +120,57 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
+        }
+    }
+}
+
+/// The pipeline file a Lambda function runs: `SLUICE_PIPELINE` (default
+/// `pipelines/waze-persist.toml`); a relative path is looked up in the working directory, then in
+/// `LAMBDA_TASK_ROOT` (where the deployment package is unpacked).
+fn lambda_pipeline_path() -> PathBuf {
+    let name = std::env::var("SLUICE_PIPELINE")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "pipelines/waze-persist.toml".to_owned());
+    let path = PathBuf::from(&name);
+    if path.is_absolute() || path.exists() {
+        return path;
+    }
+    match std::env::var_os("LAMBDA_TASK_ROOT") {
+        Some(root) if PathBuf::from(&root).join(&name).exists() => PathBuf::from(root).join(name),
+        _ => path,
+    }
+}
+
+fn lambda_main() -> ExitCode {
+    // CloudWatch filters JSON lines; one summary line per invocation, not one per record.
+    init_logs(LogFormat::Json);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime starts");
+    let served = runtime.block_on(async {
+        let path = lambda_pipeline_path();
+        let built = async {
+            let config = PipelineConfig::load_for_lambda(&path)?;
+            anyhow::Ok(config.build_pipeline(false).await?)
+        };
+        match built.await {
+            Ok(pipeline) => {
+                tracing::info!(pipeline = %pipeline.name(), file = %path.display(), "serving Lambda invocations");
+                sluice::sluice_core::lambda::serve(pipeline).await
+            }
+            Err(e) => {
+                let message = format!("pipeline {} cannot run: {e:#}", path.display());
+                sluice::sluice_core::lambda::serve_error(message).await
+            }
+        }
+    });
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "the Lambda runtime stopped");
+            ExitCode::FAILURE
         }
     }
 }

@@ -13,6 +13,8 @@ pub mod dead_letter;
 pub mod decode;
 pub mod error;
 pub mod kinesis_event;
+#[cfg(feature = "lambda")]
+pub mod lambda;
 pub mod record;
 pub mod runtime;
 pub mod settings;

@@ -235,13 +235,13 @@ impl World {
             }
         }
     }
+}
 
-    /// The item id sluice must give a record: uuid v5 of stream name, shard and sequence number.
-    pub fn expected_id(&self, put: &Put) -> String {
-        let namespace = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, b"urn:sluice:record");
-        let name = format!("{}/{}/{}", self.stream, put.shard_id, put.sequence_number);
-        uuid::Uuid::new_v5(&namespace, name.as_bytes()).to_string()
-    }
+/// The item id sluice must give a record: uuid v5 of stream name, shard and sequence number.
+pub fn expected_id(stream: &str, put: &Put) -> String {
+    let namespace = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, b"urn:sluice:record");
+    let name = format!("{stream}/{}/{}", put.shard_id, put.sequence_number);
+    uuid::Uuid::new_v5(&namespace, name.as_bytes()).to_string()
 }
 
 pub fn waze_payload(i: usize) -> Value {
@@ -359,7 +359,7 @@ async fn the_waze_job_stores_valid_records_dead_letters_malformed_ones_and_resum
             .as_str()
             .is_some_and(|k| k.starts_with("waze/"))
             && payload.get("bucket-name").is_some();
-        let id = world.expected_id(put);
+        let id = expected_id(&world.stream, put);
         if !valid {
             assert!(!by_id.contains_key(&id), "{payload} must not be stored");
             continue;

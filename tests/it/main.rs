@@ -4,6 +4,8 @@
 mod aws_job;
 mod cli;
 mod custom_sink;
+mod lambda;
+mod lambda_binary;
 mod local_job;
 mod validate;
 

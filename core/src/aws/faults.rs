@@ -34,6 +34,8 @@ struct Rule {
     fault: Fault,
     /// How many more calls fail; `None` fails all until healed.
     remaining: Option<u32>,
+    /// Only calls whose request body contains this text fail.
+    needle: Option<String>,
 }
 
 /// The faults to inject, shared by the HTTP clients made from it; change it while a test runs.
@@ -57,6 +59,18 @@ impl FaultPlan {
     /// Every call of `operation` fails with `fault` until [`FaultPlan::heal`].
     pub fn fail_always(&self, operation: &str, fault: Fault) -> &Self {
         self.push(operation, fault, None)
+    }
+
+    /// Every call of `operation` whose request body contains `needle` fails with `fault` until
+    /// healed: a way to fail chosen records' writes and not their neighbours' calls.
+    pub fn fail_when(&self, operation: &str, needle: &str, fault: Fault) -> &Self {
+        self.lock().push(Rule {
+            operation: operation.to_owned(),
+            fault,
+            remaining: None,
+            needle: Some(needle.to_owned()),
+        });
+        self
     }
 
     /// Removes every rule for `operation`.
@@ -87,6 +101,7 @@ impl FaultPlan {
             operation: operation.to_owned(),
             fault,
             remaining,
+            needle: None,
         });
         self
     }
@@ -98,11 +113,14 @@ impl FaultPlan {
     }
 
     /// The fault for this call, if any, using up one of a counted rule's calls.
-    fn take(&self, operation: &str) -> Option<Fault> {
+    fn take(&self, operation: &str, body: &[u8]) -> Option<Fault> {
         let mut rules = self.lock();
-        let i = rules
-            .iter()
-            .position(|r| r.operation == operation && r.remaining != Some(0))?;
+        let contains = |needle: &str| body.windows(needle.len()).any(|w| w == needle.as_bytes());
+        let i = rules.iter().position(|r| {
+            r.operation == operation
+                && r.remaining != Some(0)
+                && r.needle.as_deref().is_none_or(contains)
+        })?;
         let rule = &mut rules[i];
         if let Some(n) = rule.remaining.as_mut() {
             *n -= 1;
@@ -143,7 +161,8 @@ impl HttpConnector for FaultyConnector {
         let target = request.headers().get("x-amz-target").unwrap_or_default();
         let service = target.split('.').next().unwrap_or_default().to_owned();
         let operation = target.rsplit('.').next().unwrap_or_default();
-        match self.plan.take(operation) {
+        let body = request.body().bytes().unwrap_or_default();
+        match self.plan.take(operation, body) {
             None => self.inner.call(request),
             Some(Fault::Timeout) => {
                 HttpConnectorFuture::ready(Err(ConnectorError::timeout("injected timeout".into())))

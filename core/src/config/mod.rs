@@ -27,8 +27,10 @@ pub const OVERRIDE_PREFIX: &str = "SLUICE__";
 pub struct PipelineConfig {
     /// The pipeline's name: in logs, dead letters and default resource names.
     pub name: String,
-    /// Where records come from.
-    pub source: Box<dyn SourceConfig>,
+    /// Where records come from. Required, except when a Lambda's events are the source (then
+    /// the table is not read at all: see [`PipelineConfig::load_for_lambda`]).
+    #[serde(default)]
+    pub source: Option<Box<dyn SourceConfig>>,
     /// Enrichers, applied in order.
     #[serde(default)]
     pub enrichers: Vec<Box<dyn EnricherConfig>>,
@@ -54,6 +56,8 @@ type Variables = std::sync::Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 struct InterpolatedToml {
     path: PathBuf,
     variables: Variables,
+    /// Drops the `[source]` table before anything reads it.
+    without_source: bool,
 }
 
 impl Provider for InterpolatedToml {
@@ -64,6 +68,9 @@ impl Provider for InterpolatedToml {
     fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
         let mut data = Toml::file_exact(&self.path).data()?;
         for dict in data.values_mut() {
+            if self.without_source {
+                dict.remove("source");
+            }
             let mut path = Vec::new();
             interpolate_dict(dict, &mut path, &*self.variables).map_err(|e| *e)?;
         }
@@ -155,7 +162,28 @@ impl PipelineConfig {
         path: impl AsRef<Path>,
         variables: impl Fn(&str) -> Option<String> + Send + Sync + 'static,
     ) -> Result<Self, ConfigError> {
-        let path = path.as_ref();
+        Self::load_inner(path.as_ref(), std::sync::Arc::new(variables), false)
+    }
+
+    /// Loads a pipeline file for AWS Lambda, whose events are the source: the `[source]` table
+    /// is ignored entirely (its variables need not be set, nothing it names is called).
+    pub fn load_for_lambda(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+        Self::load_for_lambda_with(path, |name| std::env::var(name).ok())
+    }
+
+    /// [`PipelineConfig::load_for_lambda`] with `${VAR}` looked up in `variables`.
+    pub fn load_for_lambda_with(
+        path: impl AsRef<Path>,
+        variables: impl Fn(&str) -> Option<String> + Send + Sync + 'static,
+    ) -> Result<Self, ConfigError> {
+        Self::load_inner(path.as_ref(), std::sync::Arc::new(variables), true)
+    }
+
+    fn load_inner(
+        path: &Path,
+        variables: Variables,
+        without_source: bool,
+    ) -> Result<Self, ConfigError> {
         if !path.is_file() {
             return Err(ConfigError {
                 file: path.to_owned(),
@@ -170,13 +198,29 @@ impl PipelineConfig {
         let figment = Figment::new()
             .merge(InterpolatedToml {
                 path: path.to_owned(),
-                variables: std::sync::Arc::new(variables),
+                variables,
+                without_source,
             })
-            .merge(Env::prefixed(OVERRIDE_PREFIX).split("__"));
+            .merge(
+                Env::prefixed(OVERRIDE_PREFIX)
+                    // Without a source, overrides of it are ignored too (`SLUICE__SOURCE__...`).
+                    .filter(move |key| {
+                        !(without_source && key.as_str().to_ascii_lowercase().starts_with("source"))
+                    })
+                    .split("__"),
+            );
         let mut config: PipelineConfig = figment
             .extract()
             .map_err(|e| messages::from_figment(path, e))?;
         config.file = path.to_owned();
+        if without_source {
+            config.source = None;
+        } else if config.source.is_none() {
+            return Err(config.error(
+                "source",
+                "missing: add a [source] table, e.g. [source] type = \"file\" path = \"records.jsonl\"",
+            ));
+        }
         config.check()?;
         Ok(config)
     }
@@ -274,6 +318,8 @@ impl PipelineConfig {
     ) -> Result<(Pipeline, Box<dyn Source>), ConfigError> {
         let source = self
             .source
+            .as_ref()
+            .ok_or_else(|| self.error("source", "missing: add a [source] table"))?
             .build(ctx)
             .await
             .map_err(|e| self.build_error("source", e))?;
@@ -297,7 +343,11 @@ impl PipelineConfig {
 
     /// What the pipeline will do, one line per stage, for `sluice validate`.
     pub fn describe(&self) -> Vec<String> {
-        let mut lines = vec![format!("source      {}", self.source.describe())];
+        let source = self.source.as_ref().map_or_else(
+            || "the Lambda invocation's event".to_owned(),
+            |s| s.describe(),
+        );
+        let mut lines = vec![format!("source      {source}")];
         for (i, e) in self.enrichers.iter().enumerate() {
             lines.push(format!(
                 "enricher {} {} ({})",

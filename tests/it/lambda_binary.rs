@@ -1,0 +1,299 @@
+//! The real `sluice` binary as a Lambda function: a local stand-in for the Lambda Runtime API
+//! hands it events and collects its answers, as Lambda would.
+
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response};
+use serde_json::{json, Value};
+use sluice_core::aws::testing::moto_endpoint;
+use tokio::sync::Notify;
+
+use crate::aws_job::{waze_payload, World};
+use crate::sluice;
+
+/// What the function answered for one invocation: `response`, `error` (or `init` for an
+/// initialisation error), and the body.
+type Answer = (String, Value);
+
+/// A stand-in for the Lambda Runtime API (`/2018-06-01/runtime/...`).
+struct RuntimeApi {
+    addr: SocketAddr,
+    events: Mutex<VecDeque<(String, Value, u64)>>,
+    event_ready: Notify,
+    answers: Mutex<HashMap<String, Answer>>,
+    answered: Notify,
+}
+
+impl RuntimeApi {
+    async fn start() -> Arc<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let api = Arc::new(Self {
+            addr: listener.local_addr().unwrap(),
+            events: Mutex::default(),
+            event_ready: Notify::new(),
+            answers: Mutex::default(),
+            answered: Notify::new(),
+        });
+        let serving = api.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let api = serving.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        let api = api.clone();
+                        async move { Ok::<_, Infallible>(api.route(req).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        api
+    }
+
+    /// Queues an invocation with `budget` before its deadline; answers its request id.
+    fn invoke(&self, event: Value, budget: Duration) -> String {
+        let id = format!("req-{}", fastrand::u64(..));
+        let deadline = chrono::Utc::now().timestamp_millis() as u64 + budget.as_millis() as u64;
+        self.events
+            .lock()
+            .unwrap()
+            .push_back((id.clone(), event, deadline));
+        self.event_ready.notify_one();
+        id
+    }
+
+    async fn answer(&self, id: &str) -> Answer {
+        let wait = async {
+            loop {
+                let answered = self.answered.notified();
+                if let Some(a) = self.answers.lock().unwrap().get(id).cloned() {
+                    return a;
+                }
+                answered.await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), wait)
+            .await
+            .unwrap_or_else(|_| panic!("no answer to {id} within a minute"))
+    }
+
+    async fn route(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let path = req.uri().path().to_owned();
+        let prefix = "/2018-06-01/runtime/";
+        let rest = path.strip_prefix(prefix).unwrap_or_default().to_owned();
+        if rest == "invocation/next" {
+            let (id, event, deadline) = loop {
+                let ready = self.event_ready.notified();
+                if let Some(next) = self.events.lock().unwrap().pop_front() {
+                    break next;
+                }
+                ready.await;
+            };
+            return Response::builder()
+                .header("lambda-runtime-aws-request-id", &id)
+                .header("lambda-runtime-deadline-ms", deadline.to_string())
+                .header(
+                    "lambda-runtime-invoked-function-arn",
+                    "arn:aws:lambda:us-east-1:123456789012:function:sluice-waze",
+                )
+                .header(
+                    "lambda-runtime-trace-id",
+                    "Root=1-00000000-000000000000000000000000",
+                )
+                .body(Full::new(Bytes::from(event.to_string())))
+                .unwrap();
+        }
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let (id, kind) = match rest.rsplit_once('/') {
+            Some(("init", "error")) => ("init".to_owned(), "init"),
+            Some((invocation, kind)) => (
+                invocation.trim_start_matches("invocation/").to_owned(),
+                if kind == "response" {
+                    "response"
+                } else {
+                    "error"
+                },
+            ),
+            None => (rest.clone(), "unknown"),
+        };
+        self.answers
+            .lock()
+            .unwrap()
+            .insert(id, (kind.to_owned(), body));
+        self.answered.notify_waiters();
+        Response::builder()
+            .status(202)
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    }
+}
+
+/// A Kinesis event of `records` = (shard, sequence number, payload bytes) from `waze-curated`.
+fn event(records: &[(&str, &str, Vec<u8>)]) -> Value {
+    let records: Vec<Value> = records
+        .iter()
+        .map(|(shard, seq, data)| {
+            json!({
+                "eventID": format!("{shard}:{seq}"),
+                "eventSourceARN": "arn:aws:kinesis:us-east-1:123456789012:stream/waze-curated",
+                "eventSource": "aws:kinesis",
+                "kinesis": {
+                    "data": base64::engine::general_purpose::STANDARD.encode(data),
+                    "sequenceNumber": seq,
+                    "partitionKey": "pk",
+                    "approximateArrivalTimestamp": 1764000000.5
+                }
+            })
+        })
+        .collect();
+    json!({ "Records": records })
+}
+
+fn failures(answer: &Answer) -> Vec<String> {
+    assert_eq!(answer.0, "response", "{answer:?}");
+    let mut ids: Vec<String> = answer.1["batchItemFailures"]
+        .as_array()
+        .expect("batchItemFailures")
+        .iter()
+        .map(|f| f["itemIdentifier"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// The binary started as Lambda starts it, with the pipeline's variables but no KINESIS_STREAM:
+/// in Lambda the event is the source, so the `[source]` table is not read.
+fn start_function(api: &RuntimeApi, variables: &[(&'static str, String)]) -> tokio::process::Child {
+    let mut cmd = tokio::process::Command::from(sluice());
+    cmd.env("AWS_LAMBDA_RUNTIME_API", api.addr.to_string())
+        .env("AWS_LAMBDA_FUNCTION_NAME", "sluice-waze")
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+        .env(
+            "AWS_LAMBDA_LOG_STREAM_NAME",
+            "2026/11/24/[$LATEST]0123456789abcdef",
+        )
+        .env("AWS_LAMBDA_LOG_GROUP_NAME", "/aws/lambda/sluice-waze")
+        .env_remove("KINESIS_STREAM")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for (k, v) in variables {
+        if *k != "KINESIS_STREAM" {
+            cmd.env(k, v);
+        }
+    }
+    cmd.spawn().expect("the binary starts")
+}
+
+async fn logs(mut child: tokio::process::Child) -> Vec<Value> {
+    child.start_kill().expect("stop the function");
+    let out = child.wait_with_output().await.expect("its output");
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("a JSON log line ({e}): {l}")))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_binary_answers_lambda_with_batch_item_failures_and_reports_what_the_dlq_cannot_take() {
+    let Some(endpoint) = moto_endpoint() else {
+        return;
+    };
+    let world = World::create(&endpoint, 1).await;
+    let api = RuntimeApi::start().await;
+    let mut variables = world.variables();
+    variables.push(("SLUICE_PIPELINE", "pipelines/waze-persist.toml".to_owned()));
+    let function = start_function(&api, &variables);
+
+    let valid = |i| waze_payload(i).to_string().into_bytes();
+    let (a, b) = ("shardId-000000000000", "shardId-000000000001");
+    let first = api.invoke(
+        event(&[
+            (a, "101", valid(1)),
+            (a, "102", b"not json".to_vec()),
+            (a, "103", valid(3)),
+            (b, "201", valid(4)),
+            (b, "202", b"[1, 2]".to_vec()),
+        ]),
+        Duration::from_secs(20),
+    );
+    assert!(failures(&api.answer(&first).await).is_empty());
+    assert_eq!(world.items().await.len(), 3);
+    assert_eq!(world.dead_letters().await.len(), 2);
+
+    // The DLQ is deleted: malformed records cannot be dead-lettered, so they come back in
+    // batchItemFailures (the first per shard) instead of failing the invocation.
+    world
+        .sqs
+        .delete_queue()
+        .queue_url(&world.queue_url)
+        .send()
+        .await
+        .expect("delete the DLQ");
+    let second = api.invoke(
+        event(&[
+            (a, "104", valid(5)),
+            (a, "105", b"{\"oops\"".to_vec()),
+            (a, "106", valid(6)),
+            (b, "203", b"".to_vec()),
+            (b, "204", valid(7)),
+        ]),
+        Duration::from_secs(20),
+    );
+    assert_eq!(failures(&api.answer(&second).await), vec!["105", "203"]);
+    assert_eq!(
+        world.items().await.len(),
+        6,
+        "valid records are still stored"
+    );
+
+    // One summary line per invocation, as JSON CloudWatch can filter.
+    let lines = logs(function).await;
+    let invocations: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["message"] == "invocation")
+        .collect();
+    assert_eq!(invocations.len(), 2, "{lines:#?}");
+    assert_eq!(invocations[0]["records"], 5);
+    assert_eq!(invocations[0]["dead_lettered"], 2);
+    assert_eq!(invocations[1]["failed"], 2);
+    assert_eq!(invocations[1]["batch_item_failures"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pipeline_that_cannot_run_fails_each_invocation_with_the_reason() {
+    let Some(endpoint) = moto_endpoint() else {
+        return;
+    };
+    let world = World::create(&endpoint, 1).await;
+    let api = RuntimeApi::start().await;
+    let mut variables = world.variables();
+    variables.push((
+        "SLUICE_PIPELINE",
+        "pipelines/no-such-pipeline.toml".to_owned(),
+    ));
+    let function = start_function(&api, &variables);
+    let id = api.invoke(event(&[]), Duration::from_secs(10));
+    let (kind, body) = api.answer(&id).await;
+    assert_eq!(kind, "error");
+    assert_eq!(body["errorType"], "PipelineCannotRun");
+    let message = body["errorMessage"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("no-such-pipeline.toml") && message.contains("no such file"),
+        "{body}"
+    );
+    drop(function);
+}
