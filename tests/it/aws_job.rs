@@ -570,6 +570,25 @@ async fn the_aws_pipeline_files_validate_against_the_emulator_and_name_what_is_m
             && stderr.contains("ResourceNotFoundException"),
         "{stderr}"
     );
+    // A mapping that drops the table's key is caught at start-up, before any record is read.
+    let text = std::fs::read_to_string(root().join("pipelines/waze-persist.toml")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let broken = crate::pipeline_file(
+        dir.path(),
+        "no-key.toml",
+        &text.replacen("keep_only = [\"CurationRecordId\", ", "keep_only = [", 1),
+    );
+    let mut cmd = sluice();
+    cmd.arg("validate").arg(&broken);
+    for (k, v) in world.variables() {
+        cmd.env(k, v);
+    }
+    let (out, _, stderr) = run(&mut cmd);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("`sink.table`") && stderr.contains("keyed by `CurationRecordId`"),
+        "{stderr}"
+    );
     // Without the seed's variables the error says which one is unset.
     let (out, _, stderr) = run(sluice().args(["validate", "pipelines/waze-persist.toml"]));
     assert_eq!(out.status.code(), Some(2));
