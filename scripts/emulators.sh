@@ -76,6 +76,17 @@ start_kinesis_local() {
     echo "== kinesis-local $KINESIS_LOCAL_VERSION at $SLUICE_TEST_KINESIS_LOCAL (log: $log)"
 }
 
+# cfn-lint checks deploy/template.yaml in the tests.
+CFN_LINT_VERSION=1.58.0
+install_cfn_lint() {
+    install_moto
+    if ! .venv/bin/pip show cfn-lint 2>/dev/null | grep -x "Version: $CFN_LINT_VERSION" > /dev/null; then
+        echo "== installing cfn-lint==$CFN_LINT_VERSION into .venv (once)"
+        .venv/bin/pip install --quiet --disable-pip-version-check "cfn-lint==$CFN_LINT_VERSION"
+    fi
+    export SLUICE_TEST_CFN_LINT=$PWD/.venv/bin/cfn-lint
+}
+
 stop_emulators() {
     local pid
     for pid in "${EMULATOR_PIDS[@]}"; do
