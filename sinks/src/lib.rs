@@ -9,7 +9,7 @@ mod sqlite;
 mod sqs;
 mod stdout;
 
-pub use dynamodb::DynamoDbSinkConfig;
+pub use dynamodb::{encode as dynamodb_encode, DynamoDbSinkConfig};
 pub use file::FileSinkConfig;
 pub use sqlite::SqliteSinkConfig;
 pub use sqs::SqsSinkConfig;

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use aws_sdk_dynamodb::types::{AttributeValue, ScalarAttributeType};
+use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, ScalarAttributeType, WriteRequest};
 use serde_json::Value;
 
 /// DynamoDB's limit on one item's size.
@@ -63,6 +63,28 @@ fn kind_of(value: &Value) -> &'static str {
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
     }
+}
+
+/// A record's value as a BatchWriteItem put request, with its key (to merge duplicates), or why it
+/// can never be written: not an object, a missing or mistyped key, over 400 KB.
+pub fn write_request(
+    value: &Value,
+    all_strings: bool,
+    key: &[KeyAttribute],
+) -> Result<(String, WriteRequest), String> {
+    let item = to_item(value, all_strings)?;
+    let item_key = item_key(&item, key)?;
+    let size = item_size(&item);
+    if size > MAX_ITEM_BYTES {
+        return Err(format!(
+            "the item is {size} bytes, over DynamoDB's limit of {MAX_ITEM_BYTES} bytes (400 KB)"
+        ));
+    }
+    let put = PutRequest::builder()
+        .set_item(Some(item))
+        .build()
+        .map_err(|e| e.to_string())?;
+    Ok((item_key, WriteRequest::builder().put_request(put).build()))
 }
 
 /// An item's size as DynamoDB counts it: attribute names plus values (numbers about one byte per

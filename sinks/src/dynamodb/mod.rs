@@ -1,7 +1,7 @@
 //! `type = "dynamodb"`: writes records as items with BatchWriteItem, 25 at a time, keyed by the
 //! table's own key so a redelivered record overwrites itself.
 
-mod encode;
+pub mod encode;
 mod writer;
 
 use std::collections::BTreeSet;

@@ -4,13 +4,13 @@
 use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::{PutRequest, WriteRequest};
+use aws_sdk_dynamodb::types::WriteRequest;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use sluice_core::aws;
 use sluice_core::{Record, Sink, SinkError};
 
-use super::encode::{item_key, item_size, to_item, KeyAttribute, MAX_ITEM_BYTES};
+use super::encode::{item_key, write_request, KeyAttribute};
 use super::DynamoDbSinkConfig;
 
 /// BatchWriteItem's limit on requests per call.
@@ -50,19 +50,7 @@ impl BatchWriter {
 
     /// The record's item and key, or why it can never be written.
     fn prepare(&self, record: &Record) -> Result<(String, WriteRequest), String> {
-        let item = to_item(&record.value, self.config.all_strings)?;
-        let key = item_key(&item, &self.key)?;
-        let size = item_size(&item);
-        if size > MAX_ITEM_BYTES {
-            return Err(format!(
-                "the item is {size} bytes, over DynamoDB's limit of {MAX_ITEM_BYTES} bytes (400 KB)"
-            ));
-        }
-        let put = PutRequest::builder()
-            .set_item(Some(item))
-            .build()
-            .map_err(|e| e.to_string())?;
-        Ok((key, WriteRequest::builder().put_request(put).build()))
+        write_request(&record.value, self.config.all_strings, &self.key)
     }
 
     /// Writes one chunk of at most 25 items; a chunk DynamoDB rejects as invalid is split in
