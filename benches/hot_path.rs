@@ -3,6 +3,10 @@
 
 mod common;
 
+// As in the sluice binary.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use aws_sdk_dynamodb::types::ScalarAttributeType;
 use base64::Engine;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};

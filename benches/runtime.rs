@@ -3,6 +3,10 @@
 
 mod common;
 
+// As in the sluice binary.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::Arc;
 use std::time::Duration;
 

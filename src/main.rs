@@ -15,6 +15,11 @@ use sluice::sluice_core::{PipelineConfig, Progress};
 // The facade links every component crate, so each `type` is registered.
 use sluice as _;
 
+// The hot path allocates small maps and strings per record; mimalloc is much faster at that than
+// glibc's allocator and, above all, musl's (the Lambda build). Measured in BENCHMARKS.md.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const EXAMPLES: &str = "\
 Examples:
   sluice run pipelines/waze-persist.local.toml      the Waze job on SQLite, no AWS needed
