@@ -437,7 +437,13 @@ impl KinesisSource {
                         Err(e) => errors.push(SourceError::Service(format!("a shard reader failed: {e}"))),
                     }
                 }
-                _ = ticker.tick() => self.store(&progress, false).await?,
+                _ = ticker.tick() => {
+                    // Unstored checkpoints are kept and tried again at the next tick; the leases
+                    // last three ticks, so one failed renewal loses nothing.
+                    if let Err(e) = self.store(&progress, false).await {
+                        tracing::warn!(error = %e, "checkpoints not stored; trying again at the next tick");
+                    }
+                }
             }
         }
         let waiting = taken.len() - started.len();

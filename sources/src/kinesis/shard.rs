@@ -81,12 +81,20 @@ impl ShardProgress {
 
     fn acknowledge(&self, report: &BatchReport) {
         let mut state = self.lock();
-        if let Some(cp) = &report.checkpoint {
+        // Never past a batch that failed or was abandoned earlier in this run.
+        if let (false, Some(cp)) = (state.failed, &report.checkpoint) {
             state.checkpoint = Some(cp.as_str().to_owned());
             state.dirty = true;
         }
         state.failed |= !report.is_complete();
         drop(state);
+        self.outstanding.fetch_sub(1, Ordering::AcqRel);
+        self.acked.notify_waiters();
+    }
+
+    /// A batch that will never be acknowledged: the shard cannot finish in this run.
+    fn abandon(&self) {
+        self.lock().failed = true;
         self.outstanding.fetch_sub(1, Ordering::AcqRel);
         self.acked.notify_waiters();
     }
@@ -118,14 +126,26 @@ impl ShardProgress {
     }
 }
 
-/// Tells a shard's progress how a batch ended.
-struct ShardAck(Arc<ShardProgress>);
+/// Tells a shard's progress how a batch ended. Dropped unacknowledged (its worker panicked, the
+/// runtime stopped), it counts the batch as failed, so nothing waits for it and no checkpoint
+/// passes it.
+struct ShardAck(Option<Arc<ShardProgress>>);
 
 #[async_trait]
 impl Acknowledge for ShardAck {
-    async fn acknowledge(self: Box<Self>, report: &BatchReport) -> Result<(), SourceError> {
-        self.0.acknowledge(report);
+    async fn acknowledge(mut self: Box<Self>, report: &BatchReport) -> Result<(), SourceError> {
+        if let Some(progress) = self.0.take() {
+            progress.acknowledge(report);
+        }
         Ok(())
+    }
+}
+
+impl Drop for ShardAck {
+    fn drop(&mut self) {
+        if let Some(progress) = self.0.take() {
+            progress.abandon();
+        }
     }
 }
 
@@ -297,7 +317,8 @@ impl ShardReader {
                     ReadEnd::Unfinished
                 });
             }
-            if empty && out.millis_behind_latest() == Some(0) {
+            // An endpoint that does not report how far behind it is counts as caught up when empty.
+            if empty && matches!(out.millis_behind_latest(), Some(0) | None) {
                 if self.until_caught_up {
                     self.progress.settled().await;
                     return Ok(ReadEnd::CaughtUp);
@@ -320,11 +341,11 @@ impl ShardReader {
             let batch = SourceBatch {
                 shard_id: self.shard_id.clone(),
                 records: batch,
-                ack: Some(Box::new(ShardAck(self.progress.clone()))),
+                ack: Some(Box::new(ShardAck(Some(self.progress.clone())))),
             };
             if self.batches.send(Ok(batch)).await.is_err() {
-                // The runtime stopped taking batches; nothing more will be acknowledged.
-                self.progress.outstanding.fetch_sub(1, Ordering::AcqRel);
+                // The runtime stopped taking batches (the unsent batch's ack, dropped with it,
+                // has counted it as failed).
                 return Err(SourceError::Service("the pipeline stopped reading".into()));
             }
         }
@@ -337,4 +358,63 @@ fn checkpoint_seq(checkpoint: &Option<String>) -> Option<SequenceNumber> {
         .as_deref()
         .filter(|c| *c != SHARD_END)
         .map(SequenceNumber::new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_core::Outcome;
+
+    fn report(seqs: &[(u64, bool)]) -> BatchReport {
+        let outcomes = seqs
+            .iter()
+            .map(|(seq, ok)| {
+                let outcome = if *ok {
+                    Outcome::Stored
+                } else {
+                    Outcome::Failed { error: "x".into() }
+                };
+                (SequenceNumber::from(*seq), outcome)
+            })
+            .collect();
+        BatchReport::new("s".into(), outcomes)
+    }
+
+    #[tokio::test]
+    async fn a_dropped_ack_counts_as_failed_so_nothing_waits_and_no_checkpoint_passes_it() {
+        let progress = Arc::new(ShardProgress::new(Some("1".into())));
+        progress.outstanding.store(2, Ordering::Release);
+        drop(ShardAck(Some(progress.clone())));
+        Box::new(ShardAck(Some(progress.clone())))
+            .acknowledge(&report(&[(5, true), (6, true)]))
+            .await
+            .unwrap();
+        // Both batches are accounted for: settling does not hang.
+        tokio::time::timeout(std::time::Duration::from_secs(1), progress.settled())
+            .await
+            .expect("settled");
+        assert_eq!(
+            progress.checkpoint().as_deref(),
+            Some("1"),
+            "not past the lost batch"
+        );
+        assert!(
+            !progress.finish(Some(&SequenceNumber::from(6))),
+            "the shard is not finished"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_checkpoint_follows_acks_and_the_shard_finishes_when_all_is_done() {
+        let progress = Arc::new(ShardProgress::new(None));
+        progress.outstanding.store(1, Ordering::Release);
+        Box::new(ShardAck(Some(progress.clone())))
+            .acknowledge(&report(&[(1, true), (2, true)]))
+            .await
+            .unwrap();
+        assert_eq!(progress.take_changed().as_deref(), Some("2"));
+        assert_eq!(progress.take_changed(), None, "unchanged since");
+        assert!(progress.finish(Some(&SequenceNumber::from(2))));
+        assert_eq!(progress.checkpoint().as_deref(), Some(SHARD_END));
+    }
 }
