@@ -515,3 +515,72 @@ async fn a_lease_table_holding_another_streams_checkpoints_is_refused() {
         "{summary:?}"
     );
 }
+
+/// A daemon (no `--until-caught-up`) follows a split that happens while it runs.
+#[tokio::test]
+async fn a_running_daemon_follows_a_split_to_the_children() {
+    let Some(moto) = moto_endpoint() else { return };
+    let Some(kinesis_local) = kinesis_local_endpoint() else {
+        return;
+    };
+    let stream = Stream::create_on(&kinesis_local, &moto, 1).await;
+    let key = |i: usize| format!("key-{}", i % 8);
+    stream.put_keyed(0, 20, key).await;
+    let ctx = testing::context("test", &FaultPlan::new());
+    let shutdown = ctx.shutdown.clone();
+    let source = stream
+        .config("poll_interval = \"100ms\"\ncheckpoint_interval = \"1s\"")
+        .build(&ctx)
+        .await
+        .expect("the source builds");
+    let sink = MemorySink::default();
+    let (pipeline, _) = sink_pipeline(Arc::new(sink.clone()));
+    let running =
+        tokio::spawn(async move { pipeline.run(source, Arc::new(Progress::default())).await });
+    let until_stored = |n: usize| {
+        let sink = sink.clone();
+        async move {
+            for _ in 0..300 {
+                if sink.records().len() >= n {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("{} of {n} records stored after 30 s", sink.records().len());
+        }
+    };
+    until_stored(20).await;
+
+    let parent = stream.shards().await.into_keys().next().unwrap();
+    stream
+        .kinesis
+        .split_shard()
+        .stream_name(&stream.name)
+        .shard_to_split(&parent)
+        .new_starting_hash_key("170141183460469231731687303715884105728")
+        .send()
+        .await
+        .expect("split");
+    stream.wait_until_active().await;
+    stream.put_keyed(20, 40, key).await;
+    until_stored(40).await;
+
+    shutdown.trigger();
+    let summary = tokio::time::timeout(Duration::from_secs(30), running)
+        .await
+        .expect("stops when asked")
+        .expect("runs");
+    assert!(summary.is_success(), "{summary:?}");
+    assert_eq!(numbers(&sink), (0..40).collect::<Vec<_>>());
+    let leases = stream.leases().await;
+    assert_eq!(leases[&parent]["checkpoint"].as_s().unwrap(), "SHARD_END");
+    assert_eq!(
+        leases.len(),
+        3,
+        "the parent and its two children: {leases:?}"
+    );
+    assert!(
+        leases.values().all(|l| !l.contains_key("leaseOwner")),
+        "released on stop"
+    );
+}

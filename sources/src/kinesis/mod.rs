@@ -288,6 +288,27 @@ impl Source for KinesisSource {
 
 type Batches = mpsc::Sender<Result<SourceBatch, SourceError>>;
 
+/// How long a daemon waits before starting a failed shard reader again.
+const RESTART_DELAY: Duration = Duration::from_secs(5);
+
+/// The shards this worker knows, which are finished, and the progress of those it holds.
+#[derive(Default)]
+struct Held {
+    shards: Vec<ShardInfo>,
+    finished: HashSet<String>,
+    progress: HashMap<String, Arc<ShardProgress>>,
+}
+
+impl Held {
+    /// A shard may be read once its parents are finished, or gone past the stream's retention.
+    fn ready(&self, shard: &ShardInfo) -> bool {
+        shard
+            .parents
+            .iter()
+            .all(|p| self.finished.contains(p) || !self.shards.iter().any(|s| &s.id == p))
+    }
+}
+
 impl KinesisSource {
     async fn list_shards(&self) -> Result<Vec<ShardInfo>, SourceError> {
         let mut shards = Vec::new();
@@ -359,62 +380,62 @@ impl KinesisSource {
         }
     }
 
+    /// Takes the leases of `new` shards (those not finished before) into `held`.
+    async fn take(&self, new: Vec<ShardInfo>, held: &mut Held) -> Result<(), SourceError> {
+        let stored = self.leases.scan().await?;
+        self.leases.check_stream(&stored)?;
+        let checkpoint = |id: &str| stored.get(id).and_then(|l| l.checkpoint.clone());
+        let mut wanted = Vec::new();
+        for shard in &new {
+            if checkpoint(&shard.id).as_deref() == Some(SHARD_END) {
+                held.finished.insert(shard.id.clone());
+            } else {
+                wanted.push(Wanted {
+                    shard_id: shard.id.clone(),
+                    parents: shard.parents.clone(),
+                });
+            }
+        }
+        for id in self.leases.acquire(&wanted, &stored).await? {
+            let progress = Arc::new(ShardProgress::new(checkpoint(&id)));
+            held.progress.insert(id, progress);
+        }
+        held.shards.extend(new);
+        Ok(())
+    }
+
+    /// After a shard ends (a split or a merge during the run), takes the shards it gave way to.
+    async fn take_children(&self, held: &mut Held) -> Result<(), SourceError> {
+        let listed = self.list_shards().await?;
+        let new: Vec<ShardInfo> = listed
+            .into_iter()
+            .filter(|s| !held.shards.iter().any(|known| known.id == s.id))
+            .collect();
+        if new.is_empty() {
+            return Ok(());
+        }
+        self.take(new, held).await
+    }
+
     /// Takes the leases, reads the shards (parents first), stores checkpoints as they move and
     /// releases the leases at the end.
     async fn consume(&self, settings: BatchSettings, tx: Batches) -> Result<(), SourceError> {
-        let shards = self.list_shards().await?;
-        let stored = self.leases.scan().await?;
-        self.leases.check_stream(&stored)?;
-        let listed: HashSet<&str> = shards.iter().map(|s| s.id.as_str()).collect();
-        let is_end =
-            |id: &str| stored.get(id).and_then(|l| l.checkpoint.as_deref()) == Some(SHARD_END);
-        // Finished: read to the end before, or no longer listed (past the stream's retention).
-        let mut finished: HashSet<String> = shards
-            .iter()
-            .filter(|s| is_end(&s.id))
-            .map(|s| s.id.clone())
-            .collect();
-        let wanted: Vec<Wanted> = shards
-            .iter()
-            .filter(|s| !finished.contains(&s.id))
-            .map(|s| Wanted {
-                shard_id: s.id.clone(),
-                parents: s.parents.clone(),
-            })
-            .collect();
-        let taken: HashSet<String> = self
-            .leases
-            .acquire(&wanted, &stored)
-            .await?
-            .into_iter()
-            .collect();
-        let progress: HashMap<String, Arc<ShardProgress>> = taken
-            .iter()
-            .map(|id| {
-                let checkpoint = stored.get(id).and_then(|l| l.checkpoint.clone());
-                (id.clone(), Arc::new(ShardProgress::new(checkpoint)))
-            })
-            .collect();
-        let ready = |shard: &ShardInfo, finished: &HashSet<String>| {
-            shard
-                .parents
-                .iter()
-                .all(|p| finished.contains(p) || !listed.contains(p.as_str()))
-        };
-
+        let mut held = Held::default();
+        self.take(self.list_shards().await?, &mut held).await?;
         let mut readers = JoinSet::new();
         let mut started: HashSet<String> = HashSet::new();
         let mut errors = Vec::new();
         let mut ticker = tokio::time::interval(self.config.checkpoint_interval);
         ticker.reset();
         loop {
-            for shard in &shards {
-                if taken.contains(&shard.id)
+            for shard in &held.shards {
+                if held.progress.contains_key(&shard.id)
                     && !started.contains(&shard.id)
-                    && ready(shard, &finished)
+                    && held.ready(shard)
                 {
                     started.insert(shard.id.clone());
-                    let reader = self.reader(shard, progress[&shard.id].clone(), settings, &tx);
+                    let reader =
+                        self.reader(shard, held.progress[&shard.id].clone(), settings, &tx);
                     let id = shard.id.clone();
                     readers.spawn(async move { (id, reader.run().await) });
                 }
@@ -427,9 +448,29 @@ impl KinesisSource {
                     match joined.expect("the set is not empty") {
                         Ok((id, Ok(ReadEnd::Finished))) => {
                             tracing::info!(shard = %id, "shard read to its end");
-                            finished.insert(id);
+                            held.finished.insert(id);
+                            if let Err(e) = self.take_children(&mut held).await {
+                                tracing::warn!(error = %e, "the shards after a split or merge could not be taken; a later run will");
+                            }
                         }
                         Ok((id, Ok(end))) => tracing::debug!(shard = %id, ?end, "shard reader ended"),
+                        Ok((id, Err(e))) if !self.until_caught_up && !self.shutdown.is_triggered() => {
+                            // A daemon keeps every shard it holds read: start the reader again,
+                            // from the checkpoint, once its batches in flight are done.
+                            tracing::warn!(shard = %id, error = %e, "shard reader failed; restarting it in {RESTART_DELAY:?}");
+                            let shard = held.shards.iter().find(|s| s.id == id).expect("a held shard").clone();
+                            let progress = held.progress[&id].clone();
+                            let reader = self.reader(&shard, progress.clone(), settings, &tx);
+                            let shutdown = self.shutdown.clone();
+                            readers.spawn(async move {
+                                progress.settled().await;
+                                tokio::select! {
+                                    _ = tokio::time::sleep(RESTART_DELAY) => {}
+                                    _ = shutdown.triggered() => {}
+                                }
+                                (id, reader.run().await)
+                            });
+                        }
                         Ok((id, Err(e))) => {
                             tracing::error!(shard = %id, error = %e, "shard reader failed");
                             errors.push(e);
@@ -440,17 +481,17 @@ impl KinesisSource {
                 _ = ticker.tick() => {
                     // Unstored checkpoints are kept and tried again at the next tick; the leases
                     // last three ticks, so one failed renewal loses nothing.
-                    if let Err(e) = self.store(&progress, false).await {
+                    if let Err(e) = self.store(&held.progress, false).await {
                         tracing::warn!(error = %e, "checkpoints not stored; trying again at the next tick");
                     }
                 }
             }
         }
-        let waiting = taken.len() - started.len();
+        let waiting = held.progress.len() - started.len();
         if waiting > 0 {
             tracing::warn!(shards = waiting, "child shards not read: their parents are not finished (a failed record, or leased elsewhere)");
         }
-        self.store(&progress, true).await?;
+        self.store(&held.progress, true).await?;
         match errors.into_iter().next() {
             Some(e) => Err(e),
             None => Ok(()),

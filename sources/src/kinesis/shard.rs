@@ -100,7 +100,7 @@ impl ShardProgress {
     }
 
     /// Waits until every batch handed out has been acknowledged.
-    async fn settled(&self) {
+    pub async fn settled(&self) {
         loop {
             let acked = self.acked.notified();
             if self.outstanding.load(Ordering::Acquire) == 0 {
