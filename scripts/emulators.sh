@@ -68,7 +68,8 @@ start_kinesis_local() {
     log=$PWD/target/emulators/kinesis-local.log
     mkdir -p target/emulators
     # It reads server.json from its working directory.
-    (cd "$pkg" && KINESIS_MOCK_PLAIN_PORT=$port KINESIS_MOCK_TLS_PORT=$tls_port \
+    # SHARD_LIMIT: the account-wide default (50) runs out across many test streams.
+    (cd "$pkg" && KINESIS_MOCK_PLAIN_PORT=$port KINESIS_MOCK_TLS_PORT=$tls_port SHARD_LIMIT=2000 \
         exec node main.js > "$log" 2>&1) &
     EMULATOR_PIDS+=("$!")
     wait_for "http://127.0.0.1:$port/healthcheck" "$log"

@@ -584,3 +584,108 @@ async fn a_running_daemon_follows_a_split_to_the_children() {
         "released on stop"
     );
 }
+
+/// Children whose parent another worker holds are not kept (they could not be read here).
+#[tokio::test]
+async fn children_of_a_parent_held_elsewhere_are_let_go() {
+    let Some(moto) = moto_endpoint() else { return };
+    let Some(kinesis_local) = kinesis_local_endpoint() else {
+        return;
+    };
+    // Two shards: the first is split while another worker holds it; the second keeps this
+    // daemon running.
+    let stream = Stream::create_on(&kinesis_local, &moto, 2).await;
+    let parent = stream.shards().await.into_keys().next().unwrap();
+    stream
+        .kinesis
+        .split_shard()
+        .stream_name(&stream.name)
+        .shard_to_split(&parent)
+        .new_starting_hash_key("85070591730234615865843651857942052864")
+        .send()
+        .await
+        .expect("split");
+    stream.wait_until_active().await;
+    // The lease table exists, and a live worker holds the parent.
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+    };
+    stream
+        .dynamodb
+        .create_table()
+        .table_name(&stream.checkpoints)
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("leaseKey")
+                .key_type(KeyType::Hash)
+                .build()
+                .unwrap(),
+        )
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("leaseKey")
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .unwrap(),
+        )
+        .billing_mode(BillingMode::PayPerRequest)
+        .send()
+        .await
+        .expect("create the lease table");
+    let expires = chrono::Utc::now().timestamp_millis() + 60_000;
+    stream
+        .dynamodb
+        .put_item()
+        .table_name(&stream.checkpoints)
+        .item("leaseKey", AttributeValue::S(parent.clone()))
+        .item("leaseOwner", AttributeValue::S("other-worker".into()))
+        .item("leaseCounter", AttributeValue::N("1".into()))
+        .item("leaseExpiresAt", AttributeValue::N(expires.to_string()))
+        .send()
+        .await
+        .expect("lease the parent elsewhere");
+
+    // A daemon: what it holds while running is what matters (a one-shot run releases all).
+    let ctx = testing::context("test", &FaultPlan::new());
+    let shutdown = ctx.shutdown.clone();
+    let source = stream
+        .config("")
+        .build(&ctx)
+        .await
+        .expect("the source builds");
+    let sink = MemorySink::default();
+    let (pipeline, _) = sink_pipeline(Arc::new(sink.clone()));
+    let running =
+        tokio::spawn(async move { pipeline.run(source, Arc::new(Progress::default())).await });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let leases = stream.leases().await;
+    assert_eq!(
+        leases[&parent]["leaseOwner"].as_s().unwrap(),
+        "other-worker"
+    );
+    let children: Vec<String> = stream
+        .shards()
+        .await
+        .into_iter()
+        .filter(|(_, (parents, _))| parents.contains(&parent))
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(children.len(), 2);
+    for child in &children {
+        assert!(
+            !leases[child].contains_key("leaseOwner"),
+            "{child} let go: {:?}",
+            leases[child]
+        );
+    }
+    shutdown.trigger();
+    let summary = tokio::time::timeout(Duration::from_secs(30), running)
+        .await
+        .expect("stops when asked")
+        .expect("runs");
+    assert!(summary.is_success(), "{summary:?}");
+    assert!(
+        sink.records().is_empty(),
+        "neither the parent nor its children are read here"
+    );
+}

@@ -396,11 +396,38 @@ impl KinesisSource {
                 });
             }
         }
-        for id in self.leases.acquire(&wanted, &stored).await? {
-            let progress = Arc::new(ShardProgress::new(checkpoint(&id)));
-            held.progress.insert(id, progress);
+        let acquired = self.leases.acquire(&wanted, &stored).await?;
+        for id in &acquired {
+            let progress = Arc::new(ShardProgress::new(checkpoint(id)));
+            held.progress.insert(id.clone(), progress);
         }
         held.shards.extend(new);
+        // A child whose unfinished parent another worker holds could never be read here: let it
+        // go, so the worker that finishes the parent can take it.
+        let orphans: Vec<(String, Option<String>)> = acquired
+            .iter()
+            .filter(|id| {
+                let shard = held.shards.iter().find(|s| &s.id == *id);
+                shard.is_some_and(|s| {
+                    s.parents.iter().any(|p| {
+                        !held.finished.contains(p)
+                            && !held.progress.contains_key(p)
+                            && held.shards.iter().any(|known| &known.id == p)
+                    })
+                })
+            })
+            .map(|id| (id.clone(), None))
+            .collect();
+        if !orphans.is_empty() {
+            for (id, _) in &orphans {
+                held.progress.remove(id);
+            }
+            tracing::info!(
+                shards = orphans.len(),
+                "releasing child shards whose parents another worker holds"
+            );
+            self.leases.store(&orphans, true).await?;
+        }
         Ok(())
     }
 
