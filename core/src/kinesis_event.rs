@@ -48,9 +48,7 @@ pub struct KinesisPayload {
 
 /// The stream name in a Kinesis stream ARN (the text itself when it is not an ARN).
 pub fn stream_name(arn_or_name: &str) -> &str {
-    arn_or_name
-        .rsplit_once(":stream/")
-        .map_or(arn_or_name, |(_, name)| name)
+    crate::arn::name_from_arn(arn_or_name, "stream")
 }
 
 impl KinesisEventRecord {

@@ -4,6 +4,7 @@
 //! registered with typetag: a crate that implements [`SinkConfig`] with
 //! `#[typetag::serde(name = "x")]` adds `type = "x"` to pipeline files once it is linked.
 
+pub mod arn;
 #[cfg(feature = "aws")]
 pub mod aws;
 pub mod calls;
