@@ -106,6 +106,13 @@ impl KinesisSourceConfig {
         aws::name_from_arn(&self.stream, "stream")
     }
 
+    /// The stream's ARN, when it was given as one (API calls then name it by ARN).
+    fn stream_arn(&self) -> Option<&str> {
+        self.stream
+            .starts_with("arn:")
+            .then_some(self.stream.as_str())
+    }
+
     fn region(&self) -> Option<&str> {
         self.region
             .as_deref()
@@ -188,10 +195,9 @@ impl SourceConfig for KinesisSourceConfig {
         );
         // Proves the stream exists and is reachable before anything runs.
         let mut describe = kinesis.describe_stream_summary();
-        describe = if self.stream.starts_with("arn:") {
-            describe.stream_arn(&self.stream)
-        } else {
-            describe.stream_name(self.stream_name())
+        describe = match self.stream_arn() {
+            Some(arn) => describe.stream_arn(arn),
+            None => describe.stream_name(self.stream_name()),
         };
         describe.send().await.map_err(|e| {
             let hint = match aws::error_code(&e) {
@@ -317,10 +323,10 @@ impl KinesisSource {
             let mut call = self.kinesis.list_shards();
             call = match &token {
                 Some(t) => call.next_token(t),
-                None if self.config.stream.starts_with("arn:") => {
-                    call.stream_arn(&self.config.stream)
-                }
-                None => call.stream_name(self.config.stream_name()),
+                None => match self.config.stream_arn() {
+                    Some(arn) => call.stream_arn(arn),
+                    None => call.stream_name(self.config.stream_name()),
+                },
             };
             let out = call.send().await.map_err(|e| {
                 SourceError::Service(format!(
@@ -361,11 +367,7 @@ impl KinesisSource {
         ShardReader {
             client: self.kinesis.clone(),
             stream_name: self.config.stream_name().to_owned(),
-            stream_arn: self
-                .config
-                .stream
-                .starts_with("arn:")
-                .then(|| self.config.stream.clone()),
+            stream_arn: self.config.stream_arn().map(str::to_owned),
             shard_id: shard.id.clone(),
             has_parents: !shard.parents.is_empty(),
             ending_sequence_number: shard.ending.clone(),
