@@ -13,8 +13,8 @@ use sluice_core::aws::faults::{Fault, FaultPlan};
 use sluice_core::aws::testing::{self, kinesis_local_endpoint, moto_endpoint, unique};
 use sluice_core::testkit::{sink_pipeline, MemorySink};
 use sluice_core::{
-    async_trait, BuildError, Progress, Record, RunSummary, SequenceNumber, Sink, SinkError,
-    SourceConfig,
+    async_trait, BuildError, Progress, Record, RunSummary, SequenceNumber, Shutdown, Sink,
+    SinkError, SourceConfig,
 };
 
 /// Writes into a memory sink, slowly for one shard: were a child read before its parent ended,
@@ -35,6 +35,25 @@ impl Sink for SlowForShard {
 }
 
 use super::KinesisSourceConfig;
+
+/// A pipeline reading a stream in the background until stopped.
+struct Daemon {
+    sink: MemorySink,
+    shutdown: Shutdown,
+    running: tokio::task::JoinHandle<RunSummary>,
+}
+
+impl Daemon {
+    /// Asks it to stop, and answers its summary and what it stored.
+    async fn stop(self) -> (RunSummary, MemorySink) {
+        self.shutdown.trigger();
+        let summary = tokio::time::timeout(Duration::from_secs(30), self.running)
+            .await
+            .expect("stops when asked")
+            .expect("runs");
+        (summary, self.sink)
+    }
+}
 
 struct Stream {
     kinesis: aws_sdk_kinesis::Client,
@@ -71,6 +90,38 @@ impl Stream {
         };
         stream.wait_until_active().await;
         stream
+    }
+
+    /// Splits `shard` at `hash_key` and waits until the stream is active again.
+    async fn split(&self, shard: &str, hash_key: &str) {
+        self.kinesis
+            .split_shard()
+            .stream_name(&self.name)
+            .shard_to_split(shard)
+            .new_starting_hash_key(hash_key)
+            .send()
+            .await
+            .expect("split");
+        self.wait_until_active().await;
+    }
+
+    /// Reads the stream as a daemon does (not until caught up), in the background.
+    async fn daemon(&self, extra: &str) -> Daemon {
+        let ctx = testing::context("test", &FaultPlan::new());
+        let source = self
+            .config(extra)
+            .build(&ctx)
+            .await
+            .expect("the source builds");
+        let sink = MemorySink::default();
+        let (pipeline, _) = sink_pipeline(Arc::new(sink.clone()));
+        let running =
+            tokio::spawn(async move { pipeline.run(source, Arc::new(Progress::default())).await });
+        Daemon {
+            sink,
+            shutdown: ctx.shutdown.clone(),
+            running,
+        }
     }
 
     async fn wait_until_active(&self) {
@@ -410,15 +461,8 @@ async fn after_a_split_and_a_merge_every_record_is_stored_parents_before_childre
     // Split the only shard at the middle of the hash key range.
     let parent = stream.shards().await.into_keys().next().unwrap();
     stream
-        .kinesis
-        .split_shard()
-        .stream_name(&stream.name)
-        .shard_to_split(&parent)
-        .new_starting_hash_key("170141183460469231731687303715884105728")
-        .send()
-        .await
-        .expect("split");
-    stream.wait_until_active().await;
+        .split(&parent, "170141183460469231731687303715884105728")
+        .await;
     stream.put_keyed(64, 128, key).await;
 
     // Merge the two children back into one.
@@ -526,17 +570,10 @@ async fn a_running_daemon_follows_a_split_to_the_children() {
     let stream = Stream::create_on(&kinesis_local, &moto, 1).await;
     let key = |i: usize| format!("key-{}", i % 8);
     stream.put_keyed(0, 20, key).await;
-    let ctx = testing::context("test", &FaultPlan::new());
-    let shutdown = ctx.shutdown.clone();
-    let source = stream
-        .config("poll_interval = \"100ms\"\ncheckpoint_interval = \"1s\"")
-        .build(&ctx)
-        .await
-        .expect("the source builds");
-    let sink = MemorySink::default();
-    let (pipeline, _) = sink_pipeline(Arc::new(sink.clone()));
-    let running =
-        tokio::spawn(async move { pipeline.run(source, Arc::new(Progress::default())).await });
+    let daemon = stream
+        .daemon("poll_interval = \"100ms\"\ncheckpoint_interval = \"1s\"")
+        .await;
+    let sink = daemon.sink.clone();
     let until_stored = |n: usize| {
         let sink = sink.clone();
         async move {
@@ -553,23 +590,12 @@ async fn a_running_daemon_follows_a_split_to_the_children() {
 
     let parent = stream.shards().await.into_keys().next().unwrap();
     stream
-        .kinesis
-        .split_shard()
-        .stream_name(&stream.name)
-        .shard_to_split(&parent)
-        .new_starting_hash_key("170141183460469231731687303715884105728")
-        .send()
-        .await
-        .expect("split");
-    stream.wait_until_active().await;
+        .split(&parent, "170141183460469231731687303715884105728")
+        .await;
     stream.put_keyed(20, 40, key).await;
     until_stored(40).await;
 
-    shutdown.trigger();
-    let summary = tokio::time::timeout(Duration::from_secs(30), running)
-        .await
-        .expect("stops when asked")
-        .expect("runs");
+    let (summary, sink) = daemon.stop().await;
     assert!(summary.is_success(), "{summary:?}");
     assert_eq!(numbers(&sink), (0..40).collect::<Vec<_>>());
     let leases = stream.leases().await;
@@ -597,15 +623,8 @@ async fn children_of_a_parent_held_elsewhere_are_let_go() {
     let stream = Stream::create_on(&kinesis_local, &moto, 2).await;
     let parent = stream.shards().await.into_keys().next().unwrap();
     stream
-        .kinesis
-        .split_shard()
-        .stream_name(&stream.name)
-        .shard_to_split(&parent)
-        .new_starting_hash_key("85070591730234615865843651857942052864")
-        .send()
-        .await
-        .expect("split");
-    stream.wait_until_active().await;
+        .split(&parent, "85070591730234615865843651857942052864")
+        .await;
     // The lease table exists, and a live worker holds the parent.
     use aws_sdk_dynamodb::types::{
         AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
@@ -646,17 +665,7 @@ async fn children_of_a_parent_held_elsewhere_are_let_go() {
         .expect("lease the parent elsewhere");
 
     // A daemon: what it holds while running is what matters (a one-shot run releases all).
-    let ctx = testing::context("test", &FaultPlan::new());
-    let shutdown = ctx.shutdown.clone();
-    let source = stream
-        .config("")
-        .build(&ctx)
-        .await
-        .expect("the source builds");
-    let sink = MemorySink::default();
-    let (pipeline, _) = sink_pipeline(Arc::new(sink.clone()));
-    let running =
-        tokio::spawn(async move { pipeline.run(source, Arc::new(Progress::default())).await });
+    let daemon = stream.daemon("").await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let leases = stream.leases().await;
     assert_eq!(
@@ -678,11 +687,7 @@ async fn children_of_a_parent_held_elsewhere_are_let_go() {
             leases[child]
         );
     }
-    shutdown.trigger();
-    let summary = tokio::time::timeout(Duration::from_secs(30), running)
-        .await
-        .expect("stops when asked")
-        .expect("runs");
+    let (summary, sink) = daemon.stop().await;
     assert!(summary.is_success(), "{summary:?}");
     assert!(
         sink.records().is_empty(),
