@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use sluice::sluice_core::{PipelineConfig, Progress};
+use sluice::sluice_core::{lambda, PipelineConfig, Progress};
 
 // The facade links every component crate, so each `type` is registered.
 use sluice as _;
@@ -112,7 +112,7 @@ fn init_logs(format: LogFormat) {
 
 fn main() -> ExitCode {
     // Started by AWS Lambda: serve invocations instead of reading a command line.
-    if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
+    if lambda::is_lambda() {
         return lambda_main();
     }
     let cli = Cli::parse();
@@ -130,24 +130,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// The pipeline file a Lambda function runs: `SLUICE_PIPELINE` (default
-/// `pipelines/waze-persist.toml`); a relative path is looked up in the working directory, then in
-/// `LAMBDA_TASK_ROOT` (where the deployment package is unpacked).
-fn lambda_pipeline_path() -> PathBuf {
-    let name = std::env::var("SLUICE_PIPELINE")
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "pipelines/waze-persist.toml".to_owned());
-    let path = PathBuf::from(&name);
-    if path.is_absolute() || path.exists() {
-        return path;
-    }
-    match std::env::var_os("LAMBDA_TASK_ROOT") {
-        Some(root) if PathBuf::from(&root).join(&name).exists() => PathBuf::from(root).join(name),
-        _ => path,
-    }
-}
-
 fn lambda_main() -> ExitCode {
     // CloudWatch filters JSON lines; one summary line per invocation, not one per record.
     init_logs(LogFormat::Json);
@@ -155,24 +137,7 @@ fn lambda_main() -> ExitCode {
         .enable_all()
         .build()
         .expect("a tokio runtime starts");
-    let served = runtime.block_on(async {
-        let path = lambda_pipeline_path();
-        let built = async {
-            let config = PipelineConfig::load_for_lambda(&path)?;
-            anyhow::Ok(config.build_pipeline(false).await?)
-        };
-        match built.await {
-            Ok(pipeline) => {
-                tracing::info!(pipeline = %pipeline.name(), file = %path.display(), "serving Lambda invocations");
-                sluice::sluice_core::lambda::serve(pipeline).await
-            }
-            Err(e) => {
-                let message = format!("pipeline {} cannot run: {e:#}", path.display());
-                sluice::sluice_core::lambda::serve_error(message).await
-            }
-        }
-    });
-    match served {
+    match runtime.block_on(lambda::run("pipelines/waze-persist.toml")) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "the Lambda runtime stopped");
@@ -185,7 +150,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Validate { file } => {
             let config = PipelineConfig::load(&file)?;
-            config.build(true).await?;
+            config.build(&config.context(true)).await?;
             println!("{}: valid", file.display());
             println!("pipeline    {}", config.name);
             for line in config.describe() {
@@ -208,7 +173,8 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 tracing::warn!("stopping: finishing the records already read, storing checkpoints");
                 shutdown.trigger();
             });
-            let (pipeline, source) = config.build_in(&ctx).await?;
+            let built = config.build(&ctx).await?;
+            let (pipeline, source) = (built.pipeline, built.source.context("a [source]")?);
             tracing::info!(pipeline = %config.name, file = %file.display(), "running");
             let progress = Arc::new(Progress::default());
             let bar = (!no_progress && std::io::stderr().is_terminal())

@@ -10,8 +10,8 @@ use futures::stream::BoxStream;
 
 use crate::calls::ApiCalls;
 use crate::error::{BuildError, EnrichError, SinkError, SourceError};
+use crate::outcome::BatchReport;
 use crate::record::{RawRecord, Record};
-use crate::runtime::BatchReport;
 use crate::settings::BatchSettings;
 
 /// What a component may need to know about the pipeline it is built into.
@@ -108,7 +108,13 @@ impl Shutdown {
 #[typetag::serde(tag = "type")]
 #[async_trait]
 pub trait SourceConfig: Debug + Send + Sync {
-    /// Builds the source; configuration errors surface here, before any record is read.
+    /// Checks the settings without any I/O (names, ranges, settings that go together); runs
+    /// before any component of the pipeline is built.
+    fn validate(&self) -> Result<(), BuildError> {
+        Ok(())
+    }
+    /// Builds the source, after [`SourceConfig::validate`]; what it needs from outside (a
+    /// stream, a file) is checked here, before any record is read.
     async fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Source>, BuildError>;
     /// One line saying what this source reads, for `sluice validate` and the run summary.
     fn describe(&self) -> String;
@@ -118,7 +124,11 @@ pub trait SourceConfig: Debug + Send + Sync {
 #[typetag::serde(tag = "type")]
 #[async_trait]
 pub trait EnricherConfig: Debug + Send + Sync {
-    /// Builds the enricher.
+    /// Checks the settings without any I/O; runs before any component is built.
+    fn validate(&self) -> Result<(), BuildError> {
+        Ok(())
+    }
+    /// Builds the enricher, after [`EnricherConfig::validate`].
     async fn build(&self, ctx: &BuildContext) -> Result<Arc<dyn Enricher>, BuildError>;
     /// One line saying what this enricher does.
     fn describe(&self) -> String;
@@ -135,7 +145,12 @@ pub trait EnricherConfig: Debug + Send + Sync {
 #[typetag::serde(tag = "type")]
 #[async_trait]
 pub trait SinkConfig: Debug + Send + Sync {
-    /// Builds the sink, checking that its destination exists and can take the records.
+    /// Checks the settings without any I/O; runs before any component is built.
+    fn validate(&self) -> Result<(), BuildError> {
+        Ok(())
+    }
+    /// Builds the sink, after [`SinkConfig::validate`], checking that its destination exists
+    /// and can take the records.
     async fn build(&self, ctx: &BuildContext) -> Result<Arc<dyn Sink>, BuildError>;
     /// One line saying where this sink writes.
     fn describe(&self) -> String;

@@ -5,34 +5,14 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::outcome::{ErrorKind, Stage};
 use crate::record::{Meta, Record};
-
-/// The stage at which a record was given up on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Stage {
-    /// The payload is not a JSON object (empty, bad base64, not UTF-8, not JSON, not an object).
-    Decode,
-    /// An enricher rejected the record; holds the enricher's name (`filter`, `fields#2`).
-    Enrich(String),
-    /// The sink rejected the record.
-    Sink,
-}
-
-impl std::fmt::Display for Stage {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Stage::Decode => f.write_str("decode"),
-            Stage::Enrich(name) => write!(f, "enrich:{name}"),
-            Stage::Sink => f.write_str("sink"),
-        }
-    }
-}
 
 /// The error part of an envelope.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnvelopeError {
     /// `decode`, `missing_field`, `permanent` or `retries_exhausted`.
-    pub kind: String,
+    pub kind: ErrorKind,
     /// The message, naming the field or the reason.
     pub message: String,
 }
@@ -43,7 +23,7 @@ pub struct DeadLetter {
     /// The pipeline's name.
     pub pipeline: String,
     /// `decode`, `enrich:<name>` or `sink`.
-    pub stage: String,
+    pub stage: Stage,
     /// Why the record was given up on.
     pub error: EnvelopeError,
     /// Attempts made at the failing stage.
@@ -59,25 +39,30 @@ pub struct DeadLetter {
     pub sluice_version: String,
 }
 
+/// Why a record is given up on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reason {
+    /// Where it failed.
+    pub stage: Stage,
+    /// What kind of failure.
+    pub kind: ErrorKind,
+    /// The message, naming the field or the reason.
+    pub message: String,
+    /// Attempts made at the failing stage.
+    pub attempts: u32,
+}
+
 impl DeadLetter {
     /// An envelope for a record's payload and position.
-    pub fn new(
-        pipeline: &str,
-        stage: &Stage,
-        kind: &str,
-        message: String,
-        attempts: u32,
-        data: &[u8],
-        meta: &Meta,
-    ) -> Self {
+    pub fn new(pipeline: &str, reason: Reason, data: &[u8], meta: &Meta) -> Self {
         Self {
             pipeline: pipeline.to_owned(),
-            stage: stage.to_string(),
+            stage: reason.stage,
             error: EnvelopeError {
-                kind: kind.to_owned(),
-                message,
+                kind: reason.kind,
+                message: reason.message,
             },
-            attempts,
+            attempts: reason.attempts,
             source: meta.clone(),
             payload_base64: base64::engine::general_purpose::STANDARD.encode(data),
             failed_at: Utc::now(),
@@ -110,15 +95,13 @@ mod tests {
             sequence_number: 7.into(),
             ..Meta::default()
         };
-        let env = DeadLetter::new(
-            "p",
-            &Stage::Enrich("fields".into()),
-            "missing_field",
-            "no `s3-key`".into(),
-            1,
-            b"{\"a\":1}",
-            &meta,
-        );
+        let reason = Reason {
+            stage: Stage::Enrich("fields".into()),
+            kind: ErrorKind::MissingField,
+            message: "no `s3-key`".into(),
+            attempts: 1,
+        };
+        let env = DeadLetter::new("p", reason, b"{\"a\":1}", &meta);
         let rec = env.into_record();
         assert_eq!(rec.value["stage"], "enrich:fields");
         assert_eq!(rec.value["error"]["kind"], "missing_field");

@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use crate::outcome::ErrorKind;
+
 /// A sink's answer for one record it could not store.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SinkError {
@@ -46,11 +48,11 @@ impl EnrichError {
     }
 
     /// The error kind written into a dead-letter envelope.
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            EnrichError::MissingField { .. } => "missing_field",
-            EnrichError::Permanent(_) => "permanent",
-            EnrichError::Retryable(_) => "retryable",
+            EnrichError::MissingField { .. } => ErrorKind::MissingField,
+            EnrichError::Permanent(_) => ErrorKind::Permanent,
+            EnrichError::Retryable(_) => ErrorKind::Retryable,
         }
     }
 }

@@ -3,14 +3,66 @@
 //! shard that must be delivered again is reported in `batchItemFailures` (Lambda resumes the shard
 //! from it). Stored, skipped and dead-lettered records are done.
 
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_lambda_events::event::streams::{KinesisBatchItemFailure, KinesisEventResponse};
 use lambda_runtime::{service_fn, Diagnostic, LambdaEvent};
 use tokio::time::Instant;
 
+pub use lambda_runtime::Error;
+
+use crate::component::BuildContext;
+use crate::config::Loader;
 use crate::kinesis_event::KinesisEvent;
 use crate::runtime::{Pipeline, RunSummary};
+
+/// Whether AWS Lambda started this process (it sets `AWS_LAMBDA_RUNTIME_API`).
+pub fn is_lambda() -> bool {
+    std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some()
+}
+
+/// The pipeline file a Lambda function runs: `SLUICE_PIPELINE`, else `default`. A relative path
+/// is looked up in the working directory, then in `LAMBDA_TASK_ROOT` (where the deployment
+/// package is unpacked).
+pub fn pipeline_path(default: &str) -> PathBuf {
+    let name = std::env::var("SLUICE_PIPELINE")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| default.to_owned());
+    let path = PathBuf::from(&name);
+    if path.is_absolute() || path.exists() {
+        return path;
+    }
+    match std::env::var_os("LAMBDA_TASK_ROOT") {
+        Some(root) if PathBuf::from(&root).join(&name).exists() => PathBuf::from(root).join(name),
+        _ => path,
+    }
+}
+
+/// The whole Lambda function: loads and builds the pipeline named by [`pipeline_path`] (the
+/// event is the source, so the file's `[source]` table is ignored), then serves invocations
+/// until the runtime ends. A pipeline that cannot be built answers every invocation with the
+/// reason (`PipelineCannotRun`, naming the file) instead of exiting, which would crash-loop the
+/// function without one.
+pub async fn run(default_pipeline: &str) -> Result<(), lambda_runtime::Error> {
+    let path = pipeline_path(default_pipeline);
+    let built = async {
+        let config = Loader::new().without_source().load(&path)?;
+        let ctx = BuildContext::new(config.name.clone(), false);
+        config.build(&ctx).await
+    };
+    match built.await {
+        Ok(built) => {
+            tracing::info!(pipeline = %built.pipeline.name(), file = %path.display(), "serving Lambda invocations");
+            serve(built.pipeline).await
+        }
+        Err(e) => {
+            let message = format!("pipeline {} cannot run: {e}", path.display());
+            serve_error(message).await
+        }
+    }
+}
 
 /// The least time kept back from the invocation's deadline to answer Lambda.
 const MIN_MARGIN: Duration = Duration::from_millis(200);
@@ -54,7 +106,7 @@ pub async fn handle(
         summary.add(report);
         if let Some(seq) = report.first_failure() {
             let mut failure = KinesisBatchItemFailure::default();
-            failure.item_identifier = Some(seq.as_str().to_owned());
+            failure.item_identifier = Some(seq.sequence.as_str().to_owned());
             response.batch_item_failures.push(failure);
         }
     }

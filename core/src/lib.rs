@@ -16,6 +16,8 @@ pub mod error;
 pub mod kinesis_event;
 #[cfg(feature = "lambda")]
 pub mod lambda;
+pub mod outcome;
+pub mod position;
 pub mod record;
 pub mod runtime;
 pub mod settings;
@@ -28,11 +30,13 @@ pub use component::{
     Acknowledge, BuildContext, Enricher, EnricherConfig, Shutdown, Sink, SinkConfig, Source,
     SourceBatch, SourceConfig, Verdict,
 };
-pub use config::PipelineConfig;
+pub use config::{Built, Loader, PipelineConfig};
 pub use error::{BuildError, ConfigError, EnrichError, SinkError, SourceError};
-pub use record::{Encoding, Meta, RawRecord, Record, SequenceNumber};
-pub use runtime::{BatchReport, Outcome, Pipeline, Progress, RunSummary};
-pub use settings::{BatchSettings, OnExhausted, RetryPolicy};
+pub use outcome::{BatchReport, ErrorKind, Outcome, ShardTracker, SkippedBy, Stage};
+pub use position::{Checkpoint, Position, SequenceNumber};
+pub use record::{Encoding, Meta, RawRecord, Record};
+pub use runtime::{Pipeline, Progress, RunSummary};
+pub use settings::{Backoff, BatchSettings, OnExhausted, RetryPolicy};
 pub use typetag;
 
 /// The sluice version, written into dead-letter envelopes.

@@ -1,12 +1,13 @@
 //! The record model: what a source hands the runtime and what enrichers and sinks see.
 
-use std::cmp::Ordering;
 use std::collections::BTreeMap;
-use std::fmt;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+
+use crate::position::Position;
+pub use crate::position::SequenceNumber;
 
 /// A record as a source delivered it, before decoding.
 #[derive(Debug, Clone)]
@@ -80,6 +81,14 @@ impl Meta {
         }
     }
 
+    /// The record's position in its shard.
+    pub fn position(&self) -> Position {
+        Position {
+            sequence: self.sequence_number.clone(),
+            sub_sequence: self.sub_sequence.unwrap_or(0),
+        }
+    }
+
     /// The meta names every record has, whatever its source.
     pub const FIELDS: &'static [&'static str] = &[
         "source",
@@ -92,91 +101,9 @@ impl Meta {
     ];
 }
 
-/// A position within a shard: a decimal string of up to 128 digits (Kinesis), compared as a number.
-///
-/// Kinesis sequence numbers do not fit in a `u128` (39 digits), and comparing them as plain strings
-/// puts "10" before "9"; so the order is by significant length, then lexically.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct SequenceNumber(String);
-
-impl SequenceNumber {
-    /// Wraps a decimal string; non-digit text still orders deterministically (by length, then bytes).
-    pub fn new(s: impl Into<String>) -> Self {
-        Self(s.into())
-    }
-
-    /// The sequence number as given.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    fn significant(&self) -> &str {
-        let trimmed = self.0.trim_start_matches('0');
-        if trimmed.is_empty() && !self.0.is_empty() {
-            "0"
-        } else {
-            trimmed
-        }
-    }
-}
-
-impl From<u64> for SequenceNumber {
-    fn from(n: u64) -> Self {
-        Self(n.to_string())
-    }
-}
-
-impl fmt::Display for SequenceNumber {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl Ord for SequenceNumber {
-    fn cmp(&self, other: &Self) -> Ordering {
-        let (a, b) = (self.significant(), other.significant());
-        a.len()
-            .cmp(&b.len())
-            .then_with(|| a.cmp(b))
-            .then_with(|| self.0.cmp(&other.0))
-    }
-}
-
-impl PartialOrd for SequenceNumber {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn seq(s: &str) -> SequenceNumber {
-        SequenceNumber::new(s)
-    }
-
-    #[test]
-    fn sequence_numbers_compare_as_numbers_not_strings() {
-        assert!(seq("9") < seq("10"));
-        assert!(seq("2") < seq("11"));
-        assert!(seq("007") < seq("10"));
-        assert_eq!(seq("5").cmp(&seq("5")), Ordering::Equal);
-    }
-
-    #[test]
-    fn sequence_numbers_beyond_u128_compare_correctly() {
-        // 56 digits, like real Kinesis sequence numbers; u128 holds only 39.
-        let a = seq("49590338271490256608559692538361571095921575989136588898");
-        let b = seq("49590338271490256608559692538361571095921575989136588899");
-        let c = seq("149590338271490256608559692538361571095921575989136588898");
-        assert!(a < b);
-        assert!(b < c);
-        let mut v = vec![c.clone(), a.clone(), b.clone()];
-        v.sort();
-        assert_eq!(v, vec![a, b, c]);
-    }
 
     #[test]
     fn meta_reads_named_fields_and_extras() {

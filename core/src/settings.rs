@@ -65,20 +65,47 @@ impl Default for RetryPolicy {
     }
 }
 
+/// Exponential backoff with equal jitter, the one formula every wait after a failure uses: the
+/// ceiling starts at `initial` and doubles per retry up to `max`; the wait is drawn uniformly
+/// from `[ceiling/2, ceiling]`, so waiters spread out but never retry at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// The ceiling before the first retry.
+    pub initial: Duration,
+    /// The largest ceiling.
+    pub max: Duration,
+}
+
+impl Backoff {
+    /// The ceiling of the wait before retry number `retry` (1-based).
+    pub fn ceiling(&self, retry: u32) -> Duration {
+        let factor = 2u32.saturating_pow(retry.saturating_sub(1));
+        self.initial.saturating_mul(factor).min(self.max)
+    }
+
+    /// A jittered wait before retry number `retry` (1-based).
+    pub fn delay(&self, retry: u32) -> Duration {
+        let half = self.ceiling(retry) / 2;
+        half + half.mul_f64(fastrand::f64())
+    }
+}
+
 impl RetryPolicy {
+    fn backoff_curve(&self) -> Backoff {
+        Backoff {
+            initial: self.initial_backoff,
+            max: self.max_backoff,
+        }
+    }
+
     /// The ceiling of the backoff before retry number `retry` (1-based); the sleep is drawn below it.
     pub fn backoff_ceiling(&self, retry: u32) -> Duration {
-        let factor = 2u32.saturating_pow(retry.saturating_sub(1));
-        self.initial_backoff
-            .saturating_mul(factor)
-            .min(self.max_backoff)
+        self.backoff_curve().ceiling(retry)
     }
 
     /// A jittered backoff before retry number `retry` (equal jitter: uniform in `[ceiling/2, ceiling]`).
     pub fn backoff(&self, retry: u32) -> Duration {
-        let ceiling = self.backoff_ceiling(retry);
-        let half = ceiling / 2;
-        half + half.mul_f64(fastrand::f64())
+        self.backoff_curve().delay(retry)
     }
 
     /// Checks that the bounds make sense; names the key to fix.

@@ -10,8 +10,8 @@ use futures::stream::{self, BoxStream, StreamExt};
 
 use crate::component::{Acknowledge, Enricher, Sink, Source, SourceBatch, Verdict};
 use crate::error::{EnrichError, SinkError, SourceError};
+use crate::outcome::BatchReport;
 use crate::record::{Encoding, Meta, RawRecord, Record, SequenceNumber};
-use crate::runtime::BatchReport;
 use crate::settings::BatchSettings;
 
 /// A raw JSON record at `shard`/`seq` of stream `test`.

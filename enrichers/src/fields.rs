@@ -48,10 +48,9 @@ pub struct FieldsConfig {
     pub if_missing: IfMissing,
 }
 
-#[typetag::serde(name = "fields")]
-#[async_trait]
-impl EnricherConfig for FieldsConfig {
-    async fn build(&self, _ctx: &BuildContext) -> Result<Arc<dyn Enricher>, BuildError> {
+impl FieldsConfig {
+    /// The enricher the settings describe, or the setting that is wrong.
+    fn compile(&self) -> Result<Fields, BuildError> {
         let parse = |table: &str, templates: &BTreeMap<String, String>| {
             templates
                 .iter()
@@ -74,7 +73,7 @@ impl EnricherConfig for FieldsConfig {
                 "is also in `set`; set each field once",
             ));
         }
-        Ok(Arc::new(Fields {
+        Ok(Fields {
             set: parse("set", &self.set)?,
             uuid_v5: parse("uuid_v5", &self.uuid_v5)?,
             namespace,
@@ -82,7 +81,19 @@ impl EnricherConfig for FieldsConfig {
             drop: self.drop.clone(),
             keep_only: self.keep_only.clone(),
             if_missing: self.if_missing,
-        }))
+        })
+    }
+}
+
+#[typetag::serde(name = "fields")]
+#[async_trait]
+impl EnricherConfig for FieldsConfig {
+    fn validate(&self) -> Result<(), BuildError> {
+        self.compile().map(drop)
+    }
+
+    async fn build(&self, _ctx: &BuildContext) -> Result<Arc<dyn Enricher>, BuildError> {
+        Ok(Arc::new(self.compile()?))
     }
 
     fn describe(&self) -> String {

@@ -96,10 +96,9 @@ impl Condition {
     }
 }
 
-#[typetag::serde(name = "filter")]
-#[async_trait]
-impl EnricherConfig for FilterConfig {
-    async fn build(&self, _ctx: &BuildContext) -> Result<Arc<dyn Enricher>, BuildError> {
+impl FilterConfig {
+    /// The filter the settings describe, or the setting that is wrong.
+    fn compile(&self) -> Result<Filter, BuildError> {
         let (condition, keep_when) = match (&self.keep_if, &self.skip_if) {
             (Some(c), None) => {
                 c.validate("keep_if")?;
@@ -121,12 +120,24 @@ impl EnricherConfig for FilterConfig {
             if keep_when { "keep_if" } else { "skip_if" },
             condition.describe()
         );
-        Ok(Arc::new(Filter {
+        Ok(Filter {
             condition,
             keep_when,
             if_missing: self.if_missing,
             context,
-        }))
+        })
+    }
+}
+
+#[typetag::serde(name = "filter")]
+#[async_trait]
+impl EnricherConfig for FilterConfig {
+    fn validate(&self) -> Result<(), BuildError> {
+        self.compile().map(drop)
+    }
+
+    async fn build(&self, _ctx: &BuildContext) -> Result<Arc<dyn Enricher>, BuildError> {
+        Ok(Arc::new(self.compile()?))
     }
 
     fn describe(&self) -> String {

@@ -30,10 +30,14 @@ fn yes() -> bool {
 #[typetag::serde(name = "static")]
 #[async_trait]
 impl EnricherConfig for StaticConfig {
-    async fn build(&self, _ctx: &BuildContext) -> Result<Arc<dyn Enricher>, BuildError> {
+    fn validate(&self) -> Result<(), BuildError> {
         if self.field.is_empty() {
             return Err(BuildError::invalid("field", "must not be empty"));
         }
+        Ok(())
+    }
+
+    async fn build(&self, _ctx: &BuildContext) -> Result<Arc<dyn Enricher>, BuildError> {
         Ok(Arc::new(self.clone()))
     }
 

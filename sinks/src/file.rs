@@ -26,9 +26,6 @@ fn yes() -> bool {
 
 /// Checks, without creating anything, that a file could be created at `path`.
 pub(crate) fn check_parent(path: &str) -> Result<(), BuildError> {
-    if path.is_empty() {
-        return Err(BuildError::invalid("path", "must not be empty"));
-    }
     let parent = Path::new(path)
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -49,6 +46,13 @@ pub(crate) fn check_parent(path: &str) -> Result<(), BuildError> {
 #[typetag::serde(name = "file")]
 #[async_trait]
 impl SinkConfig for FileSinkConfig {
+    fn validate(&self) -> Result<(), BuildError> {
+        if self.path.is_empty() {
+            return Err(BuildError::invalid("path", "must not be empty"));
+        }
+        Ok(())
+    }
+
     async fn build(&self, ctx: &BuildContext) -> Result<Arc<dyn Sink>, BuildError> {
         check_parent(&self.path)?;
         let file = if ctx.validate_only {

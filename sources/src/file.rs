@@ -36,10 +36,14 @@ pub struct FileSourceConfig {
 #[typetag::serde(name = "file")]
 #[async_trait]
 impl SourceConfig for FileSourceConfig {
-    async fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Source>, BuildError> {
+    fn validate(&self) -> Result<(), BuildError> {
         if self.path.is_empty() {
             return Err(BuildError::invalid("path", "must not be empty"));
         }
+        Ok(())
+    }
+
+    async fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Source>, BuildError> {
         match tokio::fs::metadata(&self.path).await {
             Ok(m) if m.is_file() => Ok(Box::new(FileSource {
                 config: self.clone(),

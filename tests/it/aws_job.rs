@@ -4,18 +4,14 @@
 use std::collections::{BTreeSet, HashMap};
 use std::process::Command;
 
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
-    ScalarAttributeType,
-};
+use aws_sdk_dynamodb::types::{AttributeValue, ScalarAttributeType};
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
-use aws_sdk_ssm::types::ParameterType;
 use base64::Engine;
 use serde_json::{json, Value};
 use sluice_core::aws::faults::{Fault, FaultPlan};
 use sluice_core::aws::testing::{self, moto_endpoint, unique};
-use sluice_core::{PipelineConfig, Progress};
+use sluice_core::{Loader, Progress};
 
 use crate::{root, run, sluice};
 
@@ -44,58 +40,22 @@ pub struct Put {
 
 impl World {
     pub async fn create(endpoint: &str, shards: i32) -> Self {
-        let sdk = testing::sdk_config(endpoint).await;
-        let kinesis = aws_sdk_kinesis::Client::new(&sdk);
-        let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
-        let sqs = aws_sdk_sqs::Client::new(&sdk);
-        let ssm = aws_sdk_ssm::Client::new(&sdk);
+        let kinesis = testing::client(endpoint).await;
+        let dynamodb = testing::client(endpoint).await;
+        let sqs = testing::client(endpoint).await;
+        let ssm = testing::client(endpoint).await;
         let stream = unique("waze");
-        kinesis
-            .create_stream()
-            .stream_name(&stream)
-            .shard_count(shards)
-            .send()
-            .await
-            .expect("create the stream");
+        testing::create_stream(&kinesis, &stream, shards).await;
         let table = unique("curated-records");
-        dynamodb
-            .create_table()
-            .table_name(&table)
-            .key_schema(
-                KeySchemaElement::builder()
-                    .attribute_name("CurationRecordId")
-                    .key_type(KeyType::Hash)
-                    .build()
-                    .unwrap(),
-            )
-            .attribute_definitions(
-                AttributeDefinition::builder()
-                    .attribute_name("CurationRecordId")
-                    .attribute_type(ScalarAttributeType::S)
-                    .build()
-                    .unwrap(),
-            )
-            .billing_mode(BillingMode::PayPerRequest)
-            .send()
-            .await
-            .expect("create the table");
+        testing::create_table(
+            &dynamodb,
+            &table,
+            &[("CurationRecordId", ScalarAttributeType::S)],
+        )
+        .await;
         let parameter = format!("/sdc/{}", unique("latest-batch-id"));
-        ssm.put_parameter()
-            .name(&parameter)
-            .value(BATCH_ID)
-            .r#type(ParameterType::String)
-            .send()
-            .await
-            .expect("put the parameter");
-        let queue_url = sqs
-            .create_queue()
-            .queue_name(unique("waze-dlq"))
-            .send()
-            .await
-            .expect("create the queue")
-            .queue_url()
-            .unwrap()
-            .to_owned();
+        testing::put_parameter(&ssm, &parameter, BATCH_ID).await;
+        let queue_url = testing::create_queue(&sqs, &unique("waze-dlq"), &[]).await;
         Self {
             endpoint: endpoint.to_owned(),
             kinesis,
@@ -480,10 +440,9 @@ async fn an_sqs_outage_leaves_records_failed_behind_the_checkpoint_and_a_rerun_d
     let variables: HashMap<&str, String> = world.variables().into_iter().collect();
     let load = || {
         let vars = variables.clone();
-        let mut config =
-            PipelineConfig::load_with(root().join("pipelines/waze-persist.toml"), move |k| {
-                vars.get(k).cloned()
-            })
+        let mut config = Loader::new()
+            .variables(move |k| vars.get(k).cloned())
+            .load(root().join("pipelines/waze-persist.toml"))
             .expect("the pipeline file loads");
         // `SLUICE__` overrides come from the environment, which this process does not set.
         config.source = serde_json::from_value(json!({
@@ -500,8 +459,10 @@ async fn an_sqs_outage_leaves_records_failed_behind_the_checkpoint_and_a_rerun_d
         async move {
             let mut ctx = testing::context("waze-persist", &plan);
             ctx.until_caught_up = true;
-            let (pipeline, source) = config.build_in(&ctx).await.expect("builds");
-            pipeline
+            let built = config.build(&ctx).await.expect("builds");
+            let source = built.source.expect("a source");
+            built
+                .pipeline
                 .run(source, std::sync::Arc::new(Progress::default()))
                 .await
         }
@@ -512,10 +473,7 @@ async fn an_sqs_outage_leaves_records_failed_behind_the_checkpoint_and_a_rerun_d
     let shard = &puts[0].shard_id;
     // The checkpoint stops just before the record that could not be dead-lettered.
     assert_eq!(
-        summary
-            .checkpoints
-            .get(shard)
-            .map(|s| s.as_str().to_owned()),
+        summary.checkpoints.get(shard).map(|s| s.to_string()),
         Some(puts[3].sequence_number.clone()),
         "{summary:?}"
     );

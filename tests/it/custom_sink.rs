@@ -56,8 +56,12 @@ async fn a_sink_from_another_crate_runs_in_a_pipeline() {
         ),
     );
     let config = PipelineConfig::load(&file).expect("loads");
-    let (pipeline, source) = config.build(false).await.expect("builds");
-    let summary = pipeline.run(source, Arc::new(Progress::default())).await;
+    let built = config.build(&config.context(false)).await.expect("builds");
+    let source = built.source.expect("a [source] table");
+    let summary = built
+        .pipeline
+        .run(source, Arc::new(Progress::default()))
+        .await;
     assert_eq!(summary.counts.stored, 2);
     assert_eq!(*SEEN.lock().expect("lock"), ["mine:1", "mine:2"]);
 }

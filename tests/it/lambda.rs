@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use sluice_core::aws::faults::{Fault, FaultPlan};
 use sluice_core::aws::testing::{self, moto_endpoint};
 use sluice_core::kinesis_event::KinesisEvent;
-use sluice_core::{lambda, PipelineConfig};
+use sluice_core::{lambda, Loader};
 
 use crate::aws_job::{World, BATCH_ID};
 use crate::root;
@@ -29,15 +29,16 @@ fn sequence(i: usize) -> String {
 
 async fn pipeline(world: &World, plan: &FaultPlan) -> sluice_core::Pipeline {
     let variables: HashMap<&str, String> = world.variables().into_iter().collect();
-    let config = PipelineConfig::load_for_lambda_with(
-        root().join("pipelines/waze-persist.toml"),
-        move |k| variables.get(k).cloned(),
-    )
-    .expect("loads without KINESIS_STREAM: the event is the source");
+    let config = Loader::new()
+        .variables(move |k| variables.get(k).cloned())
+        .without_source()
+        .load(root().join("pipelines/waze-persist.toml"))
+        .expect("loads without KINESIS_STREAM: the event is the source");
     config
-        .build_pipeline_in(&testing::context("waze-persist", plan))
+        .build(&testing::context("waze-persist", plan))
         .await
         .expect("builds")
+        .pipeline
 }
 
 #[tokio::test(flavor = "multi_thread")]

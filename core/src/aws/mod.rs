@@ -1,5 +1,21 @@
-//! Shared AWS SDK set-up for AWS components: the standard credential and region chain (loaded
-//! once per process), a per-component region and endpoint, timeouts, and call counting.
+//! The one AWS SDK set-up for AWS components: [`client`] builds any service client with the
+//! standard credential and region chain (loaded once per process), the component's own region and
+//! endpoint, who retries its calls, a timeout per attempt, and call counting.
+//!
+//! # Connection settings
+//!
+//! Every AWS component takes the same two optional keys in its table, declared beside its own
+//! (serde's `flatten` would turn off `deny_unknown_fields`, which catches typos):
+//!
+//! - `region`: the component's region. Default: the region in the resource's ARN when it is given
+//!   as one, else the standard chain (`AWS_REGION`, the profile).
+//! - `endpoint_url`: another endpoint, such as an emulator. Default: `AWS_ENDPOINT_URL`
+//!   (or `AWS_ENDPOINT_URL_<SERVICE>`), else AWS itself. A setting in the pipeline file wins
+//!   over the environment.
+
+mod clients;
+#[cfg(feature = "dynamodb")]
+pub mod dynamodb;
 
 #[cfg(feature = "testkit")]
 pub mod faults;
@@ -13,6 +29,7 @@ use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_credential_types::provider::SharedCredentialsProvider;
+use aws_runtime::retries::classifiers::{THROTTLING_ERRORS, TRANSIENT_ERRORS};
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::http::SharedHttpClient;
 use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef;
@@ -28,6 +45,7 @@ pub use crate::arn::{name_from_arn, region_from_arn};
 use crate::calls::ApiCalls;
 use crate::component::BuildContext;
 use crate::error::BuildError;
+pub use clients::ServiceClient;
 
 /// Who retries a component's failed calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,10 +88,27 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 
 static BASE: OnceCell<SdkConfig> = OnceCell::const_new();
 
-/// The SDK configuration for one component: the process's credential and region chain with the
-/// component's own region, endpoint and retry owner. Fails when no region is known.
-pub async fn sdk_config(ctx: &BuildContext, conn: Connection<'_>) -> Result<SdkConfig, BuildError> {
+/// A client of service `C` for one component: the process's credential and region chain with
+/// the component's own region, endpoint and retry owner, counting its calls into the pipeline's
+/// [`ApiCalls`]. Fails when no region is known.
+pub async fn client<C: ServiceClient>(
+    ctx: &BuildContext,
+    conn: Connection<'_>,
+) -> Result<C, BuildError> {
     let overrides = ctx.get::<AwsOverrides>();
+    let sdk = sdk_config(overrides, conn).await?;
+    // The service's own builder, not the shared config, takes the endpoint: the SDK reads
+    // `AWS_ENDPOINT_URL` into each service's config, where it would win over the shared one.
+    let endpoint = conn
+        .endpoint_url
+        .or_else(|| overrides.and_then(|o| o.endpoint_url.as_deref()));
+    Ok(C::from_sdk(&sdk, endpoint, Some(CountCalls::new(ctx))))
+}
+
+async fn sdk_config(
+    overrides: Option<&AwsOverrides>,
+    conn: Connection<'_>,
+) -> Result<SdkConfig, BuildError> {
     let mut builder = match overrides {
         None => BASE
             .get_or_init(|| aws_config::defaults(BehaviorVersion::latest()).load())
@@ -87,17 +122,11 @@ pub async fn sdk_config(ctx: &BuildContext, conn: Connection<'_>) -> Result<SdkC
             if let Some(credentials) = &o.credentials {
                 loader = loader.credentials_provider(credentials.clone());
             }
-            if let Some(url) = &o.endpoint_url {
-                loader = loader.endpoint_url(url);
-            }
             loader.load().await.to_builder()
         }
     };
     if let Some(region) = conn.region {
         builder = builder.region(Region::new(region.to_owned()));
-    }
-    if let Some(url) = conn.endpoint_url {
-        builder = builder.endpoint_url(url);
     }
     builder = builder.retry_config(match conn.retries {
         Retries::Runtime => RetryConfig::disabled(),
@@ -151,24 +180,11 @@ impl Intercept for CountCalls {
     }
 }
 
-/// Error codes with which AWS services say "slow down" or "try again".
-const RETRYABLE_CODES: &[&str] = &[
-    "ProvisionedThroughputExceededException",
-    "ThrottlingException",
-    "Throttling",
-    "ThrottledException",
-    "RequestLimitExceeded",
-    "RequestThrottled",
-    "RequestThrottledException",
-    "TooManyRequestsException",
-    "LimitExceededException",
-    "InternalServerError",
-    "InternalFailure",
-    "ServiceUnavailable",
-    "KMSThrottlingException",
-];
+/// Throttling codes of single services that the SDK's general lists lack.
+const SERVICE_THROTTLING_CODES: &[&str] = &["KMSThrottlingException"];
 
-/// Whether a failed call may succeed if made again: timeouts, lost connections, throttling, 5xx.
+/// Whether a failed call may succeed if made again: timeouts, lost connections, 5xx, and the
+/// codes the SDK's own retry classifier counts as throttling or transient.
 pub fn is_retryable<E: ProvideErrorMetadata>(e: &SdkError<E, HttpResponse>) -> bool {
     match e {
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
@@ -176,7 +192,11 @@ pub fn is_retryable<E: ProvideErrorMetadata>(e: &SdkError<E, HttpResponse>) -> b
         }
         SdkError::ServiceError(s) => {
             s.raw().status().is_server_error()
-                || s.err().code().is_some_and(|c| RETRYABLE_CODES.contains(&c))
+                || s.err().code().is_some_and(|c| {
+                    THROTTLING_ERRORS.contains(&c)
+                        || TRANSIENT_ERRORS.contains(&c)
+                        || SERVICE_THROTTLING_CODES.contains(&c)
+                })
         }
         _ => false,
     }

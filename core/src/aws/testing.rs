@@ -6,7 +6,7 @@ use aws_credential_types::provider::SharedCredentialsProvider;
 use aws_credential_types::Credentials;
 
 use super::faults::FaultPlan;
-use super::AwsOverrides;
+use super::{AwsOverrides, ServiceClient};
 use crate::component::BuildContext;
 
 /// The variable `scripts/test` sets to the emulator's endpoint (`http://127.0.0.1:PORT`).
@@ -78,14 +78,97 @@ pub fn context(name: &str, plan: &FaultPlan) -> BuildContext {
     BuildContext::new(name, false).with(overrides(plan))
 }
 
-/// The SDK configuration tests use to set up and inspect emulator resources (no faults).
-pub async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
+/// A client of service `C` for setting up and inspecting emulator resources (no faults, SDK
+/// retries on, calls not counted).
+pub async fn client<C: ServiceClient>(endpoint: &str) -> C {
     let o = overrides(&FaultPlan::new());
-    aws_config::defaults(aws_config::BehaviorVersion::latest())
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .region(aws_config::Region::new(REGION))
         .credentials_provider(o.credentials.expect("set above"))
         .http_client(o.http_client.expect("set above"))
-        .endpoint_url(endpoint)
         .load()
+        .await;
+    C::from_sdk(&sdk, Some(endpoint), None)
+}
+
+/// Creates a test table keyed by `key` (partition key, then an optional sort key).
+#[cfg(feature = "dynamodb")]
+pub async fn create_table(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    key: &[(&str, aws_sdk_dynamodb::types::ScalarAttributeType)],
+) {
+    if let Err(e) = super::dynamodb::create_table(client, table, key).await {
+        panic!("{e}");
+    }
+}
+
+/// Creates a test queue with `attributes`; answers its URL.
+#[cfg(feature = "sqs")]
+pub async fn create_queue(
+    client: &aws_sdk_sqs::Client,
+    name: &str,
+    attributes: &[(aws_sdk_sqs::types::QueueAttributeName, &str)],
+) -> String {
+    let mut create = client.create_queue().queue_name(name);
+    for (attribute, value) in attributes {
+        create = create.attributes(attribute.clone(), *value);
+    }
+    create
+        .send()
         .await
+        .expect("create the test queue")
+        .queue_url()
+        .expect("a created queue has a URL")
+        .to_owned()
+}
+
+/// Puts a string parameter, replacing its value when it exists.
+#[cfg(feature = "ssm")]
+pub async fn put_parameter(client: &aws_sdk_ssm::Client, name: &str, value: &str) {
+    client
+        .put_parameter()
+        .name(name)
+        .value(value)
+        .r#type(aws_sdk_ssm::types::ParameterType::String)
+        .overwrite(true)
+        .send()
+        .await
+        .expect("put the test parameter");
+}
+
+/// Creates a stream of `shards` shards and waits until it is ACTIVE.
+#[cfg(feature = "kinesis")]
+pub async fn create_stream(client: &aws_sdk_kinesis::Client, name: &str, shards: i32) {
+    client
+        .create_stream()
+        .stream_name(name)
+        .shard_count(shards)
+        .send()
+        .await
+        .expect("create the test stream");
+    wait_until_stream_active(client, name).await;
+}
+
+/// Waits until a stream is ACTIVE (after its creation, a split or a merge). The SDK's waiter
+/// polls every 10 s at least; kinesis-local is ready within a second.
+#[cfg(feature = "kinesis")]
+pub async fn wait_until_stream_active(client: &aws_sdk_kinesis::Client, name: &str) {
+    for _ in 0..100 {
+        let out = client
+            .describe_stream_summary()
+            .stream_name(name)
+            .send()
+            .await
+            .expect("describe the test stream");
+        let status = out
+            .stream_description_summary()
+            .expect("a summary")
+            .stream_status();
+        if status.as_str() == "ACTIVE" {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("stream {name} never became ACTIVE");
 }

@@ -1,4 +1,11 @@
-//! `${VAR}` and `${VAR:-default}` in a pipeline file's strings, resolved from the environment.
+//! `${VAR}` and `${VAR:-default}` in a pipeline file's strings, resolved from the environment
+//! (or the variables an embedding program gives), as a figment provider of the TOML file.
+
+use std::path::PathBuf;
+
+use figment::providers::{Format, Toml};
+use figment::value::{Dict, Map, Value};
+use figment::{Metadata, Profile, Provider};
 
 /// Why a string could not be interpolated.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -57,6 +64,74 @@ pub fn interpolate(
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// Where `${VAR}` references are looked up.
+pub(super) type Variables = std::sync::Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+/// Reads a TOML file and resolves `${VAR}` references in its strings.
+pub(super) struct InterpolatedToml {
+    pub(super) path: PathBuf,
+    pub(super) variables: Variables,
+    /// Drops the `[source]` table before anything reads it.
+    pub(super) without_source: bool,
+}
+
+impl Provider for InterpolatedToml {
+    fn metadata(&self) -> Metadata {
+        Toml::file_exact(&self.path).metadata()
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let mut data = Toml::file_exact(&self.path).data()?;
+        for dict in data.values_mut() {
+            if self.without_source {
+                dict.remove("source");
+            }
+            let mut path = Vec::new();
+            interpolate_dict(dict, &mut path, &*self.variables).map_err(|e| *e)?;
+        }
+        Ok(data)
+    }
+}
+
+fn interpolate_dict(
+    dict: &mut Dict,
+    path: &mut Vec<String>,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), Box<figment::Error>> {
+    for (key, value) in dict.iter_mut() {
+        path.push(key.clone());
+        interpolate_value(value, path, lookup)?;
+        path.pop();
+    }
+    Ok(())
+}
+
+fn interpolate_value(
+    value: &mut Value,
+    path: &mut Vec<String>,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), Box<figment::Error>> {
+    match value {
+        Value::String(_, s) => {
+            *s = interpolate(s, lookup).map_err(|e| {
+                let mut err = figment::Error::from(e.to_string());
+                err.path = path.clone();
+                Box::new(err)
+            })?;
+        }
+        Value::Dict(_, dict) => interpolate_dict(dict, path, lookup)?,
+        Value::Array(_, items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                path.push(i.to_string());
+                interpolate_value(item, path, lookup)?;
+                path.pop();
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 #[cfg(test)]

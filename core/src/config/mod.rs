@@ -3,15 +3,18 @@
 
 mod interpolate;
 mod messages;
+mod switch;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use figment::providers::{Env, Format, Toml};
-use figment::value::{Dict, Map, Value};
-use figment::{Figment, Metadata, Profile, Provider};
+use figment::providers::Env;
+use figment::Figment;
 use serde::Deserialize;
 
 pub use interpolate::{interpolate, InterpolateError};
+use interpolate::{InterpolatedToml, Variables};
+pub use switch::switch;
 
 use crate::component::{BuildContext, EnricherConfig, SinkConfig, Source, SourceConfig};
 use crate::error::{BuildError, ConfigError};
@@ -28,7 +31,7 @@ pub struct PipelineConfig {
     /// The pipeline's name: in logs, dead letters and default resource names.
     pub name: String,
     /// Where records come from. Required, except when a Lambda's events are the source (then
-    /// the table is not read at all: see [`PipelineConfig::load_for_lambda`]).
+    /// the table is not read at all: see [`Loader::without_source`]).
     #[serde(default)]
     pub source: Option<Box<dyn SourceConfig>>,
     /// Enrichers, applied in order.
@@ -49,141 +52,58 @@ pub struct PipelineConfig {
     pub file: PathBuf,
 }
 
-/// Where `${VAR}` references are looked up.
-type Variables = std::sync::Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
-
-/// Reads a TOML file and resolves `${VAR}` references in its strings.
-struct InterpolatedToml {
-    path: PathBuf,
+/// How a pipeline file is read: where `${VAR}` references are looked up, and whether the
+/// `[source]` table is read at all.
+#[derive(Clone)]
+pub struct Loader {
     variables: Variables,
-    /// Drops the `[source]` table before anything reads it.
     without_source: bool,
 }
 
-impl Provider for InterpolatedToml {
-    fn metadata(&self) -> Metadata {
-        Toml::file_exact(&self.path).metadata()
-    }
-
-    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
-        let mut data = Toml::file_exact(&self.path).data()?;
-        for dict in data.values_mut() {
-            if self.without_source {
-                dict.remove("source");
-            }
-            let mut path = Vec::new();
-            interpolate_dict(dict, &mut path, &*self.variables).map_err(|e| *e)?;
+impl Default for Loader {
+    fn default() -> Self {
+        Self {
+            variables: Arc::new(|name| std::env::var(name).ok()),
+            without_source: false,
         }
-        Ok(data)
     }
 }
 
-fn interpolate_dict(
-    dict: &mut Dict,
-    path: &mut Vec<String>,
-    lookup: &dyn Fn(&str) -> Option<String>,
-) -> Result<(), Box<figment::Error>> {
-    for (key, value) in dict.iter_mut() {
-        path.push(key.clone());
-        interpolate_value(value, path, lookup)?;
-        path.pop();
-    }
-    Ok(())
+/// A built pipeline and its source (none when the file was loaded without one).
+pub struct Built {
+    /// Everything but the source.
+    pub pipeline: Pipeline,
+    /// The source, nothing read yet.
+    pub source: Option<Box<dyn Source>>,
 }
 
-fn interpolate_value(
-    value: &mut Value,
-    path: &mut Vec<String>,
-    lookup: &dyn Fn(&str) -> Option<String>,
-) -> Result<(), Box<figment::Error>> {
-    match value {
-        Value::String(_, s) => {
-            *s = interpolate(s, lookup).map_err(|e| {
-                let mut err = figment::Error::from(e.to_string());
-                err.path = path.clone();
-                Box::new(err)
-            })?;
-        }
-        Value::Dict(_, dict) => interpolate_dict(dict, path, lookup)?,
-        Value::Array(_, items) => {
-            for (i, item) in items.iter_mut().enumerate() {
-                path.push(i.to_string());
-                interpolate_value(item, path, lookup)?;
-                path.pop();
-            }
-        }
-        _ => {}
-    }
-    Ok(())
-}
-
-/// Deserialises an on/off switch that environment variables can set: `true`/`false`, `1`/`0`
-/// (as the seed's `PERSIST_RECORDS`), `yes`/`no` or `on`/`off`, as a boolean, number or string.
-pub fn switch<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
-    struct Switch;
-    impl serde::de::Visitor<'_> for Switch {
-        type Value = bool;
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("true or false (or 1/0, yes/no, on/off)")
-        }
-        fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<bool, E> {
-            Ok(v)
-        }
-        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<bool, E> {
-            match v {
-                0 => Ok(false),
-                1 => Ok(true),
-                _ => Err(E::invalid_value(serde::de::Unexpected::Signed(v), &self)),
-            }
-        }
-        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<bool, E> {
-            self.visit_i64(i64::try_from(v).unwrap_or(i64::MAX))
-        }
-        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<bool, E> {
-            match v.trim().to_ascii_lowercase().as_str() {
-                "1" | "true" | "yes" | "on" => Ok(true),
-                "0" | "false" | "no" | "off" => Ok(false),
-                _ => Err(E::invalid_value(serde::de::Unexpected::Str(v), &self)),
-            }
-        }
-    }
-    d.deserialize_any(Switch)
-}
-
-impl PipelineConfig {
-    /// Loads a pipeline file: the TOML, `${VAR}` interpolation, then `SLUICE__` overrides.
-    pub fn load(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
-        Self::load_with(path, |name| std::env::var(name).ok())
+impl Loader {
+    /// Reads `${VAR}` from the environment and the `[source]` table.
+    pub fn new() -> Self {
+        Self::default()
     }
 
-    /// [`PipelineConfig::load`] with `${VAR}` looked up in `variables` instead of the
-    /// environment (an embedding program's settings; tests). `SLUICE__` overrides still apply.
-    pub fn load_with(
-        path: impl AsRef<Path>,
+    /// Looks `${VAR}` up in `variables` instead of the environment (an embedding program's
+    /// settings; tests). `SLUICE__` overrides still apply.
+    pub fn variables(
+        mut self,
         variables: impl Fn(&str) -> Option<String> + Send + Sync + 'static,
-    ) -> Result<Self, ConfigError> {
-        Self::load_inner(path.as_ref(), std::sync::Arc::new(variables), false)
+    ) -> Self {
+        self.variables = Arc::new(variables);
+        self
     }
 
-    /// Loads a pipeline file for AWS Lambda, whose events are the source: the `[source]` table
-    /// is ignored entirely (its variables need not be set, nothing it names is called).
-    pub fn load_for_lambda(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
-        Self::load_for_lambda_with(path, |name| std::env::var(name).ok())
+    /// For AWS Lambda, whose events are the source: the `[source]` table is ignored entirely
+    /// (its variables need not be set, nothing it names is called, no source is built).
+    pub fn without_source(mut self) -> Self {
+        self.without_source = true;
+        self
     }
 
-    /// [`PipelineConfig::load_for_lambda`] with `${VAR}` looked up in `variables`.
-    pub fn load_for_lambda_with(
-        path: impl AsRef<Path>,
-        variables: impl Fn(&str) -> Option<String> + Send + Sync + 'static,
-    ) -> Result<Self, ConfigError> {
-        Self::load_inner(path.as_ref(), std::sync::Arc::new(variables), true)
-    }
-
-    fn load_inner(
-        path: &Path,
-        variables: Variables,
-        without_source: bool,
-    ) -> Result<Self, ConfigError> {
+    /// Loads a pipeline file: the TOML, `${VAR}` interpolation, then `SLUICE__` overrides; then
+    /// every setting is checked (no I/O) and named with its file and key when wrong.
+    pub fn load(&self, path: impl AsRef<Path>) -> Result<PipelineConfig, ConfigError> {
+        let path = path.as_ref();
         if !path.is_file() {
             return Err(ConfigError {
                 file: path.to_owned(),
@@ -195,10 +115,11 @@ impl PipelineConfig {
                 },
             });
         }
+        let without_source = self.without_source;
         let figment = Figment::new()
             .merge(InterpolatedToml {
                 path: path.to_owned(),
-                variables,
+                variables: self.variables.clone(),
                 without_source,
             })
             .merge(
@@ -224,6 +145,13 @@ impl PipelineConfig {
         config.check()?;
         Ok(config)
     }
+}
+
+impl PipelineConfig {
+    /// Loads a pipeline file with `${VAR}` from the environment; [`Loader`] for other ways.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+        Loader::new().load(path)
+    }
 
     fn error(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
         let key = key.into();
@@ -234,6 +162,7 @@ impl PipelineConfig {
         }
     }
 
+    /// Every check that needs no I/O, the components' own included.
     fn check(&self) -> Result<(), ConfigError> {
         if self.name.trim().is_empty() {
             return Err(self.error("name", "must not be empty; name the pipeline"));
@@ -241,7 +170,23 @@ impl PipelineConfig {
         self.batch
             .validate()
             .and_then(|()| self.retry.validate())
-            .map_err(|(key, message)| self.error(key, message))
+            .map_err(|(key, message)| self.error(key, message))?;
+        if let Some(source) = &self.source {
+            source
+                .validate()
+                .map_err(|e| self.build_error("source", e))?;
+        }
+        for (i, enricher) in self.enrichers.iter().enumerate() {
+            enricher
+                .validate()
+                .map_err(|e| self.build_error(&format!("enrichers[{i}]"), e))?;
+        }
+        self.sink
+            .validate()
+            .map_err(|e| self.build_error("sink", e))?;
+        self.error_sink
+            .validate()
+            .map_err(|e| self.build_error("error_sink", e))
     }
 
     /// The context components are built in; add extensions to it with [`BuildContext::with`].
@@ -258,18 +203,23 @@ impl PipelineConfig {
         }
     }
 
-    /// Builds everything but the source (a Lambda's events are its source).
-    pub async fn build_pipeline(&self, validate_only: bool) -> Result<Pipeline, ConfigError> {
-        self.build_pipeline_in(&self.context(validate_only)).await
-    }
-
-    /// [`PipelineConfig::build_pipeline`] in a given context.
-    pub async fn build_pipeline_in(&self, ctx: &BuildContext) -> Result<Pipeline, ConfigError> {
-        let ctx = ctx.clone();
+    /// Builds the source (when the file was loaded with one) and the pipeline in `ctx`; nothing
+    /// is read yet. With `ctx.validate_only`, components check what they need exists and change
+    /// nothing.
+    pub async fn build(&self, ctx: &BuildContext) -> Result<Built, ConfigError> {
+        let source = match &self.source {
+            Some(config) => Some(
+                config
+                    .build(ctx)
+                    .await
+                    .map_err(|e| self.build_error("source", e))?,
+            ),
+            None => None,
+        };
         let mut enrichers = Vec::with_capacity(self.enrichers.len());
         for (i, config) in self.enrichers.iter().enumerate() {
             let enricher = config
-                .build(&ctx)
+                .build(ctx)
                 .await
                 .map_err(|e| self.build_error(&format!("enrichers[{i}]"), e))?;
             enrichers.push(NamedEnricher {
@@ -289,10 +239,10 @@ impl PipelineConfig {
             .map_err(|e| self.build_error("sink", e))?;
         let error_sink = self
             .error_sink
-            .build(&ctx)
+            .build(ctx)
             .await
             .map_err(|e| self.build_error("error_sink", e))?;
-        Ok(Pipeline::new(
+        let pipeline = Pipeline::new(
             self.name.clone(),
             enrichers,
             sink,
@@ -300,31 +250,8 @@ impl PipelineConfig {
             self.batch,
             self.retry,
         )
-        .with_api_calls(ctx.api_calls.clone()))
-    }
-
-    /// Builds the source and the pipeline; nothing is read yet.
-    pub async fn build(
-        &self,
-        validate_only: bool,
-    ) -> Result<(Pipeline, Box<dyn Source>), ConfigError> {
-        self.build_in(&self.context(validate_only)).await
-    }
-
-    /// [`PipelineConfig::build`] in a given context.
-    pub async fn build_in(
-        &self,
-        ctx: &BuildContext,
-    ) -> Result<(Pipeline, Box<dyn Source>), ConfigError> {
-        let source = self
-            .source
-            .as_ref()
-            .ok_or_else(|| self.error("source", "missing: add a [source] table"))?
-            .build(ctx)
-            .await
-            .map_err(|e| self.build_error("source", e))?;
-        let pipeline = self.build_pipeline_in(ctx).await?;
-        Ok((pipeline, source))
+        .with_api_calls(ctx.api_calls.clone());
+        Ok(Built { pipeline, source })
     }
 
     /// The name of enricher `i` in stages and summaries: its type, with `#n` for the n-th of a type.

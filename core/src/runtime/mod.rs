@@ -1,24 +1,27 @@
 //! The runtime: a batch flows through decoding, the enrichers in order and the sink; what cannot be
 //! stored goes to the error sink; every record ends with exactly one [`Outcome`].
 
-mod report;
+mod ledger;
 mod retry;
 mod run;
+mod summary;
 
 use std::sync::Arc;
 
 use tokio::time::Instant;
 
-pub use report::{BatchReport, Counts, Outcome, Progress, RunSummary};
+pub use summary::{Counts, Progress, RunSummary};
 
 use crate::calls::ApiCalls;
 use crate::component::{Enricher, Sink, Verdict};
-use crate::dead_letter::{DeadLetter, Stage};
+use crate::dead_letter::Reason;
 use crate::decode::decode;
 use crate::error::SinkError;
+use crate::outcome::{BatchReport, ErrorKind, SkippedBy, Stage};
 use crate::record::{RawRecord, Record};
-use crate::settings::{BatchSettings, OnExhausted, RetryPolicy};
-use retry::Retrier;
+use crate::settings::{BatchSettings, RetryPolicy};
+use ledger::Ledger;
+use retry::RetryRounds;
 
 /// An enricher with the name it has in stages and summaries (`filter`, or `filter#2` for a second).
 #[derive(Clone)]
@@ -39,19 +42,6 @@ pub struct Pipeline {
     batch: BatchSettings,
     retry: RetryPolicy,
     api_calls: Arc<ApiCalls>,
-}
-
-/// A record given up on, waiting to be written to the error sink.
-struct Doomed {
-    index: usize,
-    envelope: DeadLetter,
-}
-
-/// A stage's final answer for one record after retries.
-enum Settled {
-    Done,
-    Rejected { error: String, attempts: u32 },
-    Exhausted { error: String, attempts: u32 },
 }
 
 impl Pipeline {
@@ -119,213 +109,103 @@ impl Pipeline {
         raw: Vec<RawRecord>,
         deadline: Instant,
     ) -> BatchReport {
-        let positions: Vec<_> = raw.iter().map(|r| r.meta.sequence_number.clone()).collect();
-        let mut outcomes: Vec<Option<Outcome>> = vec![None; raw.len()];
-        let mut doomed = Vec::new();
-        let mut live = Vec::with_capacity(raw.len());
-
-        for (index, raw) in raw.into_iter().enumerate() {
-            match decode(raw) {
-                Ok(record) => live.push((index, record)),
-                Err(undecodable) => {
-                    let (error, raw) = *undecodable;
-                    doomed.push(Doomed {
-                        index,
-                        envelope: DeadLetter::new(
-                            &self.name,
-                            &Stage::Decode,
-                            "decode",
-                            error.to_string(),
-                            1,
-                            &raw.data,
-                            &raw.meta,
-                        ),
-                    })
-                }
-            }
-        }
+        let positions = raw.iter().map(|r| r.meta.position()).collect();
+        let mut ledger = Ledger::new(&self.name, self.retry.on_exhausted, raw.len());
+        let mut live = decode_all(raw, &mut ledger);
         for enricher in &self.enrichers {
-            live = self
-                .enrich(enricher, live, deadline, &mut outcomes, &mut doomed)
-                .await;
+            live = self.enrich(enricher, live, deadline, &mut ledger).await;
         }
-        self.store(live, deadline, &mut outcomes, &mut doomed).await;
-        self.dead_letter(doomed, deadline, &mut outcomes).await;
-
-        let outcomes = positions
-            .into_iter()
-            .zip(outcomes)
-            .map(|(seq, o)| {
-                let o = o.unwrap_or_else(|| Outcome::Failed {
-                    error: "internal: the record was given no outcome".into(),
-                });
-                (seq, o)
-            })
-            .collect();
-        BatchReport::new(shard_id, outcomes)
+        self.store(live, deadline, &mut ledger).await;
+        self.write_dead_letters(deadline, &mut ledger).await;
+        ledger.into_report(shard_id, positions)
     }
 
     async fn enrich(
         &self,
         named: &NamedEnricher,
-        mut pending: Vec<(usize, Record)>,
+        live: Vec<(usize, Record)>,
         deadline: Instant,
-        outcomes: &mut [Option<Outcome>],
-        doomed: &mut Vec<Doomed>,
+        ledger: &mut Ledger<'_>,
     ) -> Vec<(usize, Record)> {
         let stage = Stage::Enrich(named.name.clone());
-        let mut kept = Vec::with_capacity(pending.len());
-        let mut retrier = Retrier::new(self.retry, deadline);
-        loop {
-            let mut again = Vec::new();
+        let mut kept = Vec::with_capacity(live.len());
+        let mut rounds = RetryRounds::new(self.retry, deadline, &named.name);
+        let mut pending = live;
+        let exhausted = loop {
+            let mut failing = Vec::new();
             for (index, mut record) in pending {
                 match named.enricher.enrich(&mut record).await {
                     Ok(Verdict::Keep) => kept.push((index, record)),
                     Ok(Verdict::Skip) => {
-                        outcomes[index] = Some(Outcome::Skipped {
-                            by: named.name.clone(),
-                        })
+                        ledger.skipped(index, SkippedBy::Enricher(named.name.clone()))
                     }
-                    Err(e) if e.is_retryable() => again.push((index, record, e)),
-                    Err(e) => doomed.push(Doomed {
-                        index,
-                        envelope: DeadLetter::new(
-                            &self.name,
-                            &stage,
-                            e.kind(),
-                            e.to_string(),
-                            retrier.attempts(),
-                            &record.data,
-                            &record.meta,
-                        ),
-                    }),
+                    Err(e) if e.is_retryable() => failing.push(((index, record), e.to_string())),
+                    Err(e) => {
+                        let reason = Reason {
+                            stage: stage.clone(),
+                            kind: e.kind(),
+                            message: e.to_string(),
+                            attempts: rounds.attempt(),
+                        };
+                        ledger.dead_letter(index, reason, &record.data, &record.meta)
+                    }
                 }
             }
-            if again.is_empty() {
-                break;
+            match rounds.retry(failing).await {
+                Ok(again) => pending = again,
+                Err(exhausted) => break exhausted,
             }
-            if !retrier.wait_for_retry().await {
-                for (index, record, e) in again {
-                    self.exhausted(
-                        index,
-                        &record,
-                        &stage,
-                        e.to_string(),
-                        retrier.attempts(),
-                        outcomes,
-                        doomed,
-                    );
-                }
-                break;
-            }
-            tracing::debug!(enricher = %named.name, records = again.len(), attempt = retrier.attempts(), "retrying enrichment");
-            pending = again.into_iter().map(|(i, r, _)| (i, r)).collect();
+        };
+        let attempts = rounds.attempt();
+        for ((index, record), error) in exhausted {
+            ledger.exhausted(index, &record, stage.clone(), error, attempts);
         }
         // Retried records rejoin in their original order.
         kept.sort_unstable_by_key(|(i, _)| *i);
         kept
     }
 
-    async fn store(
-        &self,
-        live: Vec<(usize, Record)>,
-        deadline: Instant,
-        outcomes: &mut [Option<Outcome>],
-        doomed: &mut Vec<Doomed>,
-    ) {
+    async fn store(&self, live: Vec<(usize, Record)>, deadline: Instant, ledger: &mut Ledger<'_>) {
         if live.is_empty() {
             return;
         }
         if !self.sink.enabled() {
             for (index, _) in live {
-                outcomes[index] = Some(Outcome::Skipped {
-                    by: "sink disabled".into(),
-                });
+                ledger.skipped(index, SkippedBy::DisabledSink);
             }
             return;
         }
         let (indices, records): (Vec<usize>, Vec<Record>) = live.into_iter().unzip();
-        let settled = write_with_retries(&*self.sink, &records, self.retry, deadline, "sink").await;
-        for ((index, record), settled) in indices.into_iter().zip(records).zip(settled) {
-            match settled {
-                Settled::Done => outcomes[index] = Some(Outcome::Stored),
-                Settled::Rejected { error, attempts } => doomed.push(Doomed {
-                    index,
-                    envelope: DeadLetter::new(
-                        &self.name,
-                        &Stage::Sink,
-                        "permanent",
-                        error,
+        let written = write_with_retries(&*self.sink, &records, self.retry, deadline, "sink").await;
+        for ((index, record), written) in indices.into_iter().zip(&records).zip(written) {
+            match written {
+                Written::Done => ledger.stored(index),
+                Written::Rejected { error, attempts } => {
+                    let reason = Reason {
+                        stage: Stage::Sink,
+                        kind: ErrorKind::Permanent,
+                        message: error,
                         attempts,
-                        &record.data,
-                        &record.meta,
-                    ),
-                }),
-                Settled::Exhausted { error, attempts } => self.exhausted(
-                    index,
-                    &record,
-                    &Stage::Sink,
-                    error,
-                    attempts,
-                    outcomes,
-                    doomed,
-                ),
+                    };
+                    ledger.dead_letter(index, reason, &record.data, &record.meta)
+                }
+                Written::Exhausted { error, attempts } => {
+                    ledger.exhausted(index, record, Stage::Sink, error, attempts)
+                }
             }
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn exhausted(
-        &self,
-        index: usize,
-        record: &Record,
-        stage: &Stage,
-        error: String,
-        attempts: u32,
-        outcomes: &mut [Option<Outcome>],
-        doomed: &mut Vec<Doomed>,
-    ) {
-        match self.retry.on_exhausted {
-            OnExhausted::Fail => {
-                outcomes[index] = Some(Outcome::Failed {
-                    error: format!("{stage}: retries exhausted after {attempts} attempts: {error}"),
-                })
-            }
-            OnExhausted::DeadLetter => doomed.push(Doomed {
-                index,
-                envelope: DeadLetter::new(
-                    &self.name,
-                    stage,
-                    "retries_exhausted",
-                    error,
-                    attempts,
-                    &record.data,
-                    &record.meta,
-                ),
-            }),
-        }
-    }
-
-    async fn dead_letter(
-        &self,
-        mut doomed: Vec<Doomed>,
-        deadline: Instant,
-        outcomes: &mut [Option<Outcome>],
-    ) {
+    async fn write_dead_letters(&self, deadline: Instant, ledger: &mut Ledger<'_>) {
+        let doomed = ledger.take_dead_letters();
         if doomed.is_empty() {
             return;
         }
-        // The error sink sees dead letters in source order, like the sink sees records.
-        doomed.sort_unstable_by_key(|d| d.index);
-        let stages: Vec<(usize, String)> = doomed
-            .iter()
-            .map(|d| (d.index, d.envelope.stage.clone()))
-            .collect();
-        let letters: Vec<Record> = doomed
+        let (stages, letters): (Vec<(usize, Stage)>, Vec<Record>) = doomed
             .into_iter()
-            .map(|d| d.envelope.into_record())
-            .collect();
-        let settled = write_with_retries(
+            .map(|(index, d)| ((index, d.stage.clone()), d.into_record()))
+            .unzip();
+        let written = write_with_retries(
             &*self.error_sink,
             &letters,
             self.retry,
@@ -333,18 +213,42 @@ impl Pipeline {
             "error sink",
         )
         .await;
-        for ((index, stage), settled) in stages.into_iter().zip(settled) {
-            outcomes[index] = Some(match settled {
-                Settled::Done => Outcome::DeadLettered { stage },
-                Settled::Rejected { error, .. } | Settled::Exhausted { error, .. } => {
-                    tracing::error!(stage = %stage, error = %error, "dead letter could not be written");
-                    Outcome::Failed {
-                        error: format!("{stage} failure, and the error sink failed too: {error}"),
-                    }
-                }
-            });
+        for ((index, stage), written) in stages.into_iter().zip(written) {
+            let result = match written {
+                Written::Done => Ok(()),
+                Written::Rejected { error, .. } | Written::Exhausted { error, .. } => Err(error),
+            };
+            ledger.dead_lettered(index, stage, result);
         }
     }
+}
+
+/// Decodes each record; those that are not JSON objects are dead-lettered at stage `decode`.
+fn decode_all(raw: Vec<RawRecord>, ledger: &mut Ledger<'_>) -> Vec<(usize, Record)> {
+    let mut live = Vec::with_capacity(raw.len());
+    for (index, raw) in raw.into_iter().enumerate() {
+        match decode(raw) {
+            Ok(record) => live.push((index, record)),
+            Err(undecodable) => {
+                let (error, raw) = *undecodable;
+                let reason = Reason {
+                    stage: Stage::Decode,
+                    kind: ErrorKind::Decode,
+                    message: error.to_string(),
+                    attempts: 1,
+                };
+                ledger.dead_letter(index, reason, &raw.data, &raw.meta);
+            }
+        }
+    }
+    live
+}
+
+/// A sink's final answer for one record after retries.
+enum Written {
+    Done,
+    Rejected { error: String, attempts: u32 },
+    Exhausted { error: String, attempts: u32 },
 }
 
 /// Writes `records` to `sink`, retrying the retryable failures; one answer per record, in order.
@@ -354,54 +258,50 @@ async fn write_with_retries(
     policy: RetryPolicy,
     deadline: Instant,
     what: &str,
-) -> Vec<Settled> {
-    let mut settled: Vec<Option<Settled>> = (0..records.len()).map(|_| None).collect();
-    let mut retrier = Retrier::new(policy, deadline);
+) -> Vec<Written> {
+    let mut written: Vec<Option<Written>> = (0..records.len()).map(|_| None).collect();
+    let mut rounds = RetryRounds::new(policy, deadline, what);
     let mut pending: Vec<usize> = (0..records.len()).collect();
-    // The first attempt writes the caller's slice; only retries copy the records they resend.
-    let mut resend: Option<Vec<Record>> = None;
-    loop {
-        let batch = resend.as_deref().unwrap_or(records);
-        let results = sink.write(batch).await;
-        let mut again = Vec::new();
+    let exhausted = loop {
+        // The first attempt writes the caller's slice; only retries copy what they resend.
+        let results = if pending.len() == records.len() {
+            sink.write(records).await
+        } else {
+            let resend: Vec<Record> = pending.iter().map(|&i| records[i].clone()).collect();
+            sink.write(&resend).await
+        };
+        let mut failing = Vec::new();
         for (slot, &index) in pending.iter().enumerate() {
             let result = results.get(slot).cloned().unwrap_or_else(|| {
                 Err(SinkError::Retryable(format!(
                     "the {what} answered for {} of {} records",
                     results.len(),
-                    batch.len()
+                    pending.len()
                 )))
             });
             match result {
-                Ok(()) => settled[index] = Some(Settled::Done),
+                Ok(()) => written[index] = Some(Written::Done),
                 Err(SinkError::Permanent(error)) => {
-                    settled[index] = Some(Settled::Rejected {
+                    written[index] = Some(Written::Rejected {
                         error,
-                        attempts: retrier.attempts(),
+                        attempts: rounds.attempt(),
                     })
                 }
-                Err(SinkError::Retryable(error)) => again.push((index, error)),
+                Err(SinkError::Retryable(error)) => failing.push((index, error)),
             }
         }
-        if again.is_empty() {
-            break;
+        match rounds.retry(failing).await {
+            Ok(again) => pending = again,
+            Err(exhausted) => break exhausted,
         }
-        tracing::warn!(what, records = again.len(), attempt = retrier.attempts(), error = %again[0].1, "retryable write failure");
-        if !retrier.wait_for_retry().await {
-            for (index, error) in again {
-                settled[index] = Some(Settled::Exhausted {
-                    error,
-                    attempts: retrier.attempts(),
-                });
-            }
-            break;
-        }
-        pending = again.iter().map(|(i, _)| *i).collect();
-        resend = Some(pending.iter().map(|&i| records[i].clone()).collect());
+    };
+    let attempts = rounds.attempt();
+    for (index, error) in exhausted {
+        written[index] = Some(Written::Exhausted { error, attempts });
     }
-    settled
+    written
         .into_iter()
-        .map(|s| s.expect("every record is settled before the loop ends"))
+        .map(|w| w.expect("every record is answered before the retries end"))
         .collect()
 }
 

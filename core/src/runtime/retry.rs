@@ -1,43 +1,57 @@
-//! Bounded retries: attempts per stage, one time budget per batch.
+//! Bounded retries of the records that failed retryably: attempts per stage, one time budget per
+//! batch. Every stage (enrichers, the sink, the error sink) drives its attempts with
+//! [`RetryRounds`]: try the pending records, hand the retryable failures back, get them back to
+//! try again or as exhausted.
 
 use tokio::time::Instant;
 
 use crate::settings::RetryPolicy;
 
-/// Decides, after a failed attempt, whether to try again and how long to wait first.
+/// The rounds of one stage of one batch.
 #[derive(Debug)]
-pub(crate) struct Retrier {
+pub(crate) struct RetryRounds<'a> {
     policy: RetryPolicy,
     deadline: Instant,
-    attempts: u32,
+    what: &'a str,
+    attempt: u32,
 }
 
-impl Retrier {
-    /// A retrier for one stage of a batch whose time budget ends at `deadline`.
-    pub(crate) fn new(policy: RetryPolicy, deadline: Instant) -> Self {
+impl<'a> RetryRounds<'a> {
+    /// The rounds of stage `what`, no retry starting after `deadline`.
+    pub(crate) fn new(policy: RetryPolicy, deadline: Instant, what: &'a str) -> Self {
         Self {
             policy,
             deadline,
-            attempts: 1,
+            what,
+            attempt: 1,
         }
     }
 
-    /// Attempts made so far, the current one included.
-    pub(crate) fn attempts(&self) -> u32 {
-        self.attempts
+    /// The number of the attempt under way (1 for the first).
+    pub(crate) fn attempt(&self) -> u32 {
+        self.attempt
     }
 
-    /// Waits out the backoff and returns true, or returns false when attempts or time are spent.
-    pub(crate) async fn wait_for_retry(&mut self) -> bool {
-        if self.attempts >= self.policy.attempts {
-            return false;
+    /// After an attempt, the items that failed retryably (each with its error): `Ok` with the
+    /// items to try again, after the backoff; `Err` with those still failing when nothing is
+    /// left to try or the policy's attempts or time ran out (empty when all succeeded).
+    pub(crate) async fn retry<T>(
+        &mut self,
+        failing: Vec<(T, String)>,
+    ) -> Result<Vec<T>, Vec<(T, String)>> {
+        let Some((_, error)) = failing.first() else {
+            return Err(failing);
+        };
+        tracing::warn!(what = self.what, records = failing.len(), attempt = self.attempt, %error, "retryable failure");
+        if self.attempt >= self.policy.attempts {
+            return Err(failing);
         }
-        let delay = self.policy.backoff(self.attempts);
+        let delay = self.policy.backoff(self.attempt);
         if Instant::now() + delay > self.deadline {
-            return false;
+            return Err(failing);
         }
         tokio::time::sleep(delay).await;
-        self.attempts += 1;
-        true
+        self.attempt += 1;
+        Ok(failing.into_iter().map(|(item, _)| item).collect())
     }
 }

@@ -10,6 +10,7 @@ use tokio::task::JoinSet;
 
 use super::{Pipeline, Progress, RunSummary};
 use crate::component::{Source, SourceBatch};
+use crate::outcome::ShardTracker;
 
 /// Batches queued per shard ahead of its worker; small, so a slow sink holds the source back.
 const QUEUED_PER_SHARD: usize = 2;
@@ -72,19 +73,17 @@ async fn shard_worker(
     progress: Arc<Progress>,
 ) -> RunSummary {
     let mut summary = RunSummary::default();
-    // Once a record of this shard has failed, no later batch may move the checkpoint past it.
-    let mut blocked = false;
+    let mut shard = ShardTracker::default();
     while let Some(batch) = queue.recv().await {
         let SourceBatch {
             shard_id,
             records,
             ack,
         } = batch;
-        let mut report = pipeline.process_batch(shard_id, records).await;
-        if blocked {
-            report.checkpoint = None;
-        }
-        blocked |= !report.is_complete();
+        let report = pipeline
+            .process_batch(shard_id, records)
+            .await
+            .tracked(&mut shard);
         if let Some(ack) = ack {
             if let Err(e) = ack.acknowledge(&report).await {
                 tracing::error!(shard = %report.shard_id, error = %e, "checkpoint not stored; the batch will be delivered again");

@@ -5,6 +5,8 @@ use async_trait::async_trait;
 
 use super::*;
 use crate::component::Source;
+use crate::outcome::Outcome;
+use crate::settings::OnExhausted;
 use crate::testkit::{raw, FailingSink, Failure, FlakyEnricher, MemorySink, MemorySource};
 
 fn policy() -> RetryPolicy {
@@ -86,7 +88,7 @@ async fn retryable_failures_are_retried_and_then_stored() {
     assert_eq!(sink.offered(2), 1, "neighbours are not written twice");
     assert_eq!(sink.inner.values().len(), 5);
     assert!(dlq.values().is_empty());
-    assert_eq!(report.checkpoint, Some(5.into()));
+    assert_eq!(report.checkpoint().cloned(), Some(5.into()));
 }
 
 #[tokio::test(start_paused = true)]
@@ -102,9 +104,7 @@ async fn permanent_failures_are_dead_lettered_with_their_reason_and_payload() {
     let report = p.process_batch("s".into(), records("s", 1..=3)).await;
     assert_eq!(
         outcome(&report, 2),
-        &Outcome::DeadLettered {
-            stage: "sink".into()
-        }
+        &Outcome::DeadLettered { stage: Stage::Sink }
     );
     assert_eq!(sink.offered(2), 1, "a permanent failure is not retried");
     let letters = dlq.values();
@@ -119,7 +119,7 @@ async fn permanent_failures_are_dead_lettered_with_their_reason_and_payload() {
         .expect("base64");
     assert_eq!(payload, br#"{"n":2,"shard":"s"}"#);
     assert_eq!(
-        report.checkpoint,
+        report.checkpoint().cloned(),
         Some(3.into()),
         "dead-lettered records are done"
     );
@@ -145,7 +145,7 @@ async fn a_failing_error_sink_makes_the_record_failed_and_stops_the_checkpoint()
         "the error sink is retried too"
     );
     assert_eq!(outcome(&report, 4), &Outcome::Stored);
-    assert_eq!(report.checkpoint, Some(2.into()));
+    assert_eq!(report.checkpoint().cloned(), Some(2.into()));
     assert_eq!(report.first_failure(), Some(&3.into()));
 }
 
@@ -170,7 +170,7 @@ async fn after_a_failure_later_batches_of_that_shard_do_not_move_its_checkpoint(
     let a: Vec<_> = acks
         .iter()
         .filter(|r| r.shard_id == "a")
-        .map(|r| r.checkpoint.clone())
+        .map(|r| r.checkpoint().cloned())
         .collect();
     assert_eq!(a, vec![Some(10.into()), Some(12.into()), None]);
 }
@@ -195,9 +195,7 @@ async fn exhausted_retries_fail_or_dead_letter_as_configured() {
         } else {
             assert_eq!(
                 outcome(&report, 2),
-                &Outcome::DeadLettered {
-                    stage: "sink".into()
-                }
+                &Outcome::DeadLettered { stage: Stage::Sink }
             );
             assert_eq!(dlq.values()[0]["error"]["kind"], "retries_exhausted");
             assert_eq!(dlq.values()[0]["attempts"], 4);
@@ -262,20 +260,20 @@ async fn enrichers_run_in_order_and_retry_retryable_errors() {
     assert_eq!(
         outcome(&report, 1),
         &Outcome::Skipped {
-            by: "skip-odd".into()
+            by: SkippedBy::Enricher("skip-odd".into())
         }
     );
     assert_eq!(outcome(&report, 2), &Outcome::Stored);
     assert_eq!(
         outcome(&report, 5),
         &Outcome::DeadLettered {
-            stage: "enrich:skip-odd".into()
+            stage: Stage::Enrich("skip-odd".into())
         }
     );
     assert_eq!(
         outcome(&report, 6),
         &Outcome::DeadLettered {
-            stage: "decode".into()
+            stage: Stage::Decode
         }
     );
     let stored: Vec<_> = sink.values().iter().map(|v| v["n"].clone()).collect();
@@ -309,7 +307,7 @@ async fn an_enricher_that_never_recovers_fails_its_records() {
         sink.values().is_empty(),
         "never stored without the enrichment"
     );
-    assert_eq!(report.checkpoint, None);
+    assert_eq!(report.checkpoint().cloned(), None);
 }
 
 /// A sink that can be switched off, like the DynamoDB sink with `PERSIST_RECORDS=0`.
@@ -337,7 +335,7 @@ async fn a_disabled_sink_is_not_called_and_its_records_are_skipped() {
     let report = p.process_batch("s".into(), records("s", 1..=3)).await;
     assert!(report.outcomes.iter().all(|(_, o)| *o
         == Outcome::Skipped {
-            by: "sink disabled".into()
+            by: SkippedBy::DisabledSink
         }));
     assert_eq!(sink.calls(), 0);
 }

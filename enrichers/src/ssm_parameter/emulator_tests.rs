@@ -3,7 +3,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_sdk_ssm::types::ParameterType;
 use serde_json::json;
 use sluice_core::aws::faults::{Fault, FaultPlan};
 use sluice_core::aws::testing::{self, moto_endpoint, unique};
@@ -21,7 +20,7 @@ struct Parameter {
 
 impl Parameter {
     async fn create(endpoint: &str, value: &str) -> Self {
-        let client = aws_sdk_ssm::Client::new(&testing::sdk_config(endpoint).await);
+        let client = testing::client(endpoint).await;
         let p = Self {
             client,
             name: format!("/sluice-tests/{}", unique("batch-id")),
@@ -32,15 +31,7 @@ impl Parameter {
     }
 
     async fn put(&self, value: &str) {
-        self.client
-            .put_parameter()
-            .name(&self.name)
-            .value(value)
-            .r#type(ParameterType::String)
-            .overwrite(true)
-            .send()
-            .await
-            .expect("put the test parameter");
+        testing::put_parameter(&self.client, &self.name, value).await;
     }
 
     fn config(&self, refresh: &str, max_age: &str) -> SsmParameterConfig {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sluice_core::aws::{self, Connection, CountCalls, Retries};
+use sluice_core::aws::{self, Connection, Retries};
 use sluice_core::{
     BuildContext, BuildError, EnrichError, Enricher, EnricherConfig, Record, Verdict,
 };
@@ -47,10 +47,10 @@ pub struct SsmParameterConfig {
     /// wait (retried, then Failed) rather than being written with a stale value.
     #[serde(default = "default_max_age", with = "humantime_serde")]
     pub max_age: Duration,
-    /// The region; default: the standard chain (`AWS_REGION`).
+    /// The region (see [`sluice_core::aws`], connection settings).
     #[serde(default)]
     pub region: Option<String>,
-    /// Another endpoint (an emulator); default: `AWS_ENDPOINT_URL`, else AWS.
+    /// Another endpoint, such as an emulator (see [`sluice_core::aws`]).
     #[serde(default)]
     pub endpoint_url: Option<String>,
 }
@@ -58,7 +58,7 @@ pub struct SsmParameterConfig {
 #[typetag::serde(name = "ssm_parameter")]
 #[async_trait]
 impl EnricherConfig for SsmParameterConfig {
-    async fn build(&self, ctx: &BuildContext) -> Result<Arc<dyn Enricher>, BuildError> {
+    fn validate(&self) -> Result<(), BuildError> {
         for (key, value) in [("parameter", &self.parameter), ("into", &self.into)] {
             if value.trim().is_empty() {
                 return Err(BuildError::invalid(key, "must not be empty"));
@@ -73,7 +73,11 @@ impl EnricherConfig for SsmParameterConfig {
                 ),
             ));
         }
-        let sdk = aws::sdk_config(
+        Ok(())
+    }
+
+    async fn build(&self, ctx: &BuildContext) -> Result<Arc<dyn Enricher>, BuildError> {
+        let client = aws::client(
             ctx,
             Connection {
                 region: self.region.as_deref(),
@@ -82,11 +86,6 @@ impl EnricherConfig for SsmParameterConfig {
             },
         )
         .await?;
-        let client = aws_sdk_ssm::Client::from_conf(
-            aws_sdk_ssm::config::Builder::from(&sdk)
-                .interceptor(CountCalls::new(ctx))
-                .build(),
-        );
         let enricher = SsmParameter {
             client,
             config: self.clone(),

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use sluice::sluice_core::{async_trait, lambda, PipelineConfig};
+use sluice::sluice_core::{async_trait, lambda};
 use sluice::sluice_core::{BuildContext, BuildError, Record, Sink, SinkConfig, SinkError};
 
 /// `type = "audit_log"` in a pipeline file: logs one field of every record.
@@ -42,11 +42,10 @@ impl Sink for AuditLog {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+async fn main() -> Result<(), lambda::Error> {
     tracing_subscriber::fmt().json().init();
-    let file = std::env::var("SLUICE_PIPELINE").unwrap_or_else(|_| "pipeline.toml".into());
-    let pipeline = PipelineConfig::load_for_lambda(&file)?;
-    lambda::serve(pipeline.build_pipeline(false).await?).await
+    // `SLUICE_PIPELINE`, else `pipeline.toml`; a file that cannot run answers with the reason.
+    lambda::run("pipeline.toml").await
 }
 
 #[cfg(test)]

@@ -3,15 +3,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
-    ScalarAttributeType,
-};
+use aws_sdk_dynamodb::types::{AttributeValue, ScalarAttributeType};
 use serde_json::{json, Value};
 use sluice_core::aws::faults::{Fault, FaultPlan};
 use sluice_core::aws::testing::{self, moto_endpoint, unique};
 use sluice_core::testkit::{raw, sink_pipeline, MemorySink};
-use sluice_core::{BuildError, Outcome, Pipeline, RawRecord, SinkConfig};
+use sluice_core::{BuildError, Outcome, Pipeline, RawRecord, SinkConfig, SkippedBy};
 
 use super::DynamoDbSinkConfig;
 
@@ -23,29 +20,9 @@ struct Table {
 
 impl Table {
     async fn create(endpoint: &str) -> Self {
-        let client = aws_sdk_dynamodb::Client::new(&testing::sdk_config(endpoint).await);
+        let client = testing::client(endpoint).await;
         let name = unique("items");
-        client
-            .create_table()
-            .table_name(&name)
-            .key_schema(
-                KeySchemaElement::builder()
-                    .attribute_name("Id")
-                    .key_type(KeyType::Hash)
-                    .build()
-                    .unwrap(),
-            )
-            .attribute_definitions(
-                AttributeDefinition::builder()
-                    .attribute_name("Id")
-                    .attribute_type(ScalarAttributeType::S)
-                    .build()
-                    .unwrap(),
-            )
-            .billing_mode(BillingMode::PayPerRequest)
-            .send()
-            .await
-            .expect("create the test table");
+        testing::create_table(&client, &name, &[("Id", ScalarAttributeType::S)]).await;
         Self {
             client,
             name,
@@ -276,7 +253,7 @@ async fn a_lasting_outage_leaves_records_failed_not_dead_lettered() {
         dead.records().is_empty(),
         "an outage is not the records' fault"
     );
-    assert_eq!(report.checkpoint, None);
+    assert_eq!(report.checkpoint(), None);
     assert!(table.items().await.is_empty());
 }
 
@@ -315,7 +292,7 @@ async fn a_disabled_sink_writes_nothing() {
     assert_eq!(
         report.outcomes[0].1,
         Outcome::Skipped {
-            by: "sink disabled".into()
+            by: SkippedBy::DisabledSink
         }
     );
     assert!(!calls.snapshot().contains_key("DynamoDB.BatchWriteItem"));

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::KeyType;
 use serde::{Deserialize, Serialize};
-use sluice_core::aws::{self, Connection, CountCalls, Retries};
+use sluice_core::aws::{self, Connection, Retries};
 use sluice_core::{BuildContext, BuildError, Sink, SinkConfig};
 
 use encode::KeyAttribute;
@@ -42,10 +42,10 @@ pub struct DynamoDbSinkConfig {
         deserialize_with = "sluice_core::config::switch"
     )]
     pub enabled: bool,
-    /// The region; default: the table ARN's region, else the standard chain (`AWS_REGION`).
+    /// The region (see [`sluice_core::aws`], connection settings).
     #[serde(default)]
     pub region: Option<String>,
-    /// Another endpoint (an emulator); default: `AWS_ENDPOINT_URL`, else AWS.
+    /// Another endpoint, such as an emulator (see [`sluice_core::aws`]).
     #[serde(default)]
     pub endpoint_url: Option<String>,
 }
@@ -66,7 +66,7 @@ impl DynamoDbSinkConfig {
 #[typetag::serde(name = "dynamodb")]
 #[async_trait]
 impl SinkConfig for DynamoDbSinkConfig {
-    async fn build(&self, ctx: &BuildContext) -> Result<Arc<dyn Sink>, BuildError> {
+    fn validate(&self) -> Result<(), BuildError> {
         if self.table_name().is_empty() {
             return Err(BuildError::invalid(
                 "table",
@@ -79,7 +79,11 @@ impl SinkConfig for DynamoDbSinkConfig {
                 format!("must be between 1 and 64, not {}", self.max_concurrency),
             ));
         }
-        let sdk = aws::sdk_config(
+        Ok(())
+    }
+
+    async fn build(&self, ctx: &BuildContext) -> Result<Arc<dyn Sink>, BuildError> {
+        let client = aws::client(
             ctx,
             Connection {
                 region: self.region(),
@@ -88,11 +92,6 @@ impl SinkConfig for DynamoDbSinkConfig {
             },
         )
         .await?;
-        let client = aws_sdk_dynamodb::Client::from_conf(
-            aws_sdk_dynamodb::config::Builder::from(&sdk)
-                .interceptor(CountCalls::new(ctx))
-                .build(),
-        );
         let key = describe_key(&client, self.table_name()).await?;
         if let Some(fields) = &ctx.record_fields {
             check_key_fields(&key, fields)?;

@@ -30,12 +30,20 @@ pub struct SqliteSinkConfig {
 #[typetag::serde(name = "sqlite")]
 #[async_trait]
 impl SinkConfig for SqliteSinkConfig {
-    async fn build(&self, ctx: &BuildContext) -> Result<Arc<dyn Sink>, BuildError> {
-        for (key, value) in [("table", &self.table), ("key", &self.key)] {
+    fn validate(&self) -> Result<(), BuildError> {
+        for (key, value) in [
+            ("path", &self.path),
+            ("table", &self.table),
+            ("key", &self.key),
+        ] {
             if value.is_empty() {
                 return Err(BuildError::invalid(key, "must not be empty"));
             }
         }
+        Ok(())
+    }
+
+    async fn build(&self, ctx: &BuildContext) -> Result<Arc<dyn Sink>, BuildError> {
         crate::file::check_parent(&self.path)?;
         if ctx.validate_only && !Path::new(&self.path).exists() {
             return Ok(Arc::new(SqliteSink::unopened(self.clone())));

@@ -19,18 +19,8 @@ struct Queue {
 
 impl Queue {
     async fn create(endpoint: &str, attributes: &[(QueueAttributeName, &str)]) -> Self {
-        let client = aws_sdk_sqs::Client::new(&testing::sdk_config(endpoint).await);
-        let mut create = client.create_queue().queue_name(unique("dlq"));
-        for (name, value) in attributes {
-            create = create.attributes(name.clone(), *value);
-        }
-        let url = create
-            .send()
-            .await
-            .expect("create the test queue")
-            .queue_url()
-            .unwrap()
-            .to_owned();
+        let client = testing::client(endpoint).await;
+        let url = testing::create_queue(&client, &unique("dlq"), attributes).await;
         Self {
             client,
             url,

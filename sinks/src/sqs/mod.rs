@@ -9,7 +9,7 @@ use aws_sdk_sqs::types::{MessageAttributeValue, QueueAttributeName, SendMessageB
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sluice_core::aws::{self, Connection, CountCalls, Retries};
+use sluice_core::aws::{self, Connection, Retries};
 use sluice_core::{BuildContext, BuildError, Record, Sink, SinkConfig, SinkError};
 
 /// SendMessageBatch's limit on entries per call.
@@ -25,10 +25,10 @@ const CONCURRENT_CALLS: usize = 4;
 pub struct SqsSinkConfig {
     /// The queue's URL.
     pub queue_url: String,
-    /// The region; default: the standard chain (`AWS_REGION`).
+    /// The region (see [`sluice_core::aws`], connection settings).
     #[serde(default)]
     pub region: Option<String>,
-    /// Another endpoint (an emulator); default: `AWS_ENDPOINT_URL`, else AWS.
+    /// Another endpoint, such as an emulator (see [`sluice_core::aws`]).
     #[serde(default)]
     pub endpoint_url: Option<String>,
 }
@@ -36,7 +36,7 @@ pub struct SqsSinkConfig {
 #[typetag::serde(name = "sqs")]
 #[async_trait]
 impl SinkConfig for SqsSinkConfig {
-    async fn build(&self, ctx: &BuildContext) -> Result<Arc<dyn Sink>, BuildError> {
+    fn validate(&self) -> Result<(), BuildError> {
         if !self.queue_url.starts_with("http://") && !self.queue_url.starts_with("https://") {
             return Err(BuildError::invalid(
                 "queue_url",
@@ -46,7 +46,11 @@ impl SinkConfig for SqsSinkConfig {
                 ),
             ));
         }
-        let sdk = aws::sdk_config(
+        Ok(())
+    }
+
+    async fn build(&self, ctx: &BuildContext) -> Result<Arc<dyn Sink>, BuildError> {
+        let client: aws_sdk_sqs::Client = aws::client(
             ctx,
             Connection {
                 region: self.region.as_deref(),
@@ -55,11 +59,6 @@ impl SinkConfig for SqsSinkConfig {
             },
         )
         .await?;
-        let client = aws_sdk_sqs::Client::from_conf(
-            aws_sdk_sqs::config::Builder::from(&sdk)
-                .interceptor(CountCalls::new(ctx))
-                .build(),
-        );
         // Proves the queue exists and reads its size limit.
         let attributes = client
             .get_queue_attributes()

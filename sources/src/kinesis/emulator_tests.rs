@@ -71,25 +71,17 @@ impl Stream {
 
     /// A stream on the `kinesis` emulator, its lease table on `dynamodb`'s.
     async fn create_on(kinesis: &str, dynamodb: &str, shards: i32) -> Self {
-        let client = aws_sdk_kinesis::Client::new(&testing::sdk_config(kinesis).await);
+        let client = testing::client(kinesis).await;
         let name = unique("stream");
-        client
-            .create_stream()
-            .stream_name(&name)
-            .shard_count(shards)
-            .send()
-            .await
-            .expect("create the stream");
-        let stream = Self {
+        testing::create_stream(&client, &name, shards).await;
+        Self {
             kinesis: client,
-            dynamodb: aws_sdk_dynamodb::Client::new(&testing::sdk_config(dynamodb).await),
+            dynamodb: testing::client(dynamodb).await,
             name,
             checkpoints: unique("checkpoints"),
             endpoint: kinesis.to_owned(),
             checkpoint_endpoint: dynamodb.to_owned(),
-        };
-        stream.wait_until_active().await;
-        stream
+        }
     }
 
     /// Splits `shard` at `hash_key` and waits until the stream is active again.
@@ -102,7 +94,7 @@ impl Stream {
             .send()
             .await
             .expect("split");
-        self.wait_until_active().await;
+        testing::wait_until_stream_active(&self.kinesis, &self.name).await;
     }
 
     /// Reads the stream as a daemon does (not until caught up), in the background.
@@ -122,24 +114,6 @@ impl Stream {
             shutdown: ctx.shutdown.clone(),
             running,
         }
-    }
-
-    async fn wait_until_active(&self) {
-        for _ in 0..100 {
-            let out = self
-                .kinesis
-                .describe_stream_summary()
-                .stream_name(&self.name)
-                .send()
-                .await
-                .expect("describe the stream");
-            let status = out.stream_description_summary().unwrap().stream_status();
-            if status.as_str() == "ACTIVE" {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("stream {} never became ACTIVE", self.name);
     }
 
     /// The shards, open or closed, by id: (parents, whether closed).
@@ -414,39 +388,6 @@ async fn a_missing_stream_is_a_clear_error_at_start_up() {
     assert!(message.contains("ResourceNotFoundException"), "{message}");
 }
 
-#[tokio::test]
-async fn settings_out_of_range_are_named() {
-    let config = |extra: &str| {
-        use figment::providers::{Format, Toml};
-        let text = format!("stream = \"s\"\n{extra}");
-        figment::Figment::from(Toml::string(&text))
-            .extract::<KinesisSourceConfig>()
-            .expect("parses")
-    };
-    let ctx = sluice_core::BuildContext::new("test", true);
-    for (extra, key, says) in [
-        ("limit = 20000", "limit", "between 1 and 10000"),
-        ("start = \"at_timestamp\"", "timestamp", "needs `timestamp`"),
-        (
-            "timestamp = \"2026-01-01T00:00:00Z\"",
-            "timestamp",
-            "only read with",
-        ),
-        (
-            "checkpoint_interval = \"20s\"",
-            "lease_duration",
-            "three `checkpoint_interval`s",
-        ),
-    ] {
-        let e = config(extra).build(&ctx).await.err().expect("refused");
-        let BuildError::Invalid { key: k, message } = &e else {
-            panic!("{e:?}")
-        };
-        assert_eq!(k, key, "{extra}");
-        assert!(message.contains(says), "{extra}: {message}");
-    }
-}
-
 /// On kinesis-local, which ends closed shards as Kinesis does (moto never does).
 #[tokio::test]
 async fn after_a_split_and_a_merge_every_record_is_stored_parents_before_children() {
@@ -483,7 +424,7 @@ async fn after_a_split_and_a_merge_every_record_is_stored_parents_before_childre
         .send()
         .await
         .expect("merge");
-    stream.wait_until_active().await;
+    testing::wait_until_stream_active(&stream.kinesis, &stream.name).await;
     stream.put_keyed(128, 192, key).await;
     let shards = stream.shards().await;
     assert_eq!(shards.len(), 4, "{shards:?}");
@@ -626,31 +567,8 @@ async fn children_of_a_parent_held_elsewhere_are_let_go() {
         .split(&parent, "85070591730234615865843651857942052864")
         .await;
     // The lease table exists, and a live worker holds the parent.
-    use aws_sdk_dynamodb::types::{
-        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
-    };
-    stream
-        .dynamodb
-        .create_table()
-        .table_name(&stream.checkpoints)
-        .key_schema(
-            KeySchemaElement::builder()
-                .attribute_name("leaseKey")
-                .key_type(KeyType::Hash)
-                .build()
-                .unwrap(),
-        )
-        .attribute_definitions(
-            AttributeDefinition::builder()
-                .attribute_name("leaseKey")
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .unwrap(),
-        )
-        .billing_mode(BillingMode::PayPerRequest)
-        .send()
-        .await
-        .expect("create the lease table");
+    let key = [("leaseKey", aws_sdk_dynamodb::types::ScalarAttributeType::S)];
+    testing::create_table(&stream.dynamodb, &stream.checkpoints, &key).await;
     let expires = chrono::Utc::now().timestamp_millis() + 60_000;
     stream
         .dynamodb

@@ -1,4 +1,4 @@
-//! Outcomes per record, reports per batch and the summary of a run.
+//! Live counts of a run and its summary.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -6,78 +6,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::record::SequenceNumber;
-
-/// Where a record ended. Every record that enters ends in exactly one.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "outcome", rename_all = "snake_case")]
-pub enum Outcome {
-    /// The sink acknowledged the record.
-    Stored,
-    /// Deliberately dropped: by an enricher (`filter`), or not written because the sink is disabled.
-    Skipped {
-        /// Who dropped it.
-        by: String,
-    },
-    /// A permanent failure, written to the error sink with its reason.
-    DeadLettered {
-        /// `decode`, `enrich:<name>` or `sink`.
-        stage: String,
-    },
-    /// Neither stored nor dead-lettered: it must be delivered again.
-    Failed {
-        /// Why.
-        error: String,
-    },
-}
-
-impl Outcome {
-    /// Stored, skipped and dead-lettered records are done; a checkpoint may pass them.
-    pub fn is_terminal(&self) -> bool {
-        !matches!(self, Outcome::Failed { .. })
-    }
-}
-
-/// The outcome of one batch of one shard.
-#[derive(Debug, Clone, Serialize)]
-pub struct BatchReport {
-    /// The shard.
-    pub shard_id: String,
-    /// Each record's position and outcome, in the batch's order.
-    pub outcomes: Vec<(SequenceNumber, Outcome)>,
-    /// The last position a checkpoint may move to: the end of the contiguous prefix of terminal
-    /// outcomes (and never past an earlier batch's failure). `None` when it may not move.
-    pub checkpoint: Option<SequenceNumber>,
-}
-
-impl BatchReport {
-    /// A report whose checkpoint is the batch's own terminal prefix.
-    pub fn new(shard_id: String, outcomes: Vec<(SequenceNumber, Outcome)>) -> Self {
-        let checkpoint = outcomes
-            .iter()
-            .take_while(|(_, o)| o.is_terminal())
-            .last()
-            .map(|(seq, _)| seq.clone());
-        Self {
-            shard_id,
-            outcomes,
-            checkpoint,
-        }
-    }
-
-    /// Whether every record of the batch is done.
-    pub fn is_complete(&self) -> bool {
-        self.outcomes.iter().all(|(_, o)| o.is_terminal())
-    }
-
-    /// The first record that must be delivered again (Lambda's `batchItemFailures` entry).
-    pub fn first_failure(&self) -> Option<&SequenceNumber> {
-        self.outcomes
-            .iter()
-            .find(|(_, o)| !o.is_terminal())
-            .map(|(seq, _)| seq)
-    }
-}
+use crate::outcome::{BatchReport, Outcome};
+use crate::position::Checkpoint;
 
 /// Live counters a progress display reads while a run goes on.
 #[derive(Debug, Default)]
@@ -163,7 +93,7 @@ pub struct RunSummary {
     /// The first few failures' errors, with their positions.
     pub failures: Vec<String>,
     /// The checkpoint each shard reached (absent for a shard whose first record failed).
-    pub checkpoints: BTreeMap<String, SequenceNumber>,
+    pub checkpoints: BTreeMap<String, Checkpoint>,
     /// Errors that stopped the source or its checkpoints; records not yet read remain unread.
     pub errors: Vec<String>,
     /// Calls made to outside services, per `Service.Operation` (each attempt counts).
@@ -181,9 +111,9 @@ impl RunSummary {
         for (seq, o) in &report.outcomes {
             self.counts.count(o);
             match o {
-                Outcome::Skipped { by } => *self.skipped_by.entry(by.clone()).or_default() += 1,
+                Outcome::Skipped { by } => *self.skipped_by.entry(by.to_string()).or_default() += 1,
                 Outcome::DeadLettered { stage } => {
-                    *self.dead_lettered_by.entry(stage.clone()).or_default() += 1
+                    *self.dead_lettered_by.entry(stage.to_string()).or_default() += 1
                 }
                 Outcome::Failed { error } if self.failures.len() < FAILURES_LISTED => self
                     .failures
@@ -191,7 +121,7 @@ impl RunSummary {
                 _ => {}
             }
         }
-        if let Some(cp) = &report.checkpoint {
+        if let Some(cp) = report.checkpoint() {
             self.checkpoints.insert(report.shard_id.clone(), cp.clone());
         }
     }
@@ -237,38 +167,5 @@ mod secs {
         s: S,
     ) -> Result<S::Ok, S::Error> {
         s.serialize_f64(d.as_secs_f64())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn failed() -> Outcome {
-        Outcome::Failed { error: "x".into() }
-    }
-
-    #[test]
-    fn checkpoint_is_the_end_of_the_terminal_prefix() {
-        let r = BatchReport::new(
-            "s".into(),
-            vec![
-                (1.into(), Outcome::Stored),
-                (
-                    2.into(),
-                    Outcome::Skipped {
-                        by: "filter".into(),
-                    },
-                ),
-                (3.into(), failed()),
-                (4.into(), Outcome::Stored),
-            ],
-        );
-        assert_eq!(r.checkpoint, Some(2.into()));
-        assert_eq!(r.first_failure(), Some(&3.into()));
-        assert!(!r.is_complete());
-
-        let r = BatchReport::new("s".into(), vec![(9.into(), failed())]);
-        assert_eq!(r.checkpoint, None);
     }
 }

@@ -1,6 +1,7 @@
 //! The lease table: one DynamoDB item per shard, keyed like the Kinesis Client Library's
-//! (`leaseKey` = shard id, `checkpoint` = sequence number or `SHARD_END`, `leaseOwner`,
-//! `leaseCounter`, `parentShardIds`), plus sluice's `leaseExpiresAt` (epoch milliseconds).
+//! (`leaseKey` = shard id, `checkpoint` = sequence number or `SHARD_END` with
+//! `checkpointSubSequenceNumber`, `leaseOwner`, `leaseCounter`, `parentShardIds`), plus sluice's
+//! `leaseExpiresAt` (epoch milliseconds).
 //!
 //! A worker takes every free lease in one transaction, renews them together with its
 //! checkpoints, and releases them when it stops, so the next run can take them at once.
@@ -8,23 +9,17 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
-    ScalarAttributeType, TransactWriteItem, Update,
-};
+use aws_sdk_dynamodb::types::{AttributeValue, ScalarAttributeType, TransactWriteItem, Update};
 use sluice_core::aws;
-use sluice_core::SourceError;
-
-/// The checkpoint of a shard read to its end.
-pub const SHARD_END: &str = "SHARD_END";
+use sluice_core::{Checkpoint, SourceError};
 /// TransactWriteItems' limit on items per call.
 const MAX_TRANSACT_ITEMS: usize = 100;
 
 /// One shard's lease as stored.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Lease {
-    /// The last checkpoint: a sequence number or `SHARD_END`.
-    pub checkpoint: Option<String>,
+    /// The last checkpoint stored.
+    pub checkpoint: Option<Checkpoint>,
     /// Who holds it, if anyone.
     pub owner: Option<String>,
     /// Bumped on every take and renewal.
@@ -40,6 +35,17 @@ pub struct Lease {
 pub struct Wanted {
     pub shard_id: String,
     pub parents: Vec<String>,
+}
+
+/// A write to a lease this worker holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseUpdate {
+    /// Keep holding it.
+    Renew,
+    /// Keep holding it and store how far the shard is done.
+    Checkpoint(Checkpoint),
+    /// Let it go (storing a last checkpoint, if it moved), so another worker can take it at once.
+    Release(Option<Checkpoint>),
 }
 
 /// The lease table of one stream's consumer.
@@ -138,10 +144,12 @@ impl LeaseTable {
                         .unwrap_or(0)
                 };
                 if let Some(shard) = text("leaseKey") {
+                    let sub_sequence = number("checkpointSubSequenceNumber").max(0) as u64;
                     leases.insert(
                         shard,
                         Lease {
-                            checkpoint: text("checkpoint"),
+                            checkpoint: text("checkpoint")
+                                .map(|cp| Checkpoint::parse(&cp, sub_sequence)),
                             owner: text("leaseOwner"),
                             counter: number("leaseCounter"),
                             expires_at: number("leaseExpiresAt"),
@@ -159,71 +167,13 @@ impl LeaseTable {
 
     async fn create(&self) -> Result<(), SourceError> {
         tracing::info!(table = %self.table, "creating the lease table");
-        let created = self
-            .client
-            .create_table()
-            .table_name(&self.table)
-            .key_schema(
-                KeySchemaElement::builder()
-                    .attribute_name("leaseKey")
-                    .key_type(KeyType::Hash)
-                    .build()
-                    .expect("name and type are set"),
-            )
-            .attribute_definitions(
-                AttributeDefinition::builder()
-                    .attribute_name("leaseKey")
-                    .attribute_type(ScalarAttributeType::S)
-                    .build()
-                    .expect("name and type are set"),
-            )
-            .billing_mode(BillingMode::PayPerRequest)
-            .send()
-            .await;
-        match created {
-            Ok(out) => {
-                let active = out
-                    .table_description()
-                    .and_then(|d| d.table_status())
-                    .is_some_and(|s| s.as_str() == "ACTIVE");
-                if !active {
-                    self.wait_until_active().await?;
-                }
-                Ok(())
-            }
-            // Another worker created it first.
-            Err(e) if aws::error_code(&e) == Some("ResourceInUseException") => {
-                self.wait_until_active().await
-            }
-            Err(e) => Err(failed(
-                &format!("creating lease table `{}`", self.table),
-                aws::describe_error(&e),
-            )),
-        }
-    }
-
-    async fn wait_until_active(&self) -> Result<(), SourceError> {
-        for _ in 0..120 {
-            let out = self
-                .client
-                .describe_table()
-                .table_name(&self.table)
-                .send()
-                .await
-                .map_err(|e| failed("waiting for the lease table", aws::describe_error(&e)))?;
-            if out
-                .table()
-                .and_then(|t| t.table_status())
-                .is_some_and(|s| s.as_str() == "ACTIVE")
-            {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        Err(failed(
-            &format!("lease table `{}`", self.table),
-            "not ACTIVE after a minute",
-        ))
+        aws::dynamodb::create_table(
+            &self.client,
+            &self.table,
+            &[("leaseKey", ScalarAttributeType::S)],
+        )
+        .await
+        .map_err(SourceError::Checkpoint)
     }
 
     /// Takes the free (or lapsed, or own) leases among `wanted`; answers the shards taken.
@@ -304,47 +254,53 @@ impl LeaseTable {
             .expect("table, key and expression are set")
     }
 
-    /// Stores checkpoints of leases this worker holds and renews them, or releases them.
-    /// Answers the shards whose lease was lost (taken by another worker after it lapsed).
-    pub async fn store(
+    /// Writes leases this worker holds, each on condition it still holds it. Answers the shards
+    /// whose lease was lost (taken by another worker after it lapsed).
+    pub async fn update(
         &self,
-        checkpoints: &[(String, Option<String>)],
-        release: bool,
+        updates: &[(String, LeaseUpdate)],
     ) -> Result<Vec<String>, SourceError> {
         let expires = now_ms() + self.duration.as_millis() as i64;
-        let updates: Vec<(&String, Update)> = checkpoints
+        let updates: Vec<(&String, Update)> = updates
             .iter()
-            .map(|(shard, checkpoint)| {
-                let mut set = vec!["leaseCounter = leaseCounter + :one"];
-                let mut values = HashMap::from([
-                    (":me".to_owned(), s(&self.owner)),
-                    (":one".to_owned(), n(1)),
-                ]);
-                if let Some(cp) = checkpoint {
-                    set.push("checkpoint = :cp");
-                    values.insert(":cp".into(), s(cp));
-                }
-                let mut expression = String::new();
-                if release {
-                    expression =
-                        format!("SET {} REMOVE leaseOwner, leaseExpiresAt", set.join(", "));
-                } else {
-                    set.push("leaseExpiresAt = :expires");
-                    values.insert(":expires".into(), n(expires));
-                    expression.push_str(&format!("SET {}", set.join(", ")));
-                }
-                let update = Update::builder()
-                    .table_name(&self.table)
-                    .key("leaseKey", s(shard))
-                    .update_expression(expression)
-                    .condition_expression("leaseOwner = :me")
-                    .set_expression_attribute_values(Some(values))
-                    .build()
-                    .expect("table, key and expression are set");
-                (shard, update)
-            })
+            .map(|(shard, update)| (shard, self.write(shard, update, expires)))
             .collect();
         self.transact(&updates, "storing checkpoints").await
+    }
+
+    /// The conditional write of one update.
+    fn write(&self, shard: &str, update: &LeaseUpdate, expires: i64) -> Update {
+        let mut set = vec!["leaseCounter = leaseCounter + :one"];
+        let mut values = HashMap::from([
+            (":me".to_owned(), s(&self.owner)),
+            (":one".to_owned(), n(1)),
+        ]);
+        let (checkpoint, release) = match update {
+            LeaseUpdate::Renew => (None, false),
+            LeaseUpdate::Checkpoint(cp) => (Some(cp), false),
+            LeaseUpdate::Release(cp) => (cp.as_ref(), true),
+        };
+        if let Some(cp) = checkpoint {
+            set.push("checkpoint = :cp");
+            set.push("checkpointSubSequenceNumber = :sub");
+            values.insert(":cp".into(), s(cp.as_stored()));
+            values.insert(":sub".into(), n(cp.sub_sequence() as i64));
+        }
+        let expression = if release {
+            format!("SET {} REMOVE leaseOwner, leaseExpiresAt", set.join(", "))
+        } else {
+            set.push("leaseExpiresAt = :expires");
+            values.insert(":expires".into(), n(expires));
+            format!("SET {}", set.join(", "))
+        };
+        Update::builder()
+            .table_name(&self.table)
+            .key("leaseKey", s(shard))
+            .update_expression(expression)
+            .condition_expression("leaseOwner = :me")
+            .set_expression_attribute_values(Some(values))
+            .build()
+            .expect("table, key and expression are set")
     }
 
     /// Applies conditional updates, up to 100 per transaction; when a transaction is cancelled

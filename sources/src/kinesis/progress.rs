@@ -1,0 +1,192 @@
+//! How far one shard is done, shared by its reader (which hands out batches), their
+//! acknowledgements (which report outcomes) and the consumer (which stores checkpoints). The rule
+//! itself is the core's [`ShardTracker`]; this adds what is in flight and what is not yet stored.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use sluice_core::{Acknowledge, BatchReport, Checkpoint, Position, ShardTracker, SourceError};
+use tokio::sync::Notify;
+
+/// One shard's checkpoint, whether it moved since last stored, and the batches in flight.
+#[derive(Debug, Default)]
+pub struct ShardProgress {
+    state: Mutex<State>,
+    outstanding: AtomicUsize,
+    acked: Notify,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    tracker: ShardTracker,
+    /// The checkpoint moved since it was last taken for storing.
+    dirty: bool,
+}
+
+impl ShardProgress {
+    /// Progress from a stored checkpoint (`None`: the shard is new).
+    pub fn new(checkpoint: Option<Checkpoint>) -> Self {
+        Self {
+            state: Mutex::new(State {
+                tracker: ShardTracker::new(checkpoint),
+                dirty: false,
+            }),
+            ..Self::default()
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .expect("no panic while holding shard progress")
+    }
+
+    /// The checkpoint as stored or last acknowledged.
+    pub fn checkpoint(&self) -> Option<Checkpoint> {
+        self.lock().tracker.checkpoint().cloned()
+    }
+
+    /// The checkpoint if it moved since the last call (it is then considered stored).
+    pub fn take_changed(&self) -> Option<Checkpoint> {
+        let mut state = self.lock();
+        if !std::mem::take(&mut state.dirty) {
+            return None;
+        }
+        state.tracker.checkpoint().cloned()
+    }
+
+    /// Puts back a checkpoint that could not be stored, so the next store tries again.
+    pub fn mark_unstored(&self) {
+        self.lock().dirty = true;
+    }
+
+    /// A batch is handed out; an acknowledgement (or its drop) will account for it.
+    pub fn handed_out(self: &Arc<Self>) -> Box<dyn Acknowledge> {
+        self.outstanding.fetch_add(1, Ordering::AcqRel);
+        Box::new(ShardAck(Some(self.clone())))
+    }
+
+    fn acknowledge(&self, report: &BatchReport) {
+        let mut state = self.lock();
+        if state.tracker.apply(report) {
+            state.dirty = true;
+        }
+        drop(state);
+        self.settle_one();
+    }
+
+    /// A batch that will never be acknowledged: the shard cannot finish in this run.
+    fn abandon(&self) {
+        self.lock().tracker.abandon();
+        self.settle_one();
+    }
+
+    fn settle_one(&self) {
+        self.outstanding.fetch_sub(1, Ordering::AcqRel);
+        self.acked.notify_waiters();
+    }
+
+    /// Waits until every batch handed out has been acknowledged.
+    pub async fn settled(&self) {
+        loop {
+            let acked = self.acked.notified();
+            if self.outstanding.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            acked.await;
+        }
+    }
+
+    /// After the last record of a closed shard (`last`, `None` when none was read): finished
+    /// when every record up to it is done; the checkpoint is then `SHARD_END`.
+    pub fn finish(&self, last: Option<&Position>) -> bool {
+        let mut state = self.lock();
+        let finished = state.tracker.finish(last);
+        state.dirty |= finished;
+        finished
+    }
+}
+
+/// Tells a shard's progress how a batch ended. Dropped unacknowledged (its worker panicked, the
+/// runtime stopped), it counts the batch as failed, so nothing waits for it and no checkpoint
+/// passes it.
+struct ShardAck(Option<Arc<ShardProgress>>);
+
+#[async_trait]
+impl Acknowledge for ShardAck {
+    async fn acknowledge(mut self: Box<Self>, report: &BatchReport) -> Result<(), SourceError> {
+        if let Some(progress) = self.0.take() {
+            progress.acknowledge(report);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ShardAck {
+    fn drop(&mut self) {
+        if let Some(progress) = self.0.take() {
+            progress.abandon();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_core::Outcome;
+
+    fn report(seqs: &[(u64, bool)]) -> BatchReport {
+        let outcomes = seqs
+            .iter()
+            .map(|(seq, ok)| {
+                let outcome = if *ok {
+                    Outcome::Stored
+                } else {
+                    Outcome::Failed { error: "x".into() }
+                };
+                (Position::from(*seq), outcome)
+            })
+            .collect();
+        BatchReport::new("s".into(), outcomes)
+    }
+
+    #[tokio::test]
+    async fn a_dropped_ack_counts_as_failed_so_nothing_waits_and_no_checkpoint_passes_it() {
+        let progress = Arc::new(ShardProgress::new(Some(Checkpoint::at(1))));
+        let lost = progress.handed_out();
+        let acked = progress.handed_out();
+        drop(lost);
+        acked
+            .acknowledge(&report(&[(5, true), (6, true)]))
+            .await
+            .unwrap();
+        // Both batches are accounted for: settling does not hang.
+        tokio::time::timeout(std::time::Duration::from_secs(1), progress.settled())
+            .await
+            .expect("settled");
+        assert_eq!(
+            progress.checkpoint(),
+            Some(Checkpoint::at(1)),
+            "not past the lost batch"
+        );
+        assert!(
+            !progress.finish(Some(&Position::from(6))),
+            "the shard is not finished"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_checkpoint_follows_acks_and_the_shard_finishes_when_all_is_done() {
+        let progress = Arc::new(ShardProgress::new(None));
+        progress
+            .handed_out()
+            .acknowledge(&report(&[(1, true), (2, true)]))
+            .await
+            .unwrap();
+        assert_eq!(progress.take_changed(), Some(Checkpoint::at(2)));
+        assert_eq!(progress.take_changed(), None, "unchanged since");
+        assert!(progress.finish(Some(&Position::from(2))));
+        assert_eq!(progress.checkpoint(), Some(Checkpoint::ShardEnd));
+    }
+}

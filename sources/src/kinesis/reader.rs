@@ -1,0 +1,250 @@
+//! Reading one shard: GetShardIterator, then GetRecords in a loop within Kinesis's per-shard
+//! limits, handing records out in batches and learning from acknowledgements how far the
+//! checkpoint may move.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_kinesis::types::ShardIteratorType;
+use bytes::Bytes;
+use sluice_core::aws;
+use sluice_core::{
+    Backoff, Encoding, Meta, Position, RawRecord, SequenceNumber, Shutdown, SourceBatch,
+    SourceError,
+};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::config::StartPosition;
+use super::progress::ShardProgress;
+
+/// Kinesis allows five GetRecords calls per second per shard.
+const MIN_CALL_SPACING: Duration = Duration::from_millis(200);
+/// Backoff after throttling: from twice the call spacing up to 5 s.
+const THROTTLE_BACKOFF: Backoff = Backoff {
+    initial: Duration::from_millis(400),
+    max: Duration::from_secs(5),
+};
+/// Consecutive failed calls (after the SDK's own retries) before a shard reader gives up.
+const MAX_CONSECUTIVE_FAILURES: u32 = 10;
+
+/// How a shard reader ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadEnd {
+    /// Closed (split or merged) and every record done: its children may be read.
+    Finished,
+    /// Closed, but some record failed: children wait for a later run.
+    Unfinished,
+    /// Read to its current tip (`--until-caught-up`).
+    CaughtUp,
+    /// Shutdown asked for.
+    Stopped,
+}
+
+/// What every shard reader of one consumer shares.
+pub struct ReaderContext {
+    pub client: aws_sdk_kinesis::Client,
+    pub stream_name: String,
+    pub stream_arn: Option<String>,
+    pub start: StartPosition,
+    pub limit: i32,
+    pub poll_interval: Duration,
+    pub max_records: usize,
+    pub until_caught_up: bool,
+    pub shutdown: Shutdown,
+    pub batches: mpsc::Sender<Result<SourceBatch, SourceError>>,
+}
+
+/// A shard as ListShards describes it.
+#[derive(Debug, Clone)]
+pub struct ShardInfo {
+    pub id: String,
+    pub parents: Vec<String>,
+    /// The last sequence number of a closed shard.
+    pub ending: Option<SequenceNumber>,
+}
+
+/// Reads one shard.
+pub struct ShardReader {
+    pub context: Arc<ReaderContext>,
+    pub shard: ShardInfo,
+    pub progress: Arc<ShardProgress>,
+}
+
+impl ShardReader {
+    async fn iterator(&self, after: Option<&SequenceNumber>) -> Result<String, SourceError> {
+        let cx = &*self.context;
+        let mut call = cx.client.get_shard_iterator().shard_id(&self.shard.id);
+        call = match &cx.stream_arn {
+            Some(arn) => call.stream_arn(arn),
+            None => call.stream_name(&cx.stream_name),
+        };
+        let has_parents = !self.shard.parents.is_empty();
+        call = match (after, has_parents, &cx.start) {
+            (Some(seq), _, _) => call
+                .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
+                .starting_sequence_number(seq.as_str()),
+            // A child of a finished parent starts at its beginning, whatever `start` says.
+            (None, true, _) | (None, false, StartPosition::TrimHorizon) => {
+                call.shard_iterator_type(ShardIteratorType::TrimHorizon)
+            }
+            (None, false, StartPosition::Latest) => {
+                call.shard_iterator_type(ShardIteratorType::Latest)
+            }
+            (None, false, StartPosition::AtTimestamp(t)) => call
+                .shard_iterator_type(ShardIteratorType::AtTimestamp)
+                .timestamp(aws_smithy_types::DateTime::from_millis(
+                    t.timestamp_millis(),
+                )),
+        };
+        let out = call.send().await.map_err(|e| {
+            SourceError::Service(format!(
+                "GetShardIterator for shard {} failed: {}",
+                self.shard.id,
+                aws::describe_error(&e)
+            ))
+        })?;
+        out.shard_iterator().map(str::to_owned).ok_or_else(|| {
+            SourceError::Service(format!("no shard iterator for shard {}", self.shard.id))
+        })
+    }
+
+    /// Reads the shard until it ends, is caught up (when asked), or shutdown.
+    pub async fn run(self) -> Result<ReadEnd, SourceError> {
+        let cx = &*self.context;
+        let checkpoint = self.progress.checkpoint();
+        let resume_after = checkpoint
+            .as_ref()
+            .and_then(|c| c.position())
+            .map(|p| p.sequence.clone());
+        let mut last_read: Option<SequenceNumber> = None;
+        let mut iterator = Some(self.iterator(resume_after.as_ref()).await?);
+        let mut last_call: Option<Instant> = None;
+        let mut throttled = 0u32;
+        let mut failures = 0u32;
+        while let Some(it) = iterator.take() {
+            if cx.shutdown.is_triggered() {
+                self.progress.settled().await;
+                return Ok(ReadEnd::Stopped);
+            }
+            if let Some(at) = last_call {
+                tokio::time::sleep_until(at + MIN_CALL_SPACING).await;
+            }
+            last_call = Some(Instant::now());
+            let out = match cx
+                .client
+                .get_records()
+                .shard_iterator(&it)
+                .limit(cx.limit)
+                .send()
+                .await
+            {
+                Ok(out) => out,
+                Err(e) => {
+                    let code = aws::error_code(&e).map(str::to_owned);
+                    if code.as_deref() == Some("ExpiredIteratorException") {
+                        let after = last_read.as_ref().or(resume_after.as_ref());
+                        iterator = Some(self.iterator(after).await?);
+                        continue;
+                    }
+                    if aws::is_retryable(&e) {
+                        failures += 1;
+                        if failures > MAX_CONSECUTIVE_FAILURES {
+                            return Err(SourceError::Service(format!(
+                                "GetRecords on shard {} kept failing: {}",
+                                self.shard.id,
+                                aws::describe_error(&e)
+                            )));
+                        }
+                        throttled += 1;
+                        let wait = THROTTLE_BACKOFF.delay(throttled);
+                        tracing::debug!(shard = %self.shard.id, ?wait, error = %aws::describe_error(&e), "GetRecords backing off");
+                        tokio::time::sleep(wait).await;
+                        iterator = Some(it);
+                        continue;
+                    }
+                    return Err(SourceError::Service(format!(
+                        "GetRecords on shard {} failed: {}",
+                        self.shard.id,
+                        aws::describe_error(&e)
+                    )));
+                }
+            };
+            throttled = 0;
+            failures = 0;
+            let records: Vec<RawRecord> = out
+                .records()
+                .iter()
+                .map(|r| RawRecord {
+                    data: Bytes::copy_from_slice(r.data().as_ref()),
+                    encoding: Encoding::Raw,
+                    meta: Meta {
+                        source: "kinesis".into(),
+                        stream: cx.stream_name.clone(),
+                        shard_id: self.shard.id.clone(),
+                        sequence_number: SequenceNumber::new(r.sequence_number()),
+                        partition_key: r.partition_key().map(str::to_owned),
+                        arrival_time: r
+                            .approximate_arrival_timestamp()
+                            .and_then(|t| t.to_millis().ok())
+                            .and_then(chrono::DateTime::from_timestamp_millis),
+                        ..Meta::default()
+                    },
+                })
+                .collect();
+            let empty = records.is_empty();
+            if let Some(r) = records.last() {
+                last_read = Some(r.meta.sequence_number.clone());
+            }
+            self.hand_out(records).await?;
+            iterator = out.next_shard_iterator().map(str::to_owned);
+            let past_end =
+                matches!((&self.shard.ending, &last_read), (Some(end), Some(read)) if read >= end);
+            if iterator.is_none() || (empty && past_end) {
+                // Closed: everything it will ever hold has been read.
+                self.progress.settled().await;
+                let last = last_read
+                    .clone()
+                    .map(Position::new)
+                    .or_else(|| checkpoint.as_ref().and_then(|c| c.position()).cloned());
+                let done = self.progress.finish(last.as_ref());
+                return Ok(if done {
+                    ReadEnd::Finished
+                } else {
+                    ReadEnd::Unfinished
+                });
+            }
+            // An endpoint that does not report how far behind it is counts as caught up when empty.
+            if empty && matches!(out.millis_behind_latest(), Some(0) | None) {
+                if cx.until_caught_up {
+                    self.progress.settled().await;
+                    return Ok(ReadEnd::CaughtUp);
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(cx.poll_interval) => {}
+                    _ = cx.shutdown.triggered() => {}
+                }
+            }
+        }
+        unreachable!("the loop only ends by returning")
+    }
+
+    async fn hand_out(&self, records: Vec<RawRecord>) -> Result<(), SourceError> {
+        let mut rest = records;
+        while !rest.is_empty() {
+            let tail = rest.split_off(rest.len().min(self.context.max_records));
+            let batch = std::mem::replace(&mut rest, tail);
+            let batch = SourceBatch {
+                shard_id: self.shard.id.clone(),
+                records: batch,
+                ack: Some(self.progress.handed_out()),
+            };
+            if self.context.batches.send(Ok(batch)).await.is_err() {
+                // The runtime stopped taking batches (the unsent batch's ack, dropped with it,
+                // has counted it as failed).
+                return Err(SourceError::Service("the pipeline stopped reading".into()));
+            }
+        }
+        Ok(())
+    }
+}
