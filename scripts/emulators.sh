@@ -6,6 +6,10 @@
 #                 installs the npm package kinesis-local (a build of kinesis-mock) into
 #                 .venv/npm (once), starts it and exports SLUICE_TEST_KINESIS_LOCAL; it behaves
 #                 like Kinesis where moto does not (closed shards end), so resharding tests use it
+#   waze_world [ARGS]
+#                 creates the Waze job's stream, table, parameter and queue on moto
+#                 (scripts/waze-on-moto.py ARGS) and exports the pipeline's variables and the
+#                 emulator's endpoint, region and test credentials for sluice
 #   stop_emulators
 #
 # Nothing here needs AWS credentials or a Docker engine.
@@ -86,6 +90,12 @@ install_cfn_lint() {
         .venv/bin/pip install --quiet --disable-pip-version-check "cfn-lint==$CFN_LINT_VERSION"
     fi
     export SLUICE_TEST_CFN_LINT=$PWD/.venv/bin/cfn-lint
+}
+
+waze_world() {
+    eval "$(.venv/bin/python scripts/waze-on-moto.py "$SLUICE_TEST_MOTO" "$@")"
+    export AWS_ENDPOINT_URL=$SLUICE_TEST_MOTO AWS_REGION=us-east-1
+    export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_EC2_METADATA_DISABLED=true
 }
 
 stop_emulators() {

@@ -1,12 +1,15 @@
-"""Sets up the AWS resources of pipelines/waze-persist.toml on a local emulator and fills the stream.
+"""The AWS world of pipelines/waze-persist.toml on local emulators: the one place it is defined.
 
-Used by scripts/demo-aws (and scripts/bench): creates a Kinesis stream, the DynamoDB table keyed by
-CurationRecordId, the SSM parameter with the batch id and the SQS dead-letter queue, puts the lines
-of a JSON-lines file into the stream, and prints the seed's environment variables as shell exports.
+Creates a Kinesis stream, the DynamoDB table keyed by CurationRecordId, the SSM parameter with the
+batch id and the SQS dead-letter queue, optionally puts the lines of a JSON-lines file into the
+stream, and prints the pipeline's variables as shell exports (the test suite reads the same lines).
+Used by scripts/demo-aws, scripts/bench, scripts/bench-cold-start and tests/it/aws_job.
 
-    python scripts/waze-on-moto.py ENDPOINT INPUT.jsonl [SHARDS]
+    python scripts/waze-on-moto.py ENDPOINT [--input FILE.jsonl] [--shards N]
+                                   [--kinesis-endpoint URL] [--batch-id ID]
 """
 
+import argparse
 import json
 import sys
 import uuid
@@ -15,26 +18,36 @@ import boto3
 
 
 def main() -> None:
-    endpoint, path = sys.argv[1], sys.argv[2]
-    shards = int(sys.argv[3]) if len(sys.argv) > 3 else 2
-    args = dict(endpoint_url=endpoint, region_name="us-east-1",
-                aws_access_key_id="testing", aws_secret_access_key="testing")
+    cli = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    cli.add_argument("endpoint", help="moto's endpoint, for every service but (optionally) Kinesis")
+    cli.add_argument("--input", help="a JSON-lines file whose lines are put into the stream")
+    cli.add_argument("--shards", type=int, default=2)
+    cli.add_argument("--kinesis-endpoint", help="another endpoint for Kinesis (kinesis-local)")
+    cli.add_argument("--batch-id", help="the parameter's value (default: batch-<run id>)")
+    args = cli.parse_args()
+
+    def client(service, endpoint=args.endpoint):
+        return boto3.client(service, endpoint_url=endpoint, region_name="us-east-1",
+                            aws_access_key_id="testing", aws_secret_access_key="testing")
+
     run = uuid.uuid4().hex[:8]
     stream, table = f"waze-curated-{run}", f"curated-records-{run}"
     parameter, queue = f"/sdc/waze/latest-batch-id-{run}", f"waze-dlq-{run}"
 
-    kinesis = boto3.client("kinesis", **args)
-    kinesis.create_stream(StreamName=stream, ShardCount=shards)
+    kinesis = client("kinesis", args.kinesis_endpoint or args.endpoint)
+    kinesis.create_stream(StreamName=stream, ShardCount=args.shards)
     kinesis.get_waiter("stream_exists").wait(StreamName=stream, WaiterConfig={"Delay": 0.2})
-    boto3.client("dynamodb", **args).create_table(
+    client("dynamodb").create_table(
         TableName=table, BillingMode="PAY_PER_REQUEST",
         KeySchema=[{"AttributeName": "CurationRecordId", "KeyType": "HASH"}],
         AttributeDefinitions=[{"AttributeName": "CurationRecordId", "AttributeType": "S"}])
-    boto3.client("ssm", **args).put_parameter(Name=parameter, Value=f"batch-{run}", Type="String")
-    queue_url = boto3.client("sqs", **args).create_queue(QueueName=queue)["QueueUrl"]
+    client("ssm").put_parameter(Name=parameter, Value=args.batch_id or f"batch-{run}", Type="String")
+    queue_url = client("sqs").create_queue(QueueName=queue)["QueueUrl"]
 
-    with open(path, "rb") as f:
-        lines = [line.rstrip(b"\n") for line in f if line.strip()]
+    lines = []
+    if args.input:
+        with open(args.input, "rb") as f:
+            lines = [line.rstrip(b"\n") for line in f if line.strip()]
     for start in range(0, len(lines), 500):
         chunk = lines[start:start + 500]
         kinesis.put_records(StreamName=stream, Records=[
@@ -48,7 +61,7 @@ def main() -> None:
     }
     for name, value in exports.items():
         print(f"export {name}={json.dumps(value)}")
-    print(f"# {len(lines)} records put into {stream} ({shards} shards)", file=sys.stderr)
+    print(f"# {len(lines)} records put into {stream} ({args.shards} shards)", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -1,144 +1,16 @@
 //! The real `sluice` binary as a Lambda function: a local stand-in for the Lambda Runtime API
 //! hands it events and collects its answers, as Lambda would.
 
-use std::collections::{HashMap, VecDeque};
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
-use http_body_util::{BodyExt, Full};
-use hyper::body::{Bytes, Incoming};
-use hyper::{Request, Response};
 use serde_json::{json, Value};
 use sluice_core::aws::testing::moto_endpoint;
-use tokio::sync::Notify;
+use sluice_core::testkit::lambda_api::{Answer, RuntimeApi};
 
 use crate::aws_job::{waze_payload, World};
 use crate::sluice;
-
-/// What the function answered for one invocation: `response`, `error` (or `init` for an
-/// initialisation error), and the body.
-type Answer = (String, Value);
-
-/// A stand-in for the Lambda Runtime API (`/2018-06-01/runtime/...`).
-struct RuntimeApi {
-    addr: SocketAddr,
-    events: Mutex<VecDeque<(String, Value, u64)>>,
-    event_ready: Notify,
-    answers: Mutex<HashMap<String, Answer>>,
-    answered: Notify,
-}
-
-impl RuntimeApi {
-    async fn start() -> Arc<Self> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let api = Arc::new(Self {
-            addr: listener.local_addr().unwrap(),
-            events: Mutex::default(),
-            event_ready: Notify::new(),
-            answers: Mutex::default(),
-            answered: Notify::new(),
-        });
-        let serving = api.clone();
-        tokio::spawn(async move {
-            loop {
-                let (stream, _) = listener.accept().await.unwrap();
-                let api = serving.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| {
-                        let api = api.clone();
-                        async move { Ok::<_, Infallible>(api.route(req).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        api
-    }
-
-    /// Queues an invocation with `budget` before its deadline; answers its request id.
-    fn invoke(&self, event: Value, budget: Duration) -> String {
-        let id = format!("req-{}", fastrand::u64(..));
-        let deadline = chrono::Utc::now().timestamp_millis() as u64 + budget.as_millis() as u64;
-        self.events
-            .lock()
-            .unwrap()
-            .push_back((id.clone(), event, deadline));
-        self.event_ready.notify_one();
-        id
-    }
-
-    async fn answer(&self, id: &str) -> Answer {
-        let wait = async {
-            loop {
-                let answered = self.answered.notified();
-                if let Some(a) = self.answers.lock().unwrap().get(id).cloned() {
-                    return a;
-                }
-                answered.await;
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(60), wait)
-            .await
-            .unwrap_or_else(|_| panic!("no answer to {id} within a minute"))
-    }
-
-    async fn route(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
-        let path = req.uri().path().to_owned();
-        let prefix = "/2018-06-01/runtime/";
-        let rest = path.strip_prefix(prefix).unwrap_or_default().to_owned();
-        if rest == "invocation/next" {
-            let (id, event, deadline) = loop {
-                let ready = self.event_ready.notified();
-                if let Some(next) = self.events.lock().unwrap().pop_front() {
-                    break next;
-                }
-                ready.await;
-            };
-            return Response::builder()
-                .header("lambda-runtime-aws-request-id", &id)
-                .header("lambda-runtime-deadline-ms", deadline.to_string())
-                .header(
-                    "lambda-runtime-invoked-function-arn",
-                    "arn:aws:lambda:us-east-1:123456789012:function:sluice-waze",
-                )
-                .header(
-                    "lambda-runtime-trace-id",
-                    "Root=1-00000000-000000000000000000000000",
-                )
-                .body(Full::new(Bytes::from(event.to_string())))
-                .unwrap();
-        }
-        let body = req.into_body().collect().await.unwrap().to_bytes();
-        let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        let (id, kind) = match rest.rsplit_once('/') {
-            Some(("init", "error")) => ("init".to_owned(), "init"),
-            Some((invocation, kind)) => (
-                invocation.trim_start_matches("invocation/").to_owned(),
-                if kind == "response" {
-                    "response"
-                } else {
-                    "error"
-                },
-            ),
-            None => (rest.clone(), "unknown"),
-        };
-        self.answers
-            .lock()
-            .unwrap()
-            .insert(id, (kind.to_owned(), body));
-        self.answered.notify_waiters();
-        Response::builder()
-            .status(202)
-            .body(Full::new(Bytes::new()))
-            .unwrap()
-    }
-}
 
 /// A Kinesis event of `records` = (shard, sequence number, payload bytes) from `waze-curated`.
 fn event(records: &[(&str, &str, Vec<u8>)]) -> Value {
@@ -177,15 +49,7 @@ fn failures(answer: &Answer) -> Vec<String> {
 /// in Lambda the event is the source, so the `[source]` table is not read.
 fn start_function(api: &RuntimeApi, variables: &[(&'static str, String)]) -> tokio::process::Child {
     let mut cmd = tokio::process::Command::from(sluice());
-    cmd.env("AWS_LAMBDA_RUNTIME_API", api.addr.to_string())
-        .env("AWS_LAMBDA_FUNCTION_NAME", "sluice-waze")
-        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
-        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
-        .env(
-            "AWS_LAMBDA_LOG_STREAM_NAME",
-            "2026/11/24/[$LATEST]0123456789abcdef",
-        )
-        .env("AWS_LAMBDA_LOG_GROUP_NAME", "/aws/lambda/sluice-waze")
+    cmd.envs(api.function_environment("sluice-waze"))
         .env_remove("KINESIS_STREAM")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

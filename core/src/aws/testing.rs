@@ -137,6 +137,78 @@ pub async fn put_parameter(client: &aws_sdk_ssm::Client, name: &str, value: &str
         .expect("put the test parameter");
 }
 
+/// Puts `records` (payload, partition key) into `stream`, 500 per call; answers each record's
+/// shard id and sequence number, in order.
+#[cfg(feature = "kinesis")]
+pub async fn put_records(
+    client: &aws_sdk_kinesis::Client,
+    stream: &str,
+    records: Vec<(Vec<u8>, String)>,
+) -> Vec<(String, String)> {
+    use aws_sdk_kinesis::primitives::Blob;
+    use aws_sdk_kinesis::types::PutRecordsRequestEntry;
+    let mut placed = Vec::with_capacity(records.len());
+    for chunk in records.chunks(500) {
+        let entries = chunk
+            .iter()
+            .map(|(data, key)| {
+                PutRecordsRequestEntry::builder()
+                    .data(Blob::new(data.clone()))
+                    .partition_key(key)
+                    .build()
+                    .expect("data and key are set")
+            })
+            .collect();
+        let out = client
+            .put_records()
+            .stream_name(stream)
+            .set_records(Some(entries))
+            .send()
+            .await
+            .expect("put records");
+        assert_eq!(out.failed_record_count(), Some(0), "every record put");
+        placed.extend(out.records().iter().map(|r| {
+            let shard = r.shard_id().expect("a shard");
+            let seq = r.sequence_number().expect("a sequence number");
+            (shard.to_owned(), seq.to_owned())
+        }));
+    }
+    placed
+}
+
+/// Receives every message in a queue (with all its attributes) and deletes each.
+#[cfg(feature = "sqs")]
+pub async fn receive_all(
+    client: &aws_sdk_sqs::Client,
+    url: &str,
+) -> Vec<aws_sdk_sqs::types::Message> {
+    let mut out = Vec::new();
+    loop {
+        let received = client
+            .receive_message()
+            .queue_url(url)
+            .max_number_of_messages(10)
+            .message_attribute_names("All")
+            .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
+            .send()
+            .await
+            .expect("receive");
+        if received.messages().is_empty() {
+            return out;
+        }
+        for m in received.messages() {
+            client
+                .delete_message()
+                .queue_url(url)
+                .receipt_handle(m.receipt_handle().expect("a receipt handle"))
+                .send()
+                .await
+                .expect("delete");
+            out.push(m.clone());
+        }
+    }
+}
+
 /// Creates a stream of `shards` shards and waits until it is ACTIVE.
 #[cfg(feature = "kinesis")]
 pub async fn create_stream(client: &aws_sdk_kinesis::Client, name: &str, shards: i32) {

@@ -143,27 +143,10 @@ fn list(items: &[&str]) -> String {
 fn closest<'a>(typo: &str, expected: &[&'a str]) -> Option<&'a str> {
     expected
         .iter()
-        .map(|e| (edit_distance(typo, e), *e))
+        .map(|e| (strsim::levenshtein(typo, e), *e))
         .filter(|(d, e)| *d <= 2.max(e.len() / 3))
         .min_by_key(|(d, _)| *d)
         .map(|(_, e)| e)
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let next = (prev + usize::from(ca != *cb))
-                .min(row[j] + 1)
-                .min(row[j + 1] + 1);
-            prev = row[j + 1];
-            row[j + 1] = next;
-        }
-    }
-    row[b.len()]
 }
 
 #[cfg(test)]
@@ -178,7 +161,6 @@ mod tests {
             Some("sqlite")
         );
         assert_eq!(closest("zzzzzz", &["path", "table"]), None);
-        assert_eq!(edit_distance("kitten", "sitting"), 3);
     }
 
     #[test]

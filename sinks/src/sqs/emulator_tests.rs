@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+use aws_sdk_sqs::types::QueueAttributeName;
 use serde_json::{json, Value};
 use sluice_core::aws::faults::{Fault, FaultPlan};
 use sluice_core::aws::testing::{self, moto_endpoint, unique};
@@ -38,31 +38,19 @@ impl Queue {
 
     /// Every message in the queue: body and string attributes.
     async fn drain(&self) -> Vec<(Value, HashMap<String, String>)> {
-        let mut out = Vec::new();
-        loop {
-            let received = self
-                .client
-                .receive_message()
-                .queue_url(&self.url)
-                .max_number_of_messages(10)
-                .message_attribute_names("All")
-                .message_system_attribute_names(MessageSystemAttributeName::All)
-                .send()
-                .await
-                .expect("receive");
-            if received.messages().is_empty() {
-                return out;
-            }
-            for m in received.messages() {
+        testing::receive_all(&self.client, &self.url)
+            .await
+            .iter()
+            .map(|m| {
                 let attributes = m
                     .message_attributes()
                     .into_iter()
                     .flatten()
                     .map(|(k, v)| (k.clone(), v.string_value().unwrap_or_default().to_owned()))
                     .collect();
-                out.push((serde_json::from_str(m.body().unwrap()).unwrap(), attributes));
-            }
-        }
+                (serde_json::from_str(m.body().unwrap()).unwrap(), attributes)
+            })
+            .collect()
     }
 }
 

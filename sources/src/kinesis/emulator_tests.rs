@@ -6,8 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use aws_sdk_kinesis::primitives::Blob;
-use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use serde_json::json;
 use sluice_core::aws::faults::{Fault, FaultPlan};
 use sluice_core::aws::testing::{self, kinesis_local_endpoint, moto_endpoint, unique};
@@ -155,26 +153,18 @@ impl Stream {
         to: usize,
         key: impl Fn(usize) -> String,
     ) -> Vec<String> {
-        let entries = (from..to)
+        let records = (from..to)
             .map(|i| {
-                PutRecordsRequestEntry::builder()
-                    .data(Blob::new(json!({ "n": i, "key": key(i) }).to_string()))
-                    .partition_key(key(i))
-                    .build()
-                    .unwrap()
+                (
+                    json!({ "n": i, "key": key(i) }).to_string().into_bytes(),
+                    key(i),
+                )
             })
             .collect();
-        let out = self
-            .kinesis
-            .put_records()
-            .stream_name(&self.name)
-            .set_records(Some(entries))
-            .send()
+        testing::put_records(&self.kinesis, &self.name, records)
             .await
-            .expect("put records");
-        out.records()
-            .iter()
-            .map(|r| r.shard_id().unwrap().to_owned())
+            .into_iter()
+            .map(|(shard, _)| shard)
             .collect()
     }
 

@@ -1,227 +1,21 @@
 //! The Waze persist job on AWS (`pipelines/waze-persist.toml`), end to end against the emulator:
 //! Kinesis → SSM batch id → DynamoDB, malformed records → SQS.
 
-use std::collections::{BTreeSet, HashMap};
-use std::process::Command;
+mod world;
 
-use aws_sdk_dynamodb::types::{AttributeValue, ScalarAttributeType};
-use aws_sdk_kinesis::primitives::Blob;
-use aws_sdk_kinesis::types::PutRecordsRequestEntry;
+use std::collections::{BTreeSet, HashMap};
+
+use aws_sdk_dynamodb::types::AttributeValue;
 use base64::Engine;
 use serde_json::{json, Value};
 use sluice_core::aws::faults::{Fault, FaultPlan};
-use sluice_core::aws::testing::{self, moto_endpoint, unique};
+use sluice_core::aws::testing::{self, kinesis_local_endpoint, moto_endpoint};
 use sluice_core::{Loader, Progress};
+use tokio::sync::OnceCell;
 
-use crate::{root, run, sluice};
+pub use world::{bytes, expected_id, waze_payload, Put, World, BATCH_ID};
 
-pub const BATCH_ID: &str = "batch-2026-11-24-0007";
-
-/// A stream, table, parameter and queue of the emulator's, made for one test.
-pub struct World {
-    pub endpoint: String,
-    pub kinesis: aws_sdk_kinesis::Client,
-    pub dynamodb: aws_sdk_dynamodb::Client,
-    pub sqs: aws_sdk_sqs::Client,
-    pub stream: String,
-    pub table: String,
-    pub parameter: String,
-    pub queue_url: String,
-    pub checkpoints: String,
-}
-
-/// What PutRecords answered for one record.
-#[derive(Debug, Clone)]
-pub struct Put {
-    pub payload: Vec<u8>,
-    pub shard_id: String,
-    pub sequence_number: String,
-}
-
-impl World {
-    pub async fn create(endpoint: &str, shards: i32) -> Self {
-        let kinesis = testing::client(endpoint).await;
-        let dynamodb = testing::client(endpoint).await;
-        let sqs = testing::client(endpoint).await;
-        let ssm = testing::client(endpoint).await;
-        let stream = unique("waze");
-        testing::create_stream(&kinesis, &stream, shards).await;
-        let table = unique("curated-records");
-        testing::create_table(
-            &dynamodb,
-            &table,
-            &[("CurationRecordId", ScalarAttributeType::S)],
-        )
-        .await;
-        let parameter = format!("/sdc/{}", unique("latest-batch-id"));
-        testing::put_parameter(&ssm, &parameter, BATCH_ID).await;
-        let queue_url = testing::create_queue(&sqs, &unique("waze-dlq"), &[]).await;
-        Self {
-            endpoint: endpoint.to_owned(),
-            kinesis,
-            dynamodb,
-            sqs,
-            stream,
-            table,
-            parameter,
-            queue_url,
-            checkpoints: unique("checkpoints"),
-        }
-    }
-
-    /// The seed's variables (the table as an ARN, as the seed passes it) and the emulator's.
-    pub fn variables(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("KINESIS_STREAM", self.stream.clone()),
-            ("LATEST_BATCH_ID", self.parameter.clone()),
-            (
-                "DDB_CURATED_RECORDS_TABLE_ARN",
-                format!(
-                    "arn:aws:dynamodb:us-east-1:123456789012:table/{}",
-                    self.table
-                ),
-            ),
-            ("DLQ_QUEUE_URL", self.queue_url.clone()),
-            ("AWS_REGION", testing::REGION.to_owned()),
-            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
-            ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
-            ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),
-            ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
-            ("SLUICE__SOURCE__CHECKPOINT_TABLE", self.checkpoints.clone()),
-        ]
-    }
-
-    /// `sluice run pipelines/waze-persist.toml --until-caught-up --summary FORMAT`.
-    pub fn run_command(&self, summary: &str) -> Command {
-        let mut cmd = sluice();
-        cmd.args([
-            "run",
-            "pipelines/waze-persist.toml",
-            "--until-caught-up",
-            "--summary",
-            summary,
-            "--no-progress",
-        ]);
-        for (name, value) in self.variables() {
-            cmd.env(name, value);
-        }
-        cmd
-    }
-
-    /// Runs the job and returns its summary, failing the test if the run did not exit 0.
-    pub fn run_job(&self) -> Value {
-        let (out, stdout, stderr) = run(&mut self.run_command("json"));
-        assert!(out.status.success(), "sluice failed: {stderr}\n{stdout}");
-        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
-    }
-
-    pub async fn put(&self, payloads: &[Vec<u8>]) -> Vec<Put> {
-        let mut puts = Vec::new();
-        for chunk in payloads.chunks(500) {
-            let entries = chunk
-                .iter()
-                .map(|p| {
-                    PutRecordsRequestEntry::builder()
-                        .data(Blob::new(p.clone()))
-                        .partition_key(format!("pk-{}", fastrand::u64(..)))
-                        .build()
-                        .unwrap()
-                })
-                .collect();
-            let out = self
-                .kinesis
-                .put_records()
-                .stream_name(&self.stream)
-                .set_records(Some(entries))
-                .send()
-                .await
-                .expect("put records");
-            assert_eq!(out.failed_record_count(), Some(0));
-            for (p, r) in chunk.iter().zip(out.records()) {
-                puts.push(Put {
-                    payload: p.clone(),
-                    shard_id: r.shard_id().unwrap().to_owned(),
-                    sequence_number: r.sequence_number().unwrap().to_owned(),
-                });
-            }
-        }
-        puts
-    }
-
-    pub async fn items(&self) -> Vec<HashMap<String, AttributeValue>> {
-        let mut items = Vec::new();
-        let mut start = None;
-        loop {
-            let page = self
-                .dynamodb
-                .scan()
-                .table_name(&self.table)
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .expect("scan");
-            items.extend(page.items().iter().cloned());
-            match page.last_evaluated_key() {
-                Some(k) if !k.is_empty() => start = Some(k.clone()),
-                _ => return items,
-            }
-        }
-    }
-
-    /// Every message in the DLQ (received, then deleted).
-    pub async fn dead_letters(&self) -> Vec<Value> {
-        let mut out = Vec::new();
-        loop {
-            let received = self
-                .sqs
-                .receive_message()
-                .queue_url(&self.queue_url)
-                .max_number_of_messages(10)
-                .send()
-                .await
-                .expect("receive");
-            if received.messages().is_empty() {
-                return out;
-            }
-            for m in received.messages() {
-                out.push(serde_json::from_str(m.body().unwrap()).expect("a JSON envelope"));
-                self.sqs
-                    .delete_message()
-                    .queue_url(&self.queue_url)
-                    .receipt_handle(m.receipt_handle().unwrap())
-                    .send()
-                    .await
-                    .expect("delete");
-            }
-        }
-    }
-}
-
-/// The item id sluice must give a record: uuid v5 of stream name, shard and sequence number.
-pub fn expected_id(stream: &str, put: &Put) -> String {
-    let namespace = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, b"urn:sluice:record");
-    let name = format!("{stream}/{}/{}", put.shard_id, put.sequence_number);
-    uuid::Uuid::new_v5(&namespace, name.as_bytes()).to_string()
-}
-
-pub fn waze_payload(i: usize) -> Value {
-    let state = ["MI", "IN", "WI", "OH"][i % 4];
-    let table = ["alert", "jam", "irregularity"][i % 3];
-    json!({
-        "state": state,
-        "table-name": table,
-        "num-records": (1000 + i * 7).to_string(),
-        "is-historical": if i.is_multiple_of(5) { "true" } else { "false" },
-        "year": "2026",
-        "month": format!("{:02}", 1 + i % 12),
-        "bucket-name": "dev-dot-sdc-curated-911061262852-us-east-1",
-        "s3-key": format!("waze/content/state=MI/table=alert/year=2026/file_{i:05}.csv.gz"),
-    })
-}
-
-fn bytes(v: &Value) -> Vec<u8> {
-    v.to_string().into_bytes()
-}
+use crate::{pipeline_file, root, run, sluice};
 
 fn s(item: &HashMap<String, AttributeValue>, k: &str) -> String {
     item[k]
@@ -246,14 +40,26 @@ fn calls(summary: &Value, service: &str) -> u64 {
         .sum()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_waze_job_stores_valid_records_dead_letters_malformed_ones_and_resumes_from_checkpoints(
-) {
-    let Some(endpoint) = moto_endpoint() else {
-        return;
-    };
-    let world = World::create(&endpoint, 2).await;
+/// One run of the job over a 2-shard stream of 200 valid `waze/` records, 30 outside `waze/`
+/// and 6 malformed ones, shuffled; what it left behind, shared by the tests that read it.
+struct MixedRun {
+    stream: String,
+    puts: Vec<Put>,
+    malformed: Vec<(Vec<u8>, &'static str)>,
+    summary: Value,
+    items: Vec<HashMap<String, AttributeValue>>,
+    dead: Vec<Value>,
+}
 
+/// The mixed run, made once per test binary; `None` without the emulator.
+async fn mixed_run() -> Option<&'static MixedRun> {
+    static RUN: OnceCell<MixedRun> = OnceCell::const_new();
+    let endpoint = moto_endpoint()?;
+    Some(RUN.get_or_init(|| make_mixed_run(endpoint)).await)
+}
+
+async fn make_mixed_run(endpoint: String) -> MixedRun {
+    let world = World::create(&endpoint, 2).await;
     let mut payloads: Vec<Vec<u8>> = (0..200).map(|i| bytes(&waze_payload(i))).collect();
     for i in 0..30 {
         let mut other = waze_payload(i);
@@ -276,25 +82,42 @@ async fn the_waze_job_stores_valid_records_dead_letters_malformed_ones_and_resum
     payloads.extend(malformed.iter().map(|(p, _)| p.clone()));
     fastrand::shuffle(&mut payloads);
     let puts = world.put(&payloads).await;
+    let summary = world.run_job();
+    MixedRun {
+        items: world.items().await,
+        dead: world.dead_letters().await,
+        stream: world.stream,
+        puts,
+        malformed,
+        summary,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_record_ends_stored_skipped_or_dead_lettered() {
+    let Some(run) = mixed_run().await else { return };
     assert_eq!(
-        puts.iter()
+        run.puts
+            .iter()
             .map(|p| &p.shard_id)
             .collect::<BTreeSet<_>>()
             .len(),
         2,
         "records landed on both shards"
     );
+    let summary = &run.summary;
+    assert_eq!(count(summary, "records"), 236, "{summary}");
+    assert_eq!(count(summary, "stored"), 200);
+    assert_eq!(count(summary, "skipped"), 30);
+    assert_eq!(count(summary, "dead_lettered"), 6);
+    assert_eq!(count(summary, "failed"), 0);
+}
 
-    let summary = world.run_job();
-    assert_eq!(count(&summary, "records"), 236, "{summary}");
-    assert_eq!(count(&summary, "stored"), 200);
-    assert_eq!(count(&summary, "skipped"), 30);
-    assert_eq!(count(&summary, "dead_lettered"), 6);
-    assert_eq!(count(&summary, "failed"), 0);
-
-    // The table holds exactly the valid waze/ records, with the seed's attributes, all strings.
-    let items = world.items().await;
-    let by_id: HashMap<String, &HashMap<String, AttributeValue>> = items
+#[tokio::test(flavor = "multi_thread")]
+async fn the_table_holds_exactly_the_valid_waze_records_with_the_seeds_attributes() {
+    let Some(run) = mixed_run().await else { return };
+    let by_id: HashMap<String, &HashMap<String, AttributeValue>> = run
+        .items
         .iter()
         .map(|i| (s(i, "CurationRecordId"), i))
         .collect();
@@ -311,7 +134,7 @@ async fn the_waze_job_stores_valid_records_dead_letters_malformed_ones_and_resum
         "Month",
     ]
     .into();
-    for put in &puts {
+    for put in &run.puts {
         let Ok(payload) = serde_json::from_slice::<Value>(&put.payload) else {
             continue;
         };
@@ -319,7 +142,7 @@ async fn the_waze_job_stores_valid_records_dead_letters_malformed_ones_and_resum
             .as_str()
             .is_some_and(|k| k.starts_with("waze/"))
             && payload.get("bucket-name").is_some();
-        let id = expected_id(&world.stream, put);
+        let id = expected_id(&run.stream, put);
         if !valid {
             assert!(!by_id.contains_key(&id), "{payload} must not be stored");
             continue;
@@ -356,11 +179,14 @@ async fn the_waze_job_stores_valid_records_dead_letters_malformed_ones_and_resum
         assert_eq!(s(item, "Year"), "2026");
         assert_eq!(s(item, "Month"), payload["month"].as_str().unwrap());
     }
+}
 
-    // The DLQ holds exactly the malformed records, each with its reason and original payload.
-    let dead = world.dead_letters().await;
-    assert_eq!(dead.len(), malformed.len(), "{dead:#?}");
-    for (payload, stage) in &malformed {
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dlq_holds_exactly_the_malformed_records_with_reason_position_and_payload() {
+    let Some(run) = mixed_run().await else { return };
+    let dead = &run.dead;
+    assert_eq!(dead.len(), run.malformed.len(), "{dead:#?}");
+    for (payload, stage) in &run.malformed {
         let encoded = base64::engine::general_purpose::STANDARD.encode(payload);
         let envelope = dead
             .iter()
@@ -369,14 +195,25 @@ async fn the_waze_job_stores_valid_records_dead_letters_malformed_ones_and_resum
         assert_eq!(envelope["stage"], *stage, "{envelope}");
         assert_eq!(envelope["pipeline"], "waze-persist");
         assert!(!envelope["error"]["message"].as_str().unwrap().is_empty());
-        let put = puts.iter().find(|p| &p.payload == payload).unwrap();
-        assert_eq!(envelope["source"]["stream"], world.stream.as_str());
+        let put = run.puts.iter().find(|p| &p.payload == payload).unwrap();
+        assert_eq!(envelope["source"]["stream"], run.stream.as_str());
         assert_eq!(envelope["source"]["shard_id"], put.shard_id.as_str());
         assert_eq!(
             envelope["source"]["sequence_number"],
             put.sequence_number.as_str()
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rerun_reads_only_new_records_at_a_bounded_request_cost() {
+    let Some(endpoint) = moto_endpoint() else {
+        return;
+    };
+    let world = World::create(&endpoint, 2).await;
+    let first: Vec<Vec<u8>> = (0..200).map(|i| bytes(&waze_payload(i))).collect();
+    world.put(&first).await;
+    assert_eq!(count(&world.run_job(), "stored"), 200);
 
     // 1000 more valid records: the request counts the seed would need 1000 of each for.
     let more: Vec<Vec<u8>> = (1000..2000).map(|i| bytes(&waze_payload(i))).collect();
@@ -408,6 +245,63 @@ async fn the_waze_job_stores_valid_records_dead_letters_malformed_ones_and_resum
     assert_eq!(count(&summary, "records"), 0, "{summary}");
     assert_eq!(world.items().await.len(), 1200);
     assert!(world.dead_letters().await.is_empty());
+}
+
+/// Kinesis on kinesis-local, everything else on moto, and `AWS_ENDPOINT_URL` pointing at
+/// kinesis-local: the endpoints the pipeline file names must win over the environment's.
+#[tokio::test(flavor = "multi_thread")]
+async fn endpoints_in_the_pipeline_file_win_over_aws_endpoint_url() {
+    let Some(moto) = moto_endpoint() else { return };
+    let Some(kinesis_local) = kinesis_local_endpoint() else {
+        return;
+    };
+    let world = World::create_on(&kinesis_local, &moto, 1).await;
+    let puts = world
+        .put(&(0..5).map(|i| bytes(&waze_payload(i))).collect::<Vec<_>>())
+        .await;
+    let shipped = std::fs::read_to_string(root().join("pipelines/waze-persist.toml")).unwrap();
+    let moto_line = format!("endpoint_url = \"{moto}\"\n");
+    let text = shipped
+        .replace(
+            "stream = \"${KINESIS_STREAM}\"\n",
+            &format!("stream = \"${{KINESIS_STREAM}}\"\ncheckpoint_endpoint_url = \"{moto}\"\n"),
+        )
+        .replace(
+            "into = \"BatchId\"\n",
+            &format!("into = \"BatchId\"\n{moto_line}"),
+        )
+        .replace(
+            "all_strings = true\n",
+            &format!("all_strings = true\n{moto_line}"),
+        )
+        .replace(
+            "queue_url = \"${DLQ_QUEUE_URL}\"\n",
+            &format!("queue_url = \"${{DLQ_QUEUE_URL}}\"\n{moto_line}"),
+        );
+    assert_eq!(text.matches(&moto).count(), 4, "four endpoints set: {text}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = pipeline_file(dir.path(), "two-emulators.toml", &text);
+
+    let mut cmd = sluice();
+    cmd.arg("run")
+        .arg(&file)
+        .args(["--until-caught-up", "--summary", "json", "--no-progress"]);
+    for (name, value) in world.variables() {
+        cmd.env(name, value);
+    }
+    cmd.env("AWS_ENDPOINT_URL", &kinesis_local);
+    let (out, stdout, stderr) = run(&mut cmd);
+    assert!(out.status.success(), "{stderr}\n{stdout}");
+    let summary: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(count(&summary, "stored"), 5, "{summary}");
+    let ids: BTreeSet<String> = world
+        .items()
+        .await
+        .iter()
+        .map(|i| s(i, "CurationRecordId"))
+        .collect();
+    let expected: BTreeSet<String> = puts.iter().map(|p| expected_id(&world.stream, p)).collect();
+    assert_eq!(ids, expected, "stored on moto, where the file points");
 }
 
 #[tokio::test(flavor = "multi_thread")]

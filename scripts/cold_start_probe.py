@@ -2,7 +2,7 @@
 `GET /2018-06-01/runtime/invocation/next` (the pipeline built: config loaded, AWS clients made,
 DescribeTable, GetQueueAttributes and GetParameter answered), and its peak RSS at that moment.
 
-    python scripts/bench_cold_start.py BINARY RUNS
+    python scripts/cold_start_probe.py BINARY RUNS
 
 Run by scripts/bench-cold-start, which starts the emulator and exports the pipeline's variables.
 """

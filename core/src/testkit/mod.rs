@@ -1,6 +1,9 @@
 //! Test components: a memory source, a memory sink, and sinks and enrichers that fail on cue.
 //! Used by the runtime's own tests and by component crates (feature `testkit`).
 
+#[cfg(all(feature = "lambda", feature = "testkit"))]
+pub mod lambda_api;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
