@@ -108,8 +108,9 @@ impl Shutdown {
 #[typetag::serde(tag = "type")]
 #[async_trait]
 pub trait SourceConfig: Debug + Send + Sync {
-    /// Checks the settings without any I/O (names, ranges, settings that go together); runs
-    /// before any component of the pipeline is built.
+    /// Checks the settings without any I/O (names, ranges, settings that go together). A
+    /// pipeline checks every component before it builds any; a component's `build` checks
+    /// itself again, for programs that build one directly.
     fn validate(&self) -> Result<(), BuildError> {
         Ok(())
     }

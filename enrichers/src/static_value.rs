@@ -38,6 +38,8 @@ impl EnricherConfig for StaticConfig {
     }
 
     async fn build(&self, _ctx: &BuildContext) -> Result<Arc<dyn Enricher>, BuildError> {
+        // Also for a component built without its pipeline file (an embedding program).
+        self.validate()?;
         Ok(Arc::new(self.clone()))
     }
 

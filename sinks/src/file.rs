@@ -54,6 +54,8 @@ impl SinkConfig for FileSinkConfig {
     }
 
     async fn build(&self, ctx: &BuildContext) -> Result<Arc<dyn Sink>, BuildError> {
+        // Also for a component built without its pipeline file (an embedding program).
+        self.validate()?;
         check_parent(&self.path)?;
         let file = if ctx.validate_only {
             None

@@ -44,6 +44,8 @@ impl SourceConfig for FileSourceConfig {
     }
 
     async fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Source>, BuildError> {
+        // Also for a component built without its pipeline file (an embedding program).
+        self.validate()?;
         match tokio::fs::metadata(&self.path).await {
             Ok(m) if m.is_file() => Ok(Box::new(FileSource {
                 config: self.clone(),

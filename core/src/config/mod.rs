@@ -207,6 +207,8 @@ impl PipelineConfig {
     /// is read yet. With `ctx.validate_only`, components check what they need exists and change
     /// nothing.
     pub async fn build(&self, ctx: &BuildContext) -> Result<Built, ConfigError> {
+        // Every setting first, before any component opens anything (the fields are public).
+        self.check()?;
         let source = match &self.source {
             Some(config) => Some(
                 config

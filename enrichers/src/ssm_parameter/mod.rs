@@ -77,6 +77,8 @@ impl EnricherConfig for SsmParameterConfig {
     }
 
     async fn build(&self, ctx: &BuildContext) -> Result<Arc<dyn Enricher>, BuildError> {
+        // Also for a component built without its pipeline file (an embedding program).
+        self.validate()?;
         let client = aws::client(
             ctx,
             Connection {

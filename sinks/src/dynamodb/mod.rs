@@ -83,6 +83,8 @@ impl SinkConfig for DynamoDbSinkConfig {
     }
 
     async fn build(&self, ctx: &BuildContext) -> Result<Arc<dyn Sink>, BuildError> {
+        // Also for a component built without its pipeline file (an embedding program).
+        self.validate()?;
         let client = aws::client(
             ctx,
             Connection {
@@ -217,6 +219,20 @@ mod tests {
         }
         assert!(toml_config("table = \"t\"\nenabled = 1").enabled);
         assert!(config("t").enabled);
+    }
+
+    #[tokio::test]
+    async fn a_sink_built_directly_checks_its_settings_before_any_call() {
+        // Found by review: with the range check only at load time, `max_concurrency = 0`
+        // built a sink whose writes never finished.
+        let mut c = config("t");
+        c.max_concurrency = 0;
+        let ctx = BuildContext::new("test", false);
+        let e = c.build(&ctx).await.err().expect("refused");
+        assert!(
+            matches!(&e, BuildError::Invalid { key, .. } if key == "max_concurrency"),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -44,6 +44,8 @@ impl SinkConfig for SqliteSinkConfig {
     }
 
     async fn build(&self, ctx: &BuildContext) -> Result<Arc<dyn Sink>, BuildError> {
+        // Also for a component built without its pipeline file (an embedding program).
+        self.validate()?;
         crate::file::check_parent(&self.path)?;
         if ctx.validate_only && !Path::new(&self.path).exists() {
             return Ok(Arc::new(SqliteSink::unopened(self.clone())));

@@ -144,3 +144,16 @@ async fn validation_checks_an_existing_table_without_changing_the_database() {
     );
     assert!(!dir.path().join("t.db-wal").exists());
 }
+
+#[tokio::test]
+async fn an_empty_path_is_refused_even_when_built_directly() {
+    // Found by review: an empty path opened SQLite's temporary database, which keeps nothing.
+    let config = SqliteSinkConfig {
+        path: String::new(),
+        table: "t".into(),
+        key: "id".into(),
+    };
+    let ctx = BuildContext::new("test", false);
+    let e = config.build(&ctx).await.err().expect("refused");
+    assert!(e.to_string().contains("must not be empty"), "{e}");
+}

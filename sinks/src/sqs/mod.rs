@@ -50,6 +50,8 @@ impl SinkConfig for SqsSinkConfig {
     }
 
     async fn build(&self, ctx: &BuildContext) -> Result<Arc<dyn Sink>, BuildError> {
+        // Also for a component built without its pipeline file (an embedding program).
+        self.validate()?;
         let client: aws_sdk_sqs::Client = aws::client(
             ctx,
             Connection {

@@ -32,6 +32,8 @@ impl SourceConfig for KinesisSourceConfig {
     }
 
     async fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Source>, BuildError> {
+        // Also for a component built without its pipeline file (an embedding program).
+        self.check()?;
         let start = self.start_position()?;
         let kinesis: aws_sdk_kinesis::Client = aws::client(
             ctx,
