@@ -32,7 +32,7 @@ pub use component::{
 };
 pub use config::{Built, Loader, PipelineConfig};
 pub use error::{BuildError, ConfigError, EnrichError, SinkError, SourceError};
-pub use outcome::{BatchReport, ErrorKind, Outcome, ShardTracker, SkippedBy, Stage};
+pub use outcome::{BatchReport, ErrorKind, Failure, Outcome, ShardTracker, SkippedBy, Stage};
 pub use position::{Checkpoint, Position, SequenceNumber};
 pub use record::{Encoding, Meta, RawRecord, Record};
 pub use runtime::{Pipeline, Progress, RunSummary};

@@ -10,6 +10,10 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+mod tracker;
+
+pub use tracker::{Failure, ShardTracker};
+
 use crate::position::{Checkpoint, Position};
 
 /// Where a record ended. Every record that enters ends in exactly one.
@@ -231,69 +235,6 @@ impl BatchReport {
     }
 }
 
-/// One shard's checkpoint under the rule, fed its batches' reports in order.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ShardTracker {
-    checkpoint: Option<Checkpoint>,
-    /// A record of this shard failed (or a batch never came back): the checkpoint stays put.
-    frozen: bool,
-}
-
-impl ShardTracker {
-    /// A tracker starting from a stored checkpoint (`None`: the shard is new).
-    pub fn new(checkpoint: Option<Checkpoint>) -> Self {
-        Self {
-            checkpoint,
-            frozen: false,
-        }
-    }
-
-    /// How far the shard is done.
-    pub fn checkpoint(&self) -> Option<&Checkpoint> {
-        self.checkpoint.as_ref()
-    }
-
-    /// Whether a failure holds the checkpoint where it is.
-    pub fn is_frozen(&self) -> bool {
-        self.frozen
-    }
-
-    /// Takes the next batch's report: the checkpoint moves to the end of its terminal prefix,
-    /// unless an earlier batch failed; a batch with a failure freezes it for the batches after.
-    /// Answers whether the checkpoint moved.
-    pub fn apply(&mut self, report: &BatchReport) -> bool {
-        let moved = match (self.frozen, report.checkpoint()) {
-            (false, Some(reached)) => {
-                self.checkpoint = Some(reached.clone());
-                true
-            }
-            _ => false,
-        };
-        self.frozen |= !report.is_complete();
-        moved
-    }
-
-    /// A batch that will never be reported (its worker stopped): nothing after it may be passed.
-    pub fn abandon(&mut self) {
-        self.frozen = true;
-    }
-
-    /// After the last record of a closed shard was handed out and every batch reported: the
-    /// checkpoint becomes `SHARD_END` when every record up to `last` (the last record read;
-    /// `None` when there was none to read) is done. Answers whether it did.
-    pub fn finish(&mut self, last: Option<&Position>) -> bool {
-        let all_done = !self.frozen
-            && match last {
-                None => true,
-                Some(last) => self.checkpoint.as_ref().and_then(Checkpoint::position) == Some(last),
-            };
-        if all_done {
-            self.checkpoint = Some(Checkpoint::ShardEnd);
-        }
-        all_done
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -307,10 +248,6 @@ mod tests {
             "s".into(),
             outcomes.into_iter().map(|(p, o)| (p.into(), o)).collect(),
         )
-    }
-
-    fn stored(seqs: std::ops::RangeInclusive<u64>) -> BatchReport {
-        report(seqs.map(|s| (s, Outcome::Stored)).collect())
     }
 
     #[test]
@@ -332,51 +269,6 @@ mod tests {
 
         let r = report(vec![(9, failed())]);
         assert_eq!(r.checkpoint(), None);
-    }
-
-    #[test]
-    fn a_failure_freezes_the_shards_checkpoint_for_later_batches() {
-        let mut shard = ShardTracker::new(Some(Checkpoint::at(0)));
-        assert!(shard.apply(&stored(1..=3)));
-        assert_eq!(shard.checkpoint(), Some(&Checkpoint::at(3)));
-
-        // 5 fails: the checkpoint reaches 4, the record before it, and no further.
-        assert!(shard.apply(&report(vec![(4, Outcome::Stored), (5, failed())])));
-        assert_eq!(shard.checkpoint(), Some(&Checkpoint::at(4)));
-        assert!(shard.is_frozen());
-
-        // A later batch that is wholly stored does not move it past the failed record.
-        assert!(!shard.apply(&stored(6..=9)));
-        assert_eq!(shard.checkpoint(), Some(&Checkpoint::at(4)));
-        assert!(
-            !shard.finish(Some(&9.into())),
-            "a failed record holds SHARD_END back"
-        );
-        assert_eq!(shard.checkpoint(), Some(&Checkpoint::at(4)));
-    }
-
-    #[test]
-    fn an_abandoned_batch_freezes_the_checkpoint() {
-        let mut shard = ShardTracker::default();
-        shard.abandon();
-        assert!(!shard.apply(&stored(1..=2)));
-        assert_eq!(shard.checkpoint(), None);
-    }
-
-    #[test]
-    fn shard_end_only_after_every_record_of_a_closed_shard_is_done() {
-        let mut shard = ShardTracker::default();
-        shard.apply(&stored(1..=5));
-        // A record read but not yet reported (6) keeps the shard open.
-        assert!(!shard.finish(Some(&6.into())));
-        assert_eq!(shard.checkpoint(), Some(&Checkpoint::at(5)));
-        assert!(shard.finish(Some(&5.into())));
-        assert_eq!(shard.checkpoint(), Some(&Checkpoint::ShardEnd));
-
-        // A closed shard with nothing left to read after its stored checkpoint.
-        let mut empty = ShardTracker::new(Some(Checkpoint::at(9)));
-        assert!(empty.finish(None));
-        assert_eq!(empty.checkpoint(), Some(&Checkpoint::ShardEnd));
     }
 
     #[test]

@@ -260,6 +260,46 @@ impl Enricher for FlakyEnricher {
     }
 }
 
+/// A memory sink that is down (every write fails retryably) until told it is back.
+#[derive(Clone, Default)]
+pub struct OutageSink {
+    /// Where records go while it is up.
+    pub inner: MemorySink,
+    down: Arc<std::sync::atomic::AtomicBool>,
+    refused: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl OutageSink {
+    /// A sink that starts down.
+    pub fn down() -> Self {
+        let sink = Self::default();
+        sink.set_down(true);
+        sink
+    }
+
+    /// Takes it down or brings it back.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Records refused so far (each attempt counts).
+    pub fn refused(&self) -> usize {
+        self.refused.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[async_trait]
+impl Sink for OutageSink {
+    async fn write(&self, batch: &[Record]) -> Vec<Result<(), SinkError>> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            self.refused
+                .fetch_add(batch.len(), std::sync::atomic::Ordering::SeqCst);
+            return vec![Err(SinkError::Retryable("the store is down".into())); batch.len()];
+        }
+        self.inner.write(batch).await
+    }
+}
+
 /// A retry policy for tests: six attempts, 10 ms first backoff, 10 s in all.
 pub fn quick_retry() -> crate::settings::RetryPolicy {
     crate::settings::RetryPolicy {

@@ -9,10 +9,10 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use serde_json::json;
 use sluice_core::aws::faults::{Fault, FaultPlan};
 use sluice_core::aws::testing::{self, kinesis_local_endpoint, moto_endpoint, unique};
-use sluice_core::testkit::{sink_pipeline, MemorySink};
+use sluice_core::testkit::{sink_pipeline, MemorySink, OutageSink};
 use sluice_core::{
-    async_trait, BuildError, Progress, Record, RunSummary, SequenceNumber, Shutdown, Sink,
-    SinkError, SourceConfig,
+    async_trait, BatchSettings, BuildError, OnExhausted, Pipeline, Progress, Record, RetryPolicy,
+    RunSummary, SequenceNumber, Shutdown, Sink, SinkError, SourceConfig,
 };
 
 /// Writes into a memory sink, slowly for one shard: were a child read before its parent ended,
@@ -97,14 +97,19 @@ impl Stream {
 
     /// Reads the stream as a daemon does (not until caught up), in the background.
     async fn daemon(&self, extra: &str) -> Daemon {
+        let sink = MemorySink::default();
+        let (pipeline, _) = sink_pipeline(Arc::new(sink.clone()));
+        self.daemon_with(extra, pipeline, sink).await
+    }
+
+    /// A daemon running `pipeline`, whose records end in `sink`.
+    async fn daemon_with(&self, extra: &str, pipeline: Pipeline, sink: MemorySink) -> Daemon {
         let ctx = testing::context("test", &FaultPlan::new());
         let source = self
             .config(extra)
             .build(&ctx)
             .await
             .expect("the source builds");
-        let sink = MemorySink::default();
-        let (pipeline, _) = sink_pipeline(Arc::new(sink.clone()));
         let running =
             tokio::spawn(async move { pipeline.run(source, Arc::new(Progress::default())).await });
         Daemon {
@@ -143,7 +148,19 @@ impl Stream {
 
     /// Puts records `from..to` as `{"n": i}`; answers each one's shard.
     async fn put(&self, from: usize, to: usize) -> Vec<String> {
-        self.put_keyed(from, to, |i| format!("key-{i}")).await
+        let placed = self.put_placed(from, to).await;
+        placed.into_iter().map(|(shard, _)| shard).collect()
+    }
+
+    /// Puts records `from..to`; answers each one's shard and sequence number.
+    async fn put_placed(&self, from: usize, to: usize) -> Vec<(String, String)> {
+        let records = (from..to)
+            .map(|i| {
+                let key = format!("key-{i}");
+                (json!({ "n": i, "key": key }).to_string().into_bytes(), key)
+            })
+            .collect();
+        testing::put_records(&self.kinesis, &self.name, records).await
     }
 
     /// Puts records `from..to` as `{"n": i, "key": key(i)}` with partition key `key(i)`.
@@ -601,4 +618,81 @@ async fn children_of_a_parent_held_elsewhere_are_let_go() {
         sink.records().is_empty(),
         "neither the parent nor its children are read here"
     );
+}
+
+/// Waits (up to `within`) until `done` holds, checking every 100 ms.
+async fn eventually(within: Duration, mut done: impl AsyncFnMut() -> bool) -> bool {
+    let until = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < until {
+        if done().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_daemon_reads_failed_records_again_until_the_sink_is_back_and_loses_none() {
+    let Some(endpoint) = moto_endpoint() else {
+        return;
+    };
+    let stream = Stream::create(&endpoint, 1).await;
+    let sink = OutageSink::down();
+    // Records fail fast: two attempts within 100 ms, then Failed.
+    let retry = RetryPolicy {
+        attempts: 2,
+        initial_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(10),
+        max_elapsed: Duration::from_millis(100),
+        on_exhausted: OnExhausted::Fail,
+    };
+    let pipeline = Pipeline::new(
+        "test",
+        Vec::new(),
+        Arc::new(sink.clone()),
+        Arc::new(MemorySink::default()),
+        BatchSettings::default(),
+        retry,
+    );
+    let daemon = stream
+        .daemon_with(
+            "checkpoint_interval = \"500ms\"\nlease_duration = \"3s\"\npoll_interval = \"200ms\"",
+            pipeline,
+            sink.inner.clone(),
+        )
+        .await;
+    let placed = stream.put_placed(0, 30).await;
+    let last = placed.last().cloned().unwrap().1;
+    // The records fail, more than once: the shard is read again after each failure.
+    assert!(
+        eventually(Duration::from_secs(20), async || sink.refused() >= 60).await,
+        "refused {}",
+        sink.refused()
+    );
+    assert!(sink.inner.records().is_empty());
+    sink.set_down(false);
+    let all_stored = eventually(Duration::from_secs(30), async || {
+        numbers(&sink.inner)
+            .iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+            == 30
+    })
+    .await;
+    assert!(all_stored, "stored {:?}", numbers(&sink.inner));
+    // The checkpoint reaches the last record, without a restart.
+    let reached = eventually(Duration::from_secs(10), async || {
+        let leases = stream.leases().await;
+        leases
+            .values()
+            .next()
+            .and_then(|l| l.get("checkpoint"))
+            .and_then(|c| c.as_s().ok())
+            .is_some_and(|c| *c == last)
+    })
+    .await;
+    assert!(reached, "{:?}", stream.leases().await);
+    let (summary, _) = daemon.stop().await;
+    assert!(summary.counts.failed > 0, "{summary:?}");
 }

@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use sluice_core::{Acknowledge, BatchReport, Checkpoint, Position, ShardTracker, SourceError};
+use sluice_core::{
+    Acknowledge, BatchReport, Checkpoint, Failure, Position, ShardTracker, SourceError,
+};
 use tokio::sync::Notify;
 
 /// One shard's checkpoint, whether it moved since last stored, and the batches in flight.
@@ -61,10 +63,29 @@ impl ShardProgress {
         self.lock().dirty = true;
     }
 
-    /// A batch is handed out; an acknowledgement (or its drop) will account for it.
-    pub fn handed_out(self: &Arc<Self>) -> Box<dyn Acknowledge> {
+    /// What holds the checkpoint, while a failure does.
+    pub fn failure(&self) -> Option<Failure> {
+        self.lock().tracker.failure().cloned()
+    }
+
+    /// Whether a failure holds the checkpoint.
+    pub fn is_frozen(&self) -> bool {
+        self.lock().tracker.is_frozen()
+    }
+
+    /// How many times the checkpoint froze so far.
+    pub fn freezes(&self) -> u64 {
+        self.lock().tracker.freezes()
+    }
+
+    /// A batch starting at `first` is handed out; an acknowledgement (or its drop) will account
+    /// for it.
+    pub fn handed_out(self: &Arc<Self>, first: Position) -> Box<dyn Acknowledge> {
         self.outstanding.fetch_add(1, Ordering::AcqRel);
-        Box::new(ShardAck(Some(self.clone())))
+        Box::new(ShardAck {
+            progress: Some(self.clone()),
+            first,
+        })
     }
 
     fn acknowledge(&self, report: &BatchReport) {
@@ -76,9 +97,9 @@ impl ShardProgress {
         self.settle_one();
     }
 
-    /// A batch that will never be acknowledged: the shard cannot finish in this run.
-    fn abandon(&self) {
-        self.lock().tracker.abandon();
+    /// A batch that will never be acknowledged: nothing from `first` on may be passed.
+    fn abandon(&self, first: Position) {
+        self.lock().tracker.abandon(first);
         self.settle_one();
     }
 
@@ -111,12 +132,15 @@ impl ShardProgress {
 /// Tells a shard's progress how a batch ended. Dropped unacknowledged (its worker panicked, the
 /// runtime stopped), it counts the batch as failed, so nothing waits for it and no checkpoint
 /// passes it.
-struct ShardAck(Option<Arc<ShardProgress>>);
+struct ShardAck {
+    progress: Option<Arc<ShardProgress>>,
+    first: Position,
+}
 
 #[async_trait]
 impl Acknowledge for ShardAck {
     async fn acknowledge(mut self: Box<Self>, report: &BatchReport) -> Result<(), SourceError> {
-        if let Some(progress) = self.0.take() {
+        if let Some(progress) = self.progress.take() {
             progress.acknowledge(report);
         }
         Ok(())
@@ -125,8 +149,8 @@ impl Acknowledge for ShardAck {
 
 impl Drop for ShardAck {
     fn drop(&mut self) {
-        if let Some(progress) = self.0.take() {
-            progress.abandon();
+        if let Some(progress) = self.progress.take() {
+            progress.abandon(self.first.clone());
         }
     }
 }
@@ -154,8 +178,8 @@ mod tests {
     #[tokio::test]
     async fn a_dropped_ack_counts_as_failed_so_nothing_waits_and_no_checkpoint_passes_it() {
         let progress = Arc::new(ShardProgress::new(Some(Checkpoint::at(1))));
-        let lost = progress.handed_out();
-        let acked = progress.handed_out();
+        let lost = progress.handed_out(2.into());
+        let acked = progress.handed_out(5.into());
         drop(lost);
         acked
             .acknowledge(&report(&[(5, true), (6, true)]))
@@ -180,7 +204,7 @@ mod tests {
     async fn the_checkpoint_follows_acks_and_the_shard_finishes_when_all_is_done() {
         let progress = Arc::new(ShardProgress::new(None));
         progress
-            .handed_out()
+            .handed_out(1.into())
             .acknowledge(&report(&[(1, true), (2, true)]))
             .await
             .unwrap();

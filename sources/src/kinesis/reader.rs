@@ -27,6 +27,11 @@ const THROTTLE_BACKOFF: Backoff = Backoff {
 };
 /// Consecutive failed calls (after the SDK's own retries) before a shard reader gives up.
 const MAX_CONSECUTIVE_FAILURES: u32 = 10;
+/// Waits before reading a shard again after a failed record: from about a second to 3 minutes.
+const REWIND_BACKOFF: Backoff = Backoff {
+    initial: Duration::from_secs(2),
+    max: Duration::from_secs(180),
+};
 
 /// How a shard reader ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,69 +114,71 @@ impl ShardReader {
         })
     }
 
-    /// Reads the shard until it ends, is caught up (when asked), or shutdown.
-    pub async fn run(self) -> Result<ReadEnd, SourceError> {
-        let cx = &*self.context;
+    /// Where to read from: after the checkpoint, if there is one.
+    fn resume_after(&self) -> Option<SequenceNumber> {
         let checkpoint = self.progress.checkpoint();
-        let resume_after = checkpoint
+        checkpoint
             .as_ref()
             .and_then(|c| c.position())
-            .map(|p| p.sequence.clone());
+            .map(|p| p.sequence.clone())
+    }
+
+    /// Reads the shard until it ends, is caught up (when asked), or shutdown. In a daemon, a
+    /// record that fails makes the shard stop reading ahead, wait, and read again from its
+    /// checkpoint, until the record is stored or dead-lettered.
+    pub async fn run(self) -> Result<ReadEnd, SourceError> {
+        let cx = &*self.context;
+        let mut healing = Healing::new(self.progress.freezes());
         let mut last_read: Option<SequenceNumber> = None;
-        let mut iterator = Some(self.iterator(resume_after.as_ref()).await?);
-        let mut last_call: Option<Instant> = None;
-        let mut throttled = 0u32;
-        let mut failures = 0u32;
-        while let Some(it) = iterator.take() {
+        let mut iterator = self.iterator(self.resume_after().as_ref()).await?;
+        let mut pacer = Pacer::default();
+        loop {
             if cx.shutdown.is_triggered() {
                 self.progress.settled().await;
                 return Ok(ReadEnd::Stopped);
             }
-            if let Some(at) = last_call {
-                tokio::time::sleep_until(at + MIN_CALL_SPACING).await;
+            if !cx.until_caught_up && self.progress.freezes() > healing.rewound_for {
+                self.progress.settled().await;
+                if healing
+                    .wait(&self.shard.id, &self.progress, &cx.shutdown)
+                    .await
+                {
+                    last_read = None;
+                    iterator = self.iterator(self.resume_after().as_ref()).await?;
+                }
+                continue;
             }
-            last_call = Some(Instant::now());
+            healing.note_recovery(&self.shard.id, &self.progress);
+            pacer.pace().await;
             let out = match cx
                 .client
                 .get_records()
-                .shard_iterator(&it)
+                .shard_iterator(&iterator)
                 .limit(cx.limit)
                 .send()
                 .await
             {
                 Ok(out) => out,
+                Err(e) if aws::error_code(&e) == Some("ExpiredIteratorException") => {
+                    let after = last_read.clone().or_else(|| self.resume_after());
+                    iterator = self.iterator(after.as_ref()).await?;
+                    continue;
+                }
+                Err(e) if aws::is_retryable(&e) => {
+                    pacer
+                        .failed(&self.shard.id, &aws::describe_error(&e))
+                        .await?;
+                    continue;
+                }
                 Err(e) => {
-                    let code = aws::error_code(&e).map(str::to_owned);
-                    if code.as_deref() == Some("ExpiredIteratorException") {
-                        let after = last_read.as_ref().or(resume_after.as_ref());
-                        iterator = Some(self.iterator(after).await?);
-                        continue;
-                    }
-                    if aws::is_retryable(&e) {
-                        failures += 1;
-                        if failures > MAX_CONSECUTIVE_FAILURES {
-                            return Err(SourceError::Service(format!(
-                                "GetRecords on shard {} kept failing: {}",
-                                self.shard.id,
-                                aws::describe_error(&e)
-                            )));
-                        }
-                        throttled += 1;
-                        let wait = THROTTLE_BACKOFF.delay(throttled);
-                        tracing::debug!(shard = %self.shard.id, ?wait, error = %aws::describe_error(&e), "GetRecords backing off");
-                        tokio::time::sleep(wait).await;
-                        iterator = Some(it);
-                        continue;
-                    }
                     return Err(SourceError::Service(format!(
                         "GetRecords on shard {} failed: {}",
                         self.shard.id,
                         aws::describe_error(&e)
-                    )));
+                    )))
                 }
             };
-            throttled = 0;
-            failures = 0;
+            pacer.succeeded();
             let records: Vec<RawRecord> = out
                 .records()
                 .iter()
@@ -197,22 +204,26 @@ impl ShardReader {
                 last_read = Some(r.meta.sequence_number.clone());
             }
             self.hand_out(records).await?;
-            iterator = out.next_shard_iterator().map(str::to_owned);
             let past_end =
                 matches!((&self.shard.ending, &last_read), (Some(end), Some(read)) if read >= end);
-            if iterator.is_none() || (empty && past_end) {
-                // Closed: everything it will ever hold has been read.
-                self.progress.settled().await;
-                let last = last_read
-                    .clone()
-                    .map(Position::new)
-                    .or_else(|| checkpoint.as_ref().and_then(|c| c.position()).cloned());
-                let done = self.progress.finish(last.as_ref());
-                return Ok(if done {
-                    ReadEnd::Finished
-                } else {
-                    ReadEnd::Unfinished
-                });
+            match out.next_shard_iterator() {
+                Some(next) if !(empty && past_end) => iterator = next.to_owned(),
+                _ => {
+                    // Closed: everything it will ever hold has been read.
+                    self.progress.settled().await;
+                    if !cx.until_caught_up && self.progress.freezes() > healing.rewound_for {
+                        continue;
+                    }
+                    let last = last_read.clone().map(Position::new).or_else(|| {
+                        let checkpoint = self.progress.checkpoint();
+                        checkpoint.as_ref().and_then(|c| c.position()).cloned()
+                    });
+                    return Ok(if self.progress.finish(last.as_ref()) {
+                        ReadEnd::Finished
+                    } else {
+                        ReadEnd::Unfinished
+                    });
+                }
             }
             // An endpoint that does not report how far behind it is counts as caught up when empty.
             if empty && matches!(out.millis_behind_latest(), Some(0) | None) {
@@ -226,7 +237,6 @@ impl ShardReader {
                 }
             }
         }
-        unreachable!("the loop only ends by returning")
     }
 
     async fn hand_out(&self, records: Vec<RawRecord>) -> Result<(), SourceError> {
@@ -236,8 +246,8 @@ impl ShardReader {
             let batch = std::mem::replace(&mut rest, tail);
             let batch = SourceBatch {
                 shard_id: self.shard.id.clone(),
+                ack: Some(self.progress.handed_out(batch[0].meta.position())),
                 records: batch,
-                ack: Some(self.progress.handed_out()),
             };
             if self.context.batches.send(Ok(batch)).await.is_err() {
                 // The runtime stopped taking batches (the unsent batch's ack, dropped with it,
@@ -246,5 +256,86 @@ impl ShardReader {
             }
         }
         Ok(())
+    }
+}
+
+/// Spacing of GetRecords calls within Kinesis's limit, and backing off when they fail.
+#[derive(Default)]
+struct Pacer {
+    last_call: Option<Instant>,
+    failures: u32,
+}
+
+impl Pacer {
+    async fn pace(&mut self) {
+        if let Some(at) = self.last_call {
+            tokio::time::sleep_until(at + MIN_CALL_SPACING).await;
+        }
+        self.last_call = Some(Instant::now());
+    }
+
+    fn succeeded(&mut self) {
+        self.failures = 0;
+    }
+
+    /// After a retryable failure (throttling, 5xx, past the SDK's own retries): waits, or gives
+    /// up after too many in a row.
+    async fn failed(&mut self, shard: &str, error: &str) -> Result<(), SourceError> {
+        self.failures += 1;
+        if self.failures > MAX_CONSECUTIVE_FAILURES {
+            return Err(SourceError::Service(format!(
+                "GetRecords on shard {shard} kept failing: {error}"
+            )));
+        }
+        let wait = THROTTLE_BACKOFF.delay(self.failures);
+        tracing::debug!(%shard, ?wait, %error, "GetRecords backing off");
+        tokio::time::sleep(wait).await;
+        Ok(())
+    }
+}
+
+/// A shard's episodes of failure: from the first failed record until the checkpoint passes it.
+struct Healing {
+    /// The freeze count the reader last re-read for.
+    rewound_for: u64,
+    /// Re-reads in the current episode.
+    rewinds: u32,
+}
+
+impl Healing {
+    fn new(freezes: u64) -> Self {
+        Self {
+            rewound_for: freezes,
+            rewinds: 0,
+        }
+    }
+
+    /// After a freeze, with every batch handed out reported: logs the episode (at error level
+    /// once) and waits out the backoff. Answers whether to re-read (false when stopping).
+    async fn wait(&mut self, shard: &str, progress: &ShardProgress, shutdown: &Shutdown) -> bool {
+        self.rewound_for = progress.freezes();
+        self.rewinds += 1;
+        let wait = REWIND_BACKOFF.delay(self.rewinds);
+        let (position, reason) = progress
+            .failure()
+            .map(|f| (f.position.to_string(), f.reason))
+            .unwrap_or_default();
+        if self.rewinds == 1 {
+            tracing::error!(%shard, %position, %reason, ?wait, "a record failed; the shard stops reading ahead and reads again from its checkpoint until it is stored or dead-lettered");
+        } else {
+            tracing::warn!(%shard, %position, %reason, rewinds = self.rewinds, ?wait, "still failing; reading the shard again");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => true,
+            _ = shutdown.triggered() => false,
+        }
+    }
+
+    /// Ends the episode once nothing holds the checkpoint any more.
+    fn note_recovery(&mut self, shard: &str, progress: &ShardProgress) {
+        if self.rewinds > 0 && !progress.is_frozen() {
+            tracing::info!(%shard, rewinds = self.rewinds, "the failed records are done; the shard reads on");
+            self.rewinds = 0;
+        }
     }
 }
