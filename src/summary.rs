@@ -38,6 +38,13 @@ pub fn text(summary: &RunSummary, sink_enabled: bool) -> String {
         by(&summary.dead_lettered_by)
     );
     let _ = writeln!(out, "failed         {}", c.failed);
+    if summary.handed_back > 0 {
+        let _ = writeln!(
+            out,
+            "handed back    {}  (their shards' leases went to other workers, which read them)",
+            summary.handed_back
+        );
+    }
     if !summary.api_calls.is_empty() {
         let calls: Vec<String> = summary
             .api_calls

@@ -10,6 +10,7 @@ use futures::stream::BoxStream;
 
 use crate::calls::ApiCalls;
 use crate::error::{BuildError, EnrichError, SinkError, SourceError};
+use crate::health::Health;
 use crate::outcome::BatchReport;
 use crate::record::{RawRecord, Record};
 use crate::settings::BatchSettings;
@@ -33,6 +34,10 @@ pub struct BuildContext {
     /// Tells sources to stop reading (Ctrl-C, SIGTERM): they finish what they handed out, store
     /// their checkpoints and release what they hold.
     pub shutdown: Shutdown,
+    /// This process's id among the workers that share a stream: written as the lease owner.
+    pub worker_id: String,
+    /// Where sources report readiness and health (`/ready`, `/health`).
+    pub health: Arc<Health>,
     extensions: HashMap<TypeId, Arc<dyn Any + Send + Sync>>,
 }
 
@@ -56,6 +61,8 @@ impl BuildContext {
             record_fields: None,
             until_caught_up: false,
             shutdown: Shutdown::default(),
+            worker_id: default_worker_id(),
+            health: Arc::default(),
             extensions: HashMap::new(),
         }
     }
@@ -73,6 +80,17 @@ impl BuildContext {
             .get(&TypeId::of::<T>())
             .and_then(|v| v.downcast_ref::<T>())
     }
+}
+
+/// A worker id unique to this process: the host name and a random suffix.
+pub fn default_worker_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "sluice".into());
+    format!("{host}-{:08x}", fastrand::u32(..))
 }
 
 /// A signal to stop reading, shared by whoever triggers it and the sources that obey it.
@@ -180,6 +198,13 @@ impl Debug for SourceBatch {
 /// Receives a processed batch's report; a source stores its checkpoint here.
 #[async_trait]
 pub trait Acknowledge: Send {
+    /// Whether the batch may still be processed. A source that shares its shards with other
+    /// workers answers false once it may have lost the shard (its lease taken or past its
+    /// time): the runtime then hands the batch back unprocessed, and whoever holds the shard
+    /// reads those records.
+    fn is_current(&self) -> bool {
+        true
+    }
     /// Called once per batch, in order per shard, after every record has an outcome.
     async fn acknowledge(self: Box<Self>, report: &BatchReport) -> Result<(), SourceError>;
 }

@@ -13,9 +13,11 @@ pub mod config;
 pub mod dead_letter;
 pub mod decode;
 pub mod error;
+pub mod health;
 pub mod kinesis_event;
 #[cfg(feature = "lambda")]
 pub mod lambda;
+pub mod metrics;
 pub mod outcome;
 pub mod position;
 pub mod record;
@@ -27,8 +29,8 @@ pub mod testkit;
 pub use async_trait::async_trait;
 pub use calls::ApiCalls;
 pub use component::{
-    Acknowledge, BuildContext, Enricher, EnricherConfig, Shutdown, Sink, SinkConfig, Source,
-    SourceBatch, SourceConfig, Verdict,
+    default_worker_id, Acknowledge, BuildContext, Enricher, EnricherConfig, Shutdown, Sink,
+    SinkConfig, Source, SourceBatch, SourceConfig, Verdict,
 };
 pub use config::{Built, Loader, PipelineConfig};
 pub use error::{BuildError, ConfigError, EnrichError, SinkError, SourceError};

@@ -175,6 +175,7 @@ impl Intercept for CountCalls {
     ) -> Result<(), BoxError> {
         if let Some(m) = cfg.load::<Metadata>() {
             self.0.add(m.service(), m.name());
+            crate::metrics::metrics().aws_call(m.service(), m.name());
         }
         Ok(())
     }

@@ -17,6 +17,7 @@ use crate::component::{Enricher, Sink, Verdict};
 use crate::dead_letter::Reason;
 use crate::decode::decode;
 use crate::error::SinkError;
+use crate::metrics::metrics;
 use crate::outcome::{BatchReport, ErrorKind, SkippedBy, Stage};
 use crate::record::{RawRecord, Record};
 use crate::settings::{BatchSettings, RetryPolicy};
@@ -176,7 +177,9 @@ impl Pipeline {
             return;
         }
         let (indices, records): (Vec<usize>, Vec<Record>) = live.into_iter().unzip();
-        let written = write_with_retries(&*self.sink, &records, self.retry, deadline, "sink").await;
+        let written = self
+            .write_with_retries(&*self.sink, &records, deadline, "sink")
+            .await;
         for ((index, record), written) in indices.into_iter().zip(&records).zip(written) {
             match written {
                 Written::Done => ledger.stored(index),
@@ -205,14 +208,9 @@ impl Pipeline {
             .into_iter()
             .map(|(index, d)| ((index, d.stage.clone()), d.into_record()))
             .unzip();
-        let written = write_with_retries(
-            &*self.error_sink,
-            &letters,
-            self.retry,
-            deadline,
-            "error sink",
-        )
-        .await;
+        let written = self
+            .write_with_retries(&*self.error_sink, &letters, deadline, "error sink")
+            .await;
         for ((index, stage), written) in stages.into_iter().zip(written) {
             let result = match written {
                 Written::Done => Ok(()),
@@ -251,58 +249,64 @@ enum Written {
     Exhausted { error: String, attempts: u32 },
 }
 
-/// Writes `records` to `sink`, retrying the retryable failures; one answer per record, in order.
-async fn write_with_retries(
-    sink: &dyn Sink,
-    records: &[Record],
-    policy: RetryPolicy,
-    deadline: Instant,
-    what: &str,
-) -> Vec<Written> {
-    let mut written: Vec<Option<Written>> = (0..records.len()).map(|_| None).collect();
-    let mut rounds = RetryRounds::new(policy, deadline, what);
-    let mut pending: Vec<usize> = (0..records.len()).collect();
-    let exhausted = loop {
-        // The first attempt writes the caller's slice; only retries copy what they resend.
-        let results = if pending.len() == records.len() {
-            sink.write(records).await
-        } else {
-            let resend: Vec<Record> = pending.iter().map(|&i| records[i].clone()).collect();
-            sink.write(&resend).await
-        };
-        let mut failing = Vec::new();
-        for (slot, &index) in pending.iter().enumerate() {
-            let result = results.get(slot).cloned().unwrap_or_else(|| {
-                Err(SinkError::Retryable(format!(
-                    "the {what} answered for {} of {} records",
-                    results.len(),
-                    pending.len()
-                )))
-            });
-            match result {
-                Ok(()) => written[index] = Some(Written::Done),
-                Err(SinkError::Permanent(error)) => {
-                    written[index] = Some(Written::Rejected {
-                        error,
-                        attempts: rounds.attempt(),
-                    })
+impl Pipeline {
+    /// Writes `records` to `sink`, retrying the retryable failures; one answer per record, in order.
+    async fn write_with_retries(
+        &self,
+        sink: &dyn Sink,
+        records: &[Record],
+        deadline: Instant,
+        what: &'static str,
+    ) -> Vec<Written> {
+        let policy = self.retry;
+        let label = if what == "sink" { "sink" } else { "error_sink" };
+        let mut written: Vec<Option<Written>> = (0..records.len()).map(|_| None).collect();
+        let mut rounds = RetryRounds::new(policy, deadline, what);
+        let mut pending: Vec<usize> = (0..records.len()).collect();
+        let exhausted = loop {
+            // The first attempt writes the caller's slice; only retries copy what they resend.
+            let started = std::time::Instant::now();
+            let results = if pending.len() == records.len() {
+                sink.write(records).await
+            } else {
+                let resend: Vec<Record> = pending.iter().map(|&i| records[i].clone()).collect();
+                sink.write(&resend).await
+            };
+            metrics().sink_write(&self.name, label, started.elapsed());
+            let mut failing = Vec::new();
+            for (slot, &index) in pending.iter().enumerate() {
+                let result = results.get(slot).cloned().unwrap_or_else(|| {
+                    Err(SinkError::Retryable(format!(
+                        "the {what} answered for {} of {} records",
+                        results.len(),
+                        pending.len()
+                    )))
+                });
+                match result {
+                    Ok(()) => written[index] = Some(Written::Done),
+                    Err(SinkError::Permanent(error)) => {
+                        written[index] = Some(Written::Rejected {
+                            error,
+                            attempts: rounds.attempt(),
+                        })
+                    }
+                    Err(SinkError::Retryable(error)) => failing.push((index, error)),
                 }
-                Err(SinkError::Retryable(error)) => failing.push((index, error)),
             }
+            match rounds.retry(failing).await {
+                Ok(again) => pending = again,
+                Err(exhausted) => break exhausted,
+            }
+        };
+        let attempts = rounds.attempt();
+        for (index, error) in exhausted {
+            written[index] = Some(Written::Exhausted { error, attempts });
         }
-        match rounds.retry(failing).await {
-            Ok(again) => pending = again,
-            Err(exhausted) => break exhausted,
-        }
-    };
-    let attempts = rounds.attempt();
-    for (index, error) in exhausted {
-        written[index] = Some(Written::Exhausted { error, attempts });
+        written
+            .into_iter()
+            .map(|w| w.expect("every record is answered before the retries end"))
+            .collect()
     }
-    written
-        .into_iter()
-        .map(|w| w.expect("every record is answered before the retries end"))
-        .collect()
 }
 
 #[cfg(test)]

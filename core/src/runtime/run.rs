@@ -10,6 +10,7 @@ use tokio::task::JoinSet;
 
 use super::{Pipeline, Progress, RunSummary};
 use crate::component::{Source, SourceBatch};
+use crate::metrics::metrics;
 use crate::outcome::ShardTracker;
 
 /// Batches queued per shard ahead of its worker; small, so a slow sink holds the source back.
@@ -80,6 +81,16 @@ async fn shard_worker(
             records,
             ack,
         } = batch;
+        if let (Some(ack), Some(first)) = (&ack, records.first()) {
+            if !ack.is_current() {
+                // The source may have lost the shard to another worker: not a record is written;
+                // the batch goes back (its dropped ack tells the source) to whoever holds it.
+                tracing::info!(shard = %shard_id, records = records.len(), "the shard's lease is not held now; batch handed back unprocessed");
+                shard.abandon(first.meta.position());
+                summary.handed_back += records.len() as u64;
+                continue;
+            }
+        }
         let report = pipeline
             .process_batch(shard_id, records)
             .await
@@ -92,7 +103,8 @@ async fn shard_worker(
                     .push(format!("shard {}: {e}", report.shard_id));
             }
         }
-        progress.add(&report);
+        let counts = progress.add(&report);
+        metrics().record_outcomes(pipeline.name(), &counts);
         summary.add(&report);
     }
     summary

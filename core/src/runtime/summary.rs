@@ -42,7 +42,8 @@ impl Counts {
 }
 
 impl Progress {
-    pub(crate) fn add(&self, report: &BatchReport) {
+    /// Adds a batch's outcomes; answers them counted.
+    pub(crate) fn add(&self, report: &BatchReport) -> Counts {
         let mut c = Counts::default();
         for (_, o) in &report.outcomes {
             c.count(o);
@@ -53,6 +54,7 @@ impl Progress {
         self.dead_lettered
             .fetch_add(c.dead_lettered, Ordering::Relaxed);
         self.failed.fetch_add(c.failed, Ordering::Relaxed);
+        c
     }
 
     /// The counters now.
@@ -94,6 +96,9 @@ pub struct RunSummary {
     pub failures: Vec<String>,
     /// The checkpoint each shard reached (absent for a shard whose first record failed).
     pub checkpoints: BTreeMap<String, Checkpoint>,
+    /// Records read but handed back unprocessed because the source no longer held their shard
+    /// (another worker took its lease); that worker reads them.
+    pub handed_back: u64,
     /// Errors that stopped the source or its checkpoints; records not yet read remain unread.
     pub errors: Vec<String>,
     /// Calls made to outside services, per `Service.Operation` (each attempt counts).
@@ -142,6 +147,7 @@ impl RunSummary {
         let room = FAILURES_LISTED.saturating_sub(self.failures.len());
         self.failures.extend(other.failures.into_iter().take(room));
         self.checkpoints.extend(other.checkpoints);
+        self.handed_back += other.handed_back;
         self.errors.extend(other.errors);
     }
 

@@ -8,11 +8,13 @@
 //! - `progress`: one shard's checkpoint under the core's rule, and its batches in flight;
 //! - `lease_table`: the DynamoDB items, keyed like the Kinesis Client Library's.
 
+mod balance;
 mod config;
 mod consumer;
 mod lease_table;
 mod progress;
 mod reader;
+mod shards;
 
 use std::sync::Arc;
 
@@ -20,9 +22,11 @@ use async_trait::async_trait;
 use sluice_core::aws::{self, Connection, Retries};
 use sluice_core::{BuildContext, BuildError, Source, SourceConfig};
 
+use config::StartPosition;
 pub use config::{KinesisSourceConfig, Start};
 use consumer::KinesisSource;
-use lease_table::LeaseTable;
+use lease_table::{Initial, LeaseTable};
+use reader::ReaderContext;
 
 #[typetag::serde(name = "kinesis")]
 #[async_trait]
@@ -77,25 +81,35 @@ impl SourceConfig for KinesisSourceConfig {
                 ),
             }
         })?;
-        let owner = format!(
-            "{}:{}:{:08x}",
-            hostname(),
-            std::process::id(),
-            fastrand::u32(..)
-        );
         Ok(Box::new(KinesisSource {
-            config: self.clone(),
-            start,
-            kinesis,
+            readers: ReaderContext {
+                pipeline: ctx.pipeline.clone(),
+                client: kinesis,
+                stream_name: self.stream_name().to_owned(),
+                stream_arn: self.stream_arn().map(str::to_owned),
+                start,
+                limit: self.limit,
+                poll_interval: self.poll_interval,
+                max_records: 0,
+                until_caught_up: ctx.until_caught_up,
+                shutdown: ctx.shutdown.clone(),
+                batches: None,
+            },
             leases: Arc::new(LeaseTable::new(
                 dynamodb,
                 self.table(&ctx.pipeline),
                 self.stream_name().to_owned(),
-                owner,
+                ctx.worker_id.clone(),
                 self.lease_duration,
             )),
-            until_caught_up: ctx.until_caught_up,
-            shutdown: ctx.shutdown.clone(),
+            initial: match start {
+                StartPosition::TrimHorizon => Initial::TrimHorizon,
+                StartPosition::Latest => Initial::Latest,
+                StartPosition::AtTimestamp(_) => Initial::AtTimestamp,
+            },
+            checkpoint_interval: self.checkpoint_interval,
+            lease_duration: self.lease_duration,
+            health: ctx.health.clone(),
         }))
     }
 
@@ -108,15 +122,6 @@ impl SourceConfig for KinesisSourceConfig {
                 .unwrap_or("<pipeline name>-checkpoints")
         )
     }
-}
-
-fn hostname() -> String {
-    std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "sluice".into())
 }
 
 #[cfg(test)]

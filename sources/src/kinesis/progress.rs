@@ -1,6 +1,8 @@
 //! How far one shard is done, shared by its reader (which hands out batches), their
 //! acknowledgements (which report outcomes) and the consumer (which stores checkpoints). The rule
-//! itself is the core's [`ShardTracker`]; this adds what is in flight and what is not yet stored.
+//! itself is the core's [`ShardTracker`]; this adds what is in flight, what is not yet stored,
+//! and whether this worker still holds the shard's lease (no batch is handed out or written
+//! once it may not).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -9,7 +11,8 @@ use async_trait::async_trait;
 use sluice_core::{
     Acknowledge, BatchReport, Checkpoint, Failure, Position, ShardTracker, SourceError,
 };
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
 
 /// One shard's checkpoint, whether it moved since last stored, and the batches in flight.
 #[derive(Debug, Default)]
@@ -17,6 +20,23 @@ pub struct ShardProgress {
     state: Mutex<State>,
     outstanding: AtomicUsize,
     acked: Notify,
+    lease: watch::Sender<Lease>,
+}
+
+/// This worker's hold on the shard's lease.
+#[derive(Debug, Clone, Copy, Default)]
+struct Lease {
+    /// Until when no other worker can have taken it, on this clock: the last successful write
+    /// was sent before then less a lease duration (`None`: no lease, as in tests).
+    valid_until: Option<Instant>,
+    /// Another worker took it.
+    lost: bool,
+}
+
+impl Lease {
+    fn is_current(&self) -> bool {
+        !self.lost && self.valid_until.is_none_or(|until| Instant::now() < until)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -35,6 +55,40 @@ impl ShardProgress {
                 dirty: false,
             }),
             ..Self::default()
+        }
+    }
+
+    /// A write to the lease that was sent at `sent` took effect: it is this worker's until
+    /// `sent` plus the lease duration.
+    pub fn lease_written(&self, sent: Instant, duration: std::time::Duration) {
+        self.lease
+            .send_modify(|l| l.valid_until = Some(sent + duration));
+    }
+
+    /// Another worker took the lease: nothing more is handed out or written for this shard.
+    pub fn lease_lost(&self) {
+        self.lease.send_modify(|l| l.lost = true);
+    }
+
+    /// Whether batches of this shard may be handed out and written now.
+    pub fn holds_lease(&self) -> bool {
+        self.lease.borrow().is_current()
+    }
+
+    /// Waits until the lease is current (answers true) or lost (false); a lease past its time
+    /// is current again once a renewal gets through.
+    pub async fn lease_current(&self) -> bool {
+        let mut changes = self.lease.subscribe();
+        loop {
+            let lease = *changes.borrow_and_update();
+            if lease.lost {
+                return false;
+            }
+            if lease.is_current() {
+                return true;
+            }
+            // The sender lives as long as `self`.
+            let _ = changes.changed().await;
         }
     }
 
@@ -139,11 +193,21 @@ struct ShardAck {
 
 #[async_trait]
 impl Acknowledge for ShardAck {
+    fn is_current(&self) -> bool {
+        self.progress().holds_lease()
+    }
+
     async fn acknowledge(mut self: Box<Self>, report: &BatchReport) -> Result<(), SourceError> {
         if let Some(progress) = self.progress.take() {
             progress.acknowledge(report);
         }
         Ok(())
+    }
+}
+
+impl ShardAck {
+    fn progress(&self) -> &ShardProgress {
+        self.progress.as_ref().expect("set until acknowledged")
     }
 }
 
@@ -212,5 +276,35 @@ mod tests {
         assert_eq!(progress.take_changed(), None, "unchanged since");
         assert!(progress.finish(Some(&Position::from(2))));
         assert_eq!(progress.checkpoint(), Some(Checkpoint::ShardEnd));
+    }
+}
+
+#[cfg(test)]
+mod lease_tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn batches_stop_when_the_lease_is_past_its_time_and_resume_when_renewed() {
+        let progress = Arc::new(ShardProgress::new(None));
+        progress.lease_written(Instant::now(), Duration::from_secs(3));
+        let ack = progress.handed_out(1.into());
+        assert!(ack.is_current());
+        // Paused past the lease duration (a stopped process): not current until renewed.
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert!(!ack.is_current());
+        let waiting = tokio::spawn({
+            let progress = progress.clone();
+            async move { progress.lease_current().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        progress.lease_written(Instant::now(), Duration::from_secs(3));
+        assert!(waiting.await.unwrap(), "renewed: current again");
+        // Lost for good: nothing more.
+        progress.lease_lost();
+        assert!(!ack.is_current());
+        assert!(!progress.lease_current().await);
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use aws_sdk_kinesis::types::ShardIteratorType;
 use bytes::Bytes;
 use sluice_core::aws;
+use sluice_core::metrics::metrics;
 use sluice_core::{
     Backoff, Encoding, Meta, Position, RawRecord, SequenceNumber, Shutdown, SourceBatch,
     SourceError,
@@ -16,6 +17,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::config::StartPosition;
+use super::lease_table::Initial;
 use super::progress::ShardProgress;
 
 /// Kinesis allows five GetRecords calls per second per shard.
@@ -44,10 +46,14 @@ pub enum ReadEnd {
     CaughtUp,
     /// Shutdown asked for.
     Stopped,
+    /// The lease went to another worker: nothing more is read here.
+    Lost,
 }
 
 /// What every shard reader of one consumer shares.
 pub struct ReaderContext {
+    /// The pipeline's name, for metrics.
+    pub pipeline: String,
     pub client: aws_sdk_kinesis::Client,
     pub stream_name: String,
     pub stream_arn: Option<String>,
@@ -57,7 +63,8 @@ pub struct ReaderContext {
     pub max_records: usize,
     pub until_caught_up: bool,
     pub shutdown: Shutdown,
-    pub batches: mpsc::Sender<Result<SourceBatch, SourceError>>,
+    /// Where batches go; set when the source starts.
+    pub batches: Option<mpsc::Sender<Result<SourceBatch, SourceError>>>,
 }
 
 /// A shard as ListShards describes it.
@@ -73,6 +80,8 @@ pub struct ShardInfo {
 pub struct ShardReader {
     pub context: Arc<ReaderContext>,
     pub shard: ShardInfo,
+    /// Where its lease says it starts while it has no checkpoint (KCL's placeholders).
+    pub initial: Option<Initial>,
     pub progress: Arc<ShardProgress>,
 }
 
@@ -84,8 +93,19 @@ impl ShardReader {
             Some(arn) => call.stream_arn(arn),
             None => call.stream_name(&cx.stream_name),
         };
-        let has_parents = !self.shard.parents.is_empty();
-        call = match (after, has_parents, &cx.start) {
+        // A child of a finished parent starts at its beginning, unless its lease says where.
+        let has_parents = !self.shard.parents.is_empty() && self.initial.is_none();
+        let start = match self.initial {
+            None => cx.start,
+            Some(Initial::TrimHorizon) => StartPosition::TrimHorizon,
+            Some(Initial::Latest) => StartPosition::Latest,
+            // KCL keeps the timestamp in its configuration, not in the table: ours, if given.
+            Some(Initial::AtTimestamp) => match cx.start {
+                StartPosition::AtTimestamp(t) => StartPosition::AtTimestamp(t),
+                _ => StartPosition::TrimHorizon,
+            },
+        };
+        call = match (after, has_parents, &start) {
             (Some(seq), _, _) => call
                 .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
                 .starting_sequence_number(seq.as_str()),
@@ -139,6 +159,7 @@ impl ShardReader {
             }
             if !cx.until_caught_up && self.progress.freezes() > healing.rewound_for {
                 self.progress.settled().await;
+                metrics().rewind(&cx.pipeline, &self.shard.id);
                 if healing
                     .wait(&self.shard.id, &self.progress, &cx.shutdown)
                     .await
@@ -203,7 +224,13 @@ impl ShardReader {
             if let Some(r) = records.last() {
                 last_read = Some(r.meta.sequence_number.clone());
             }
-            self.hand_out(records).await?;
+            if let Some(behind) = out.millis_behind_latest() {
+                metrics().millis_behind(&cx.pipeline, &self.shard.id, behind);
+            }
+            if !self.hand_out(records).await? {
+                self.progress.settled().await;
+                return Ok(ReadEnd::Lost);
+            }
             let past_end =
                 matches!((&self.shard.ending, &last_read), (Some(end), Some(read)) if read >= end);
             match out.next_shard_iterator() {
@@ -239,9 +266,23 @@ impl ShardReader {
         }
     }
 
-    async fn hand_out(&self, records: Vec<RawRecord>) -> Result<(), SourceError> {
+    /// Hands records out in batches; answers false (nothing handed out) once the lease is lost.
+    async fn hand_out(&self, records: Vec<RawRecord>) -> Result<bool, SourceError> {
+        let batches = self
+            .context
+            .batches
+            .as_ref()
+            .expect("set when the source starts");
         let mut rest = records;
         while !rest.is_empty() {
+            // A lease past its time waits for its renewal; a lost one ends the shard here.
+            tokio::select! {
+                current = self.progress.lease_current() => if !current {
+                    return Ok(false);
+                },
+                // Stopping: what is not handed out is read again by the next holder.
+                _ = self.context.shutdown.triggered() => return Ok(true),
+            }
             let tail = rest.split_off(rest.len().min(self.context.max_records));
             let batch = std::mem::replace(&mut rest, tail);
             let batch = SourceBatch {
@@ -249,13 +290,13 @@ impl ShardReader {
                 ack: Some(self.progress.handed_out(batch[0].meta.position())),
                 records: batch,
             };
-            if self.context.batches.send(Ok(batch)).await.is_err() {
+            if batches.send(Ok(batch)).await.is_err() {
                 // The runtime stopped taking batches (the unsent batch's ack, dropped with it,
                 // has counted it as failed).
                 return Err(SourceError::Service("the pipeline stopped reading".into()));
             }
         }
-        Ok(())
+        Ok(true)
     }
 }
 

@@ -1,0 +1,141 @@
+//! What a long-running process reports about itself: ready (leases taken and readers started,
+//! not stopping), and healthy (no shard stuck on failed records for too long, the lease table
+//! reachable). Sources write into it; `sluice run --metrics-addr` serves it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// The process's readiness and health, shared by its sources and its HTTP endpoints.
+#[derive(Debug, Default)]
+pub struct Health {
+    ready: AtomicBool,
+    stopping: AtomicBool,
+    /// Shards whose checkpoint a failed record holds, since when.
+    stuck: Mutex<HashMap<String, Instant>>,
+    /// Since when the lease table cannot be read or written.
+    lease_table_down: Mutex<Option<Instant>>,
+}
+
+/// Why the process is not healthy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unhealthy {
+    /// A shard has been stuck on failed records longer than the bound.
+    ShardStuck { shard: String, for_secs: u64 },
+    /// The lease table has been unreachable longer than a lease lasts.
+    LeaseTableUnreachable { for_secs: u64 },
+}
+
+impl std::fmt::Display for Unhealthy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unhealthy::ShardStuck { shard, for_secs } => {
+                write!(f, "shard {shard} stuck on failed records for {for_secs} s")
+            }
+            Unhealthy::LeaseTableUnreachable { for_secs } => {
+                write!(f, "the lease table unreachable for {for_secs} s")
+            }
+        }
+    }
+}
+
+impl Health {
+    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        m.lock().expect("no panic while holding health state")
+    }
+
+    /// Leases taken and readers started: the process does its work.
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::SeqCst);
+    }
+
+    /// Stopping (SIGTERM): no longer ready.
+    pub fn set_stopping(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether `/ready` answers 200.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst) && !self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// A shard is stuck on failed records since `since`, or (`None`) no longer.
+    pub fn shard_stuck(&self, shard: &str, since: Option<Instant>) {
+        let mut stuck = Self::lock(&self.stuck);
+        match since {
+            Some(since) => {
+                stuck.insert(shard.to_owned(), since);
+            }
+            None => {
+                stuck.remove(shard);
+            }
+        }
+    }
+
+    /// The lease table answered (`true`) or failed (`false`).
+    pub fn lease_table_reached(&self, reached: bool) {
+        let mut down = Self::lock(&self.lease_table_down);
+        match (reached, *down) {
+            (true, _) => *down = None,
+            (false, None) => *down = Some(Instant::now()),
+            (false, Some(_)) => {}
+        }
+    }
+
+    /// Why the process is unhealthy now, if it is: a shard stuck longer than `stuck_after`, or
+    /// the lease table unreachable longer than `lease_duration`.
+    pub fn check(&self, stuck_after: Duration, lease_duration: Duration) -> Option<Unhealthy> {
+        let now = Instant::now();
+        let stuck = Self::lock(&self.stuck)
+            .iter()
+            .map(|(shard, since)| (shard.clone(), now.duration_since(*since)))
+            .filter(|(_, d)| *d > stuck_after)
+            .max_by_key(|(_, d)| *d);
+        if let Some((shard, d)) = stuck {
+            return Some(Unhealthy::ShardStuck {
+                shard,
+                for_secs: d.as_secs(),
+            });
+        }
+        let down = *Self::lock(&self.lease_table_down);
+        down.map(|since| now.duration_since(since))
+            .filter(|d| *d > lease_duration)
+            .map(|d| Unhealthy::LeaseTableUnreachable {
+                for_secs: d.as_secs(),
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shard_stuck_past_the_bound_or_an_unreachable_table_is_unhealthy() {
+        let health = Health::default();
+        assert!(!health.is_ready());
+        health.set_ready();
+        assert!(health.is_ready());
+        let bound = Duration::from_millis(50);
+        health.shard_stuck("s1", Some(Instant::now()));
+        assert_eq!(health.check(bound, bound), None, "not yet past the bound");
+        std::thread::sleep(bound * 2);
+        assert!(matches!(
+            health.check(bound, Duration::from_secs(60)),
+            Some(Unhealthy::ShardStuck { shard, .. }) if shard == "s1"
+        ));
+        health.shard_stuck("s1", None);
+        assert_eq!(health.check(bound, bound), None);
+        health.lease_table_reached(false);
+        std::thread::sleep(bound * 2);
+        assert!(matches!(
+            health.check(bound, bound),
+            Some(Unhealthy::LeaseTableUnreachable { .. })
+        ));
+        health.lease_table_reached(true);
+        assert_eq!(health.check(bound, bound), None);
+        health.set_stopping();
+        assert!(!health.is_ready());
+    }
+}

@@ -1,0 +1,250 @@
+//! The consumer: one worker among those sharing a stream through the lease table, following the
+//! Kinesis Client Library 2.x protocol. Every `checkpoint_interval` it renews its leases and
+//! stores their checkpoints; every take interval it reads the table, takes free and expired
+//! leases up to its share and steals toward balance; a lease it loses stops its shard at once.
+//! Closed shards end at `SHARD_END` with their children's leases created; a child is read once
+//! every parent is finished, whoever held them. On stopping it releases what it holds.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::{BoxStream, StreamExt};
+use sluice_core::health::Health;
+use sluice_core::{BatchSettings, Source, SourceBatch, SourceError};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::balance::Observations;
+use super::lease_table::{Initial, Lease, LeaseTable};
+use super::progress::ShardProgress;
+use super::reader::{ReadEnd, ReaderContext, ShardInfo, ShardReader};
+use super::shards::{self, Listing};
+
+mod renew;
+mod take;
+
+/// How long a daemon waits before starting a failed shard reader again.
+const RESTART_DELAY: Duration = Duration::from_secs(5);
+/// Take rounds between two shard listings (a listing also follows every finished shard).
+const LIST_EVERY: u64 = 6;
+
+/// A built Kinesis source: its clients and settings, nothing read yet.
+pub struct KinesisSource {
+    pub readers: ReaderContext,
+    pub leases: Arc<LeaseTable>,
+    pub initial: Initial,
+    pub checkpoint_interval: Duration,
+    pub lease_duration: Duration,
+    pub health: Arc<Health>,
+}
+
+impl Source for KinesisSource {
+    fn batches(
+        self: Box<Self>,
+        settings: BatchSettings,
+    ) -> BoxStream<'static, Result<SourceBatch, SourceError>> {
+        let (tx, rx) = mpsc::channel(4);
+        let mut readers = self.readers;
+        readers.max_records = settings.max_records;
+        readers.batches = Some(tx.clone());
+        let consumer = Consumer {
+            readers: Arc::new(readers),
+            leases: self.leases,
+            initial: self.initial,
+            checkpoint_interval: self.checkpoint_interval,
+            lease_duration: self.lease_duration,
+            health: self.health,
+        };
+        tokio::spawn(async move {
+            if let Err(e) = consumer.consume().await {
+                let _ = tx.send(Err(e)).await;
+            }
+        });
+        ReceiverStream::new(rx).boxed()
+    }
+}
+
+struct Consumer {
+    readers: Arc<ReaderContext>,
+    leases: Arc<LeaseTable>,
+    initial: Initial,
+    checkpoint_interval: Duration,
+    lease_duration: Duration,
+    health: Arc<Health>,
+}
+
+/// A lease this worker holds.
+struct Held {
+    /// The counter after this worker's last write.
+    counter: i64,
+    progress: Arc<ShardProgress>,
+    shard: ShardInfo,
+    initial: Option<Initial>,
+    state: State,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    /// Waiting for its parents to finish.
+    Blocked,
+    Reading,
+    /// Read to its end, every record done: `SHARD_END` to store with these children.
+    Finished(Vec<String>),
+    /// Nothing more to read in this run (caught up, or closed with a failed record).
+    Idle,
+}
+
+/// What the loop knows.
+#[derive(Default)]
+struct World {
+    held: HashMap<String, Held>,
+    table: Vec<Lease>,
+    listing: Listing,
+    observations: Observations,
+    readers: JoinSet<(String, Result<ReadEnd, SourceError>)>,
+    rounds: u64,
+    list_now: bool,
+    errors: Vec<SourceError>,
+}
+
+impl Consumer {
+    fn pipeline(&self) -> &str {
+        &self.readers.pipeline
+    }
+
+    /// Takes leases, reads the shards held (parents first), renews and checkpoints, balances,
+    /// and releases everything at the end.
+    async fn consume(&self) -> Result<(), SourceError> {
+        let cx = &*self.readers;
+        let mut world = World {
+            listing: shards::list(cx).await?,
+            ..World::default()
+        };
+        let leases = self.leases.scan().await?;
+        self.leases.check_stream(&leases)?;
+        self.take_round(&mut world, Some(leases)).await;
+        self.health.set_ready();
+        let mut renew = tokio::time::interval(self.checkpoint_interval);
+        renew.reset();
+        // KCL takes every 2 × failover; half a lease duration moves a dead worker's shards in
+        // about one and a half lease durations instead of three.
+        let mut take =
+            tokio::time::interval((self.lease_duration / 2).max(self.checkpoint_interval));
+        take.reset();
+        loop {
+            if cx.shutdown.is_triggered() && world.readers.is_empty() {
+                break;
+            }
+            if cx.until_caught_up && world.readers.is_empty() && !self.anything_left(&world) {
+                break;
+            }
+            tokio::select! {
+                Some(joined) = world.readers.join_next(), if !world.readers.is_empty() => {
+                    self.reader_ended(&mut world, joined).await;
+                }
+                _ = renew.tick() => self.renew_round(&mut world).await,
+                _ = take.tick() => self.take_round(&mut world, None).await,
+                // The readers stop by themselves (renewals go on meanwhile); with none, stop now.
+                _ = cx.shutdown.triggered(), if world.readers.is_empty() => {}
+            }
+        }
+        let waiting = world
+            .held
+            .values()
+            .filter(|h| h.state == State::Blocked)
+            .count();
+        if waiting > 0 {
+            tracing::warn!(shards = waiting, "child shards not read: their parents are not finished (a failed record, or read elsewhere)");
+        }
+        self.release_all(&mut world).await?;
+        match world.errors.into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// In a one-pass run: whether a lease may still become this worker's to read (free, or
+    /// held by a worker not yet seen alive nor expired).
+    fn anything_left(&self, world: &World) -> bool {
+        let now = Instant::now();
+        world.table.iter().any(|l| {
+            !l.is_finished()
+                && !world.held.contains_key(&l.key)
+                && match l.owner.as_deref() {
+                    None => true,
+                    Some(o) if o == self.leases.owner() => true,
+                    Some(_) => world.observations.may_be_free(l, now, self.lease_duration),
+                }
+        })
+    }
+
+    async fn reader_ended(
+        &self,
+        world: &mut World,
+        joined: Result<(String, Result<ReadEnd, SourceError>), tokio::task::JoinError>,
+    ) {
+        let cx = &*self.readers;
+        let (id, end) = match joined {
+            Ok(ended) => ended,
+            Err(e) => {
+                world
+                    .errors
+                    .push(SourceError::Service(format!("a shard reader failed: {e}")));
+                return;
+            }
+        };
+        match end {
+            Ok(ReadEnd::Finished) => {
+                tracing::info!(shard = %id, "shard read to its end");
+                let children = world.listing.children(&id);
+                if let Some(held) = world.held.get_mut(&id) {
+                    held.state = State::Finished(children);
+                }
+                // SHARD_END now, then the children: their leases, and (here or elsewhere) reads.
+                world.list_now = true;
+                self.renew_round(world).await;
+                self.take_round(world, None).await;
+            }
+            Ok(ReadEnd::Lost) => self.lose(world, &id),
+            Ok(end) => {
+                tracing::debug!(shard = %id, ?end, "shard reader ended");
+                if let Some(held) = world.held.get_mut(&id) {
+                    held.state = State::Idle;
+                }
+            }
+            Err(e) if !cx.until_caught_up && !cx.shutdown.is_triggered() => {
+                // A daemon keeps every shard it holds read: start the reader again, from the
+                // checkpoint, once its batches in flight are done.
+                tracing::warn!(shard = %id, error = %e, "shard reader failed; restarting it in {RESTART_DELAY:?}");
+                let Some(held) = world.held.get(&id) else {
+                    return;
+                };
+                let reader = ShardReader {
+                    context: self.readers.clone(),
+                    shard: held.shard.clone(),
+                    initial: held.initial,
+                    progress: held.progress.clone(),
+                };
+                let shutdown = cx.shutdown.clone();
+                world.readers.spawn(async move {
+                    reader.progress.settled().await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(RESTART_DELAY) => {}
+                        _ = shutdown.triggered() => {}
+                    }
+                    (id, reader.run().await)
+                });
+            }
+            Err(e) => {
+                tracing::error!(shard = %id, error = %e, "shard reader failed");
+                if let Some(held) = world.held.get_mut(&id) {
+                    held.state = State::Idle;
+                }
+                world.errors.push(e);
+            }
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! The take round: read the table, create the leases of new shards, take this worker's share,
+//! notice leases gone to others, start the readers whose parents are finished, and remove
+//! finished leases no longer needed.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use sluice_core::metrics::{metrics, LeaseEvent};
+use sluice_core::SourceError;
+use tokio::time::Instant;
+
+use super::super::balance::Balance;
+use super::super::lease_table::{Initial, Lease, LeaseWrite, WriteKind};
+use super::super::progress::ShardProgress;
+use super::super::reader::ShardReader;
+use super::super::shards::{self, Listing};
+use super::{Consumer, Held, State, World, LIST_EVERY};
+
+impl Consumer {
+    /// Creates the leases of listed shards that have none yet; answers whether it made any.
+    async fn create_missing(
+        &self,
+        listing: &Listing,
+        leases: &[Lease],
+    ) -> Result<bool, SourceError> {
+        let mut created = false;
+        for (shard, parents, child) in shards::missing(listing, leases) {
+            let initial = if child {
+                Initial::TrimHorizon
+            } else {
+                self.initial
+            };
+            if self.leases.create(&shard, &parents, initial).await? {
+                tracing::info!(%shard, ?parents, "lease created");
+                created = true;
+            }
+        }
+        Ok(created)
+    }
+
+    /// Reads the table (unless `scanned` is a fresh read), creates the leases of new shards,
+    /// takes what this worker should, and starts the readers it can.
+    pub(super) async fn take_round(&self, world: &mut World, scanned: Option<Vec<Lease>>) {
+        world.rounds += 1;
+        if world.list_now || world.rounds.is_multiple_of(LIST_EVERY) {
+            match shards::list(&self.readers).await {
+                Ok(listing) => {
+                    world.listing = listing;
+                    world.list_now = false;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "listing shards failed; trying again at the next round")
+                }
+            }
+        }
+        let scanned = match scanned {
+            Some(leases) => Some(self.observe(world, leases)),
+            None => self.scan(world).await,
+        };
+        let Some(mut leases) = scanned else { return };
+        match self.create_missing(&world.listing, &leases).await {
+            Ok(false) => {}
+            Ok(true) => match self.scan(world).await {
+                Some(rescanned) => leases = rescanned,
+                None => return,
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "creating leases failed; trying again at the next round");
+                world.list_now = true;
+            }
+        }
+        self.notice_losses(world, &leases);
+        let held: HashSet<String> = world.held.keys().cloned().collect();
+        let balance = Balance {
+            me: self.leases.owner(),
+            duration: self.lease_duration,
+            take_all: self.readers.until_caught_up,
+        };
+        let choices = balance.choose(&leases, &world.observations, &held, Instant::now());
+        if !choices.is_empty() {
+            let writes: Vec<LeaseWrite> = choices
+                .iter()
+                .map(|c| LeaseWrite {
+                    shard: c.shard.clone(),
+                    counter: c.counter,
+                    kind: WriteKind::Take {
+                        switch: c.from.is_some(),
+                    },
+                })
+                .collect();
+            let sent = Instant::now();
+            match self.leases.write(&writes).await {
+                Ok(answers) => {
+                    for (choice, answer) in choices.iter().zip(answers) {
+                        let Some(counter) = answer else { continue };
+                        let lease = leases
+                            .iter()
+                            .find(|l| l.key == choice.shard)
+                            .expect("chosen from these");
+                        let event = if choice.steal {
+                            LeaseEvent::Stolen
+                        } else {
+                            LeaseEvent::Taken
+                        };
+                        tracing::info!(shard = %choice.shard, from = ?choice.from, ?event, "lease taken");
+                        metrics().lease_transition(self.pipeline(), event);
+                        let progress = Arc::new(ShardProgress::new(lease.checkpoint.clone()));
+                        progress.lease_written(sent, self.lease_duration);
+                        let shard = world.listing.info(&lease.key, &lease.parents);
+                        world.held.insert(
+                            lease.key.clone(),
+                            Held {
+                                counter,
+                                progress,
+                                shard,
+                                initial: lease.initial,
+                                state: State::Blocked,
+                            },
+                        );
+                    }
+                }
+                Err(e) => {
+                    self.health.lease_table_reached(false);
+                    tracing::warn!(error = %e, "taking leases failed; trying again at the next round");
+                }
+            }
+        }
+        self.start_readers(world, &leases);
+        self.clean_up_finished(&leases).await;
+        metrics().leases_held(self.pipeline(), world.held.len());
+    }
+
+    /// Scans the table and records what it shows; `None` when it cannot be read.
+    async fn scan(&self, world: &mut World) -> Option<Vec<Lease>> {
+        match self.leases.scan().await {
+            Ok(leases) => Some(self.observe(world, leases)),
+            Err(e) => {
+                self.health.lease_table_reached(false);
+                tracing::warn!(error = %e, "the lease table cannot be read; trying again at the next round");
+                None
+            }
+        }
+    }
+
+    fn observe(&self, world: &mut World, leases: Vec<Lease>) -> Vec<Lease> {
+        self.health.lease_table_reached(true);
+        world.observations.record(&leases, Instant::now());
+        world.table = leases.clone();
+        leases
+    }
+
+    /// Leases held here that the table shows in other hands (or gone) are lost.
+    fn notice_losses(&self, world: &mut World, leases: &[Lease]) {
+        let lost: Vec<String> = world
+            .held
+            .iter()
+            .filter(|(key, held)| {
+                !matches!(held.state, State::Finished(_))
+                    && !leases.iter().any(|l| {
+                        &l.key == *key
+                            && l.owner.as_deref() == Some(self.leases.owner())
+                            && l.counter == held.counter
+                    })
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        for shard in lost {
+            self.lose(world, &shard);
+        }
+    }
+
+    /// Starts the readers of held shards whose parents are all finished (or gone).
+    fn start_readers(&self, world: &mut World, leases: &[Lease]) {
+        let finished_here: HashSet<&String> = world
+            .held
+            .iter()
+            .filter(|(_, h)| matches!(h.state, State::Finished(_)))
+            .map(|(k, _)| k)
+            .collect();
+        let ready: Vec<String> = world
+            .held
+            .iter()
+            .filter(|(_, h)| h.state == State::Blocked)
+            .filter(|(_, h)| {
+                h.shard.parents.iter().all(|p| {
+                    finished_here.contains(p)
+                        || leases
+                            .iter()
+                            .find(|l| &l.key == p)
+                            .is_none_or(Lease::is_finished)
+                })
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in ready {
+            let held = world.held.get_mut(&key).expect("listed above");
+            held.state = State::Reading;
+            let reader = ShardReader {
+                context: self.readers.clone(),
+                shard: held.shard.clone(),
+                initial: held.initial,
+                progress: held.progress.clone(),
+            };
+            world
+                .readers
+                .spawn(async move { (key, reader.run().await) });
+        }
+    }
+
+    /// Deletes finished leases whose children all have checkpoints of their own.
+    async fn clean_up_finished(&self, leases: &[Lease]) {
+        for lease in shards::finished_and_replaced(leases) {
+            match self.leases.delete_finished(&lease.key).await {
+                Ok(()) => tracing::info!(shard = %lease.key, "finished shard's lease removed"),
+                Err(e) => tracing::debug!(error = %e, "a finished lease stays for now"),
+            }
+        }
+    }
+}

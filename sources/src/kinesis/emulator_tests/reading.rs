@@ -1,0 +1,330 @@
+//! Reading: order, resuming, throttling, start positions, resharding, healing.
+
+use super::*;
+
+#[tokio::test]
+async fn every_shard_is_read_in_order_and_a_rerun_resumes_from_the_checkpoints() {
+    let Some(endpoint) = moto_endpoint() else {
+        return;
+    };
+    let stream = Stream::create(&endpoint, 3).await;
+    stream.put(0, 60).await;
+    let (summary, sink) = stream.read("", &FaultPlan::new()).await;
+    assert!(summary.is_success(), "{summary:?}");
+    assert_eq!(numbers(&sink), (0..60).collect::<Vec<_>>());
+    // Within each shard, records arrive in sequence-number order.
+    let mut by_shard: BTreeMap<String, Vec<SequenceNumber>> = BTreeMap::new();
+    for r in sink.records() {
+        assert_eq!(r.meta.source, "kinesis");
+        assert_eq!(r.meta.stream, stream.name);
+        assert!(r
+            .meta
+            .partition_key
+            .as_deref()
+            .is_some_and(|k| k.starts_with("key-")));
+        by_shard
+            .entry(r.meta.shard_id.clone())
+            .or_default()
+            .push(r.meta.sequence_number);
+    }
+    for seqs in by_shard.values() {
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    }
+    // Checkpoints stored for each shard, leases released.
+    let leases = stream.leases().await;
+    for (shard, seqs) in &by_shard {
+        let lease = &leases[shard];
+        assert_eq!(
+            lease["checkpoint"].as_s().unwrap(),
+            seqs.last().unwrap().as_str()
+        );
+        assert!(!lease.contains_key("leaseOwner"), "released: {lease:?}");
+        assert!(
+            lease["leaseCounter"]
+                .as_n()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+                >= 2
+        );
+    }
+
+    let (summary, sink) = stream.read("", &FaultPlan::new()).await;
+    assert_eq!(summary.counts.records, 0, "nothing new: {summary:?}");
+    assert!(sink.records().is_empty());
+    stream.put(60, 65).await;
+    let (_, sink) = stream.read("", &FaultPlan::new()).await;
+    assert_eq!(numbers(&sink), (60..65).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn throttled_and_failing_get_records_back_off_and_lose_nothing() {
+    let Some(endpoint) = moto_endpoint() else {
+        return;
+    };
+    let stream = Stream::create(&endpoint, 1).await;
+    stream.put(0, 20).await;
+    let plan = FaultPlan::new();
+    plan.fail("GetRecords", Fault::Throttle, 3)
+        .fail("GetRecords", Fault::ServerError, 1);
+    let (summary, sink) = stream.read("limit = 5", &plan).await;
+    assert!(summary.is_success(), "{summary:?}");
+    assert_eq!(numbers(&sink), (0..20).collect::<Vec<_>>());
+    assert!(plan.injected() >= 4);
+}
+
+#[tokio::test]
+async fn at_timestamp_starts_at_the_given_time() {
+    let Some(endpoint) = moto_endpoint() else {
+        return;
+    };
+    let stream = Stream::create(&endpoint, 1).await;
+    stream.put(0, 5).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let from = chrono::Utc::now();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    stream.put(5, 10).await;
+    let start = format!(
+        "start = \"at_timestamp\"\ntimestamp = \"{}\"",
+        from.to_rfc3339()
+    );
+    let (_, sink) = stream.read(&start, &FaultPlan::new()).await;
+    assert_eq!(numbers(&sink), (5..10).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn a_missing_stream_is_a_clear_error_at_start_up() {
+    let Some(endpoint) = moto_endpoint() else {
+        return;
+    };
+    let stream = Stream::create(&endpoint, 1).await;
+    let mut config = stream.config("");
+    config.stream = "arn:aws:kinesis:us-east-1:123456789012:stream/no-such-stream".into();
+    let e = config
+        .build(&testing::context("test", &FaultPlan::new()))
+        .await
+        .err()
+        .expect("the build fails");
+    let BuildError::Unavailable { what, message } = e else {
+        panic!("{e:?}")
+    };
+    assert_eq!(what, "Kinesis stream `no-such-stream`");
+    assert!(message.contains("ResourceNotFoundException"), "{message}");
+}
+
+#[tokio::test]
+async fn after_a_split_and_a_merge_every_record_is_stored_parents_before_children() {
+    let Some(moto) = moto_endpoint() else { return };
+    let Some(kinesis_local) = kinesis_local_endpoint() else {
+        return;
+    };
+    let stream = Stream::create_on(&kinesis_local, &moto, 1).await;
+    let key = |i: usize| format!("key-{}", i % 16);
+    stream.put_keyed(0, 64, key).await;
+
+    // Split the only shard at the middle of the hash key range.
+    let parent = stream.shards().await.into_keys().next().unwrap();
+    stream
+        .split(&parent, "170141183460469231731687303715884105728")
+        .await;
+    stream.put_keyed(64, 128, key).await;
+
+    // Merge the two children back into one.
+    let children: Vec<String> = stream
+        .shards()
+        .await
+        .into_iter()
+        .filter(|(_, (parents, closed))| parents.contains(&parent) && !closed)
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(children.len(), 2, "{:?}", stream.shards().await);
+    stream
+        .kinesis
+        .merge_shards()
+        .stream_name(&stream.name)
+        .shard_to_merge(&children[0])
+        .adjacent_shard_to_merge(&children[1])
+        .send()
+        .await
+        .expect("merge");
+    testing::wait_until_stream_active(&stream.kinesis, &stream.name).await;
+    stream.put_keyed(128, 192, key).await;
+    let shards = stream.shards().await;
+    assert_eq!(shards.len(), 4, "{shards:?}");
+
+    let sink = MemorySink::default();
+    let slow = SlowForShard {
+        inner: sink.clone(),
+        shard: parent.clone(),
+    };
+    let summary = stream
+        .read_into("", &FaultPlan::new(), Arc::new(slow))
+        .await;
+    assert!(summary.is_success(), "{summary:?}");
+    assert_eq!(
+        numbers(&sink),
+        (0..192).collect::<Vec<_>>(),
+        "every record, once"
+    );
+    // For each key, records were written in the order they were put: the parent's (before the
+    // split) first, then the children's, then the merged shard's.
+    let mut by_key: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for v in sink.values() {
+        by_key
+            .entry(v["key"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(v["n"].as_u64().unwrap());
+    }
+    for (k, ns) in &by_key {
+        assert!(ns.windows(2).all(|w| w[0] < w[1]), "{k}: {ns:?}");
+    }
+    // Closed shards are checkpointed as finished, with their parents recorded (KCL's
+    // `parentShardId`); a finished lease whose children all have checkpoints of their own may
+    // already be cleaned up.
+    let leases = stream.leases().await;
+    let finished_or_gone = |id: &str| {
+        leases
+            .get(id)
+            .is_none_or(|l| l["checkpoint"].as_s().unwrap() == "SHARD_END")
+    };
+    assert!(finished_or_gone(&parent), "{leases:?}");
+    for child in &children {
+        assert_eq!(leases[child]["checkpoint"].as_s().unwrap(), "SHARD_END");
+        assert_eq!(
+            leases[child]["parentShardId"].as_ss().unwrap(),
+            &vec![parent.clone()]
+        );
+    }
+    let merged = shards
+        .keys()
+        .find(|id| **id != parent && !children.contains(id))
+        .unwrap();
+    assert_ne!(leases[merged]["checkpoint"].as_s().unwrap(), "SHARD_END");
+
+    let (summary, _) = stream.read("", &FaultPlan::new()).await;
+    assert_eq!(
+        summary.counts.records, 0,
+        "a rerun reads nothing again: {summary:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_running_daemon_follows_a_split_to_the_children() {
+    let Some(moto) = moto_endpoint() else { return };
+    let Some(kinesis_local) = kinesis_local_endpoint() else {
+        return;
+    };
+    let stream = Stream::create_on(&kinesis_local, &moto, 1).await;
+    let key = |i: usize| format!("key-{}", i % 8);
+    stream.put_keyed(0, 20, key).await;
+    let daemon = stream
+        .daemon("poll_interval = \"100ms\"\ncheckpoint_interval = \"1s\"")
+        .await;
+    let sink = daemon.sink.clone();
+    let until_stored = |n: usize| {
+        let sink = sink.clone();
+        async move {
+            for _ in 0..300 {
+                if sink.records().len() >= n {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("{} of {n} records stored after 30 s", sink.records().len());
+        }
+    };
+    until_stored(20).await;
+
+    let parent = stream.shards().await.into_keys().next().unwrap();
+    stream
+        .split(&parent, "170141183460469231731687303715884105728")
+        .await;
+    stream.put_keyed(20, 40, key).await;
+    until_stored(40).await;
+
+    let (summary, sink) = daemon.stop().await;
+    assert!(summary.is_success(), "{summary:?}");
+    assert_eq!(numbers(&sink), (0..40).collect::<Vec<_>>());
+    let leases = stream.leases().await;
+    let parent_done = leases
+        .get(&parent)
+        .is_none_or(|l| l["checkpoint"].as_s().unwrap() == "SHARD_END");
+    assert!(
+        parent_done,
+        "finished, or cleaned up after its children: {leases:?}"
+    );
+    assert_eq!(
+        leases.len(),
+        2 + usize::from(leases.contains_key(&parent)),
+        "the two children, and the parent until cleaned up: {leases:?}"
+    );
+    assert!(
+        leases.values().all(|l| !l.contains_key("leaseOwner")),
+        "released on stop"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_daemon_reads_failed_records_again_until_the_sink_is_back_and_loses_none() {
+    let Some(endpoint) = moto_endpoint() else {
+        return;
+    };
+    let stream = Stream::create(&endpoint, 1).await;
+    let sink = OutageSink::down();
+    // Records fail fast: two attempts within 100 ms, then Failed.
+    let retry = RetryPolicy {
+        attempts: 2,
+        initial_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(10),
+        max_elapsed: Duration::from_millis(100),
+        on_exhausted: OnExhausted::Fail,
+    };
+    let pipeline = Pipeline::new(
+        "test",
+        Vec::new(),
+        Arc::new(sink.clone()),
+        Arc::new(MemorySink::default()),
+        BatchSettings::default(),
+        retry,
+    );
+    let daemon = stream
+        .daemon_with(
+            "checkpoint_interval = \"500ms\"\nlease_duration = \"3s\"\npoll_interval = \"200ms\"",
+            pipeline,
+            sink.inner.clone(),
+        )
+        .await;
+    let placed = stream.put_placed(0, 30).await;
+    let last = placed.last().cloned().unwrap().1;
+    // The records fail, more than once: the shard is read again after each failure.
+    assert!(
+        eventually(Duration::from_secs(20), async || sink.refused() >= 60).await,
+        "refused {}",
+        sink.refused()
+    );
+    assert!(sink.inner.records().is_empty());
+    sink.set_down(false);
+    let all_stored = eventually(Duration::from_secs(30), async || {
+        numbers(&sink.inner)
+            .iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+            == 30
+    })
+    .await;
+    assert!(all_stored, "stored {:?}", numbers(&sink.inner));
+    // The checkpoint reaches the last record, without a restart.
+    let reached = eventually(Duration::from_secs(10), async || {
+        let leases = stream.leases().await;
+        leases
+            .values()
+            .next()
+            .and_then(|l| l.get("checkpoint"))
+            .and_then(|c| c.as_s().ok())
+            .is_some_and(|c| *c == last)
+    })
+    .await;
+    assert!(reached, "{:?}", stream.leases().await);
+    let (summary, _) = daemon.stop().await;
+    assert!(summary.counts.failed > 0, "{summary:?}");
+}
