@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use sluice::sluice_core::{lambda, PipelineConfig, Progress};
+use sluice::sluice_core::{lambda, ops, PipelineConfig, Progress};
 
 // The facade links every component crate, so each `type` is registered.
 use sluice as _;
@@ -83,6 +83,23 @@ enum Command {
         /// and checkpointed, instead of waiting for new records.
         #[arg(long)]
         until_caught_up: bool,
+        /// This process's id among the workers sharing a stream (written as the lease owner);
+        /// stable and unique. Default: the host name and a random suffix.
+        #[arg(long, env = "SLUICE_WORKER_ID")]
+        worker_id: Option<String>,
+        /// Serve /metrics (Prometheus), /health and /ready on this address, e.g. 0.0.0.0:9090.
+        #[arg(long, env = "SLUICE_METRICS_ADDR")]
+        metrics_addr: Option<std::net::SocketAddr>,
+        /// /health answers 503 once a shard has been stuck on failed records this long.
+        #[arg(long, env = "SLUICE_UNHEALTHY_AFTER", default_value = "5m", value_parser = positive_duration)]
+        unhealthy_after: Duration,
+    },
+    /// Check an HTTP endpoint (exit 0 when it answers 200): a container's health check, where
+    /// the image has no shell or curl.
+    #[command(after_help = "Example:\n  sluice probe http://127.0.0.1:9090/health")]
+    Probe {
+        /// The URL (plain http://).
+        url: String,
     },
     /// Check a pipeline file: load it, build every component, read no data, print the plan.
     ///
@@ -146,8 +163,26 @@ fn lambda_main() -> ExitCode {
     }
 }
 
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(d) if d.is_zero() => Err("must be longer than zero, e.g. 5m".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(format!("{e} (e.g. 30s, 5m)")),
+    }
+}
+
 async fn execute(command: Command) -> anyhow::Result<ExitCode> {
     match command {
+        Command::Probe { url } => {
+            let ok = tokio::task::spawn_blocking(move || ops::probe(&url))
+                .await?
+                .map_err(anyhow::Error::msg)?;
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         Command::Validate { file } => {
             let config = PipelineConfig::load(&file)?;
             config.build(&config.context(true)).await?;
@@ -163,19 +198,34 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             no_progress,
             summary,
             until_caught_up,
+            worker_id,
+            metrics_addr,
+            unhealthy_after,
         } => {
             let config = PipelineConfig::load(&file)?;
             let mut ctx = config.context(false);
             ctx.until_caught_up = until_caught_up;
+            if let Some(id) = worker_id {
+                ctx.worker_id = id;
+            }
+            ctx.health.set_stuck_after(unhealthy_after);
+            if let Some(addr) = metrics_addr {
+                let bound = ops::serve(addr, ctx.health.clone())
+                    .await
+                    .with_context(|| format!("serving metrics on {addr}"))?;
+                tracing::info!(%bound, "serving /metrics, /health and /ready");
+            }
             let shutdown = ctx.shutdown.clone();
+            let health = ctx.health.clone();
             tokio::spawn(async move {
                 stop_signal().await;
+                health.set_stopping();
                 tracing::warn!("stopping: finishing the records already read, storing checkpoints");
                 shutdown.trigger();
             });
             let built = config.build(&ctx).await?;
             let (pipeline, source) = (built.pipeline, built.source.context("a [source]")?);
-            tracing::info!(pipeline = %config.name, file = %file.display(), "running");
+            tracing::info!(pipeline = %config.name, file = %file.display(), worker = %ctx.worker_id, "running");
             let progress = Arc::new(Progress::default());
             let bar = (!no_progress && std::io::stderr().is_terminal())
                 .then(|| spawn_progress_bar(progress.clone()));

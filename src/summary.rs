@@ -37,7 +37,12 @@ pub fn text(summary: &RunSummary, sink_enabled: bool) -> String {
         c.dead_lettered,
         by(&summary.dead_lettered_by)
     );
-    let _ = writeln!(out, "failed         {}", c.failed);
+    let healed = if c.failed > 0 && summary.unresolved.is_empty() {
+        "  (read again and done since)"
+    } else {
+        ""
+    };
+    let _ = writeln!(out, "failed         {}{healed}", c.failed);
     if summary.handed_back > 0 {
         let _ = writeln!(
             out,

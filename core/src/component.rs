@@ -205,6 +205,14 @@ pub trait Acknowledge: Send {
     fn is_current(&self) -> bool {
         true
     }
+
+    /// Which holding of its shard the batch belongs to. A source that gives a shard up and may
+    /// take it back later (another worker having moved its checkpoint meanwhile) answers a new
+    /// number for each holding; the runtime then applies the checkpoint rule afresh, so a
+    /// failure seen in an earlier holding holds nothing back.
+    fn holding(&self) -> u64 {
+        0
+    }
     /// Called once per batch, in order per shard, after every record has an outcome.
     async fn acknowledge(self: Box<Self>, report: &BatchReport) -> Result<(), SourceError>;
 }

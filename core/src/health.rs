@@ -8,10 +8,14 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// The process's readiness and health, shared by its sources and its HTTP endpoints.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Health {
     ready: AtomicBool,
     stopping: AtomicBool,
+    /// How long a shard may be stuck on failed records before the process is unhealthy.
+    stuck_after: Mutex<Duration>,
+    /// How long the lease table may be unreachable (a lease's duration).
+    table_grace: Mutex<Duration>,
     /// Shards whose checkpoint a failed record holds, since when.
     stuck: Mutex<HashMap<String, Instant>>,
     /// Since when the lease table cannot be read or written.
@@ -40,7 +44,30 @@ impl std::fmt::Display for Unhealthy {
     }
 }
 
+impl Default for Health {
+    fn default() -> Self {
+        Self {
+            ready: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            stuck_after: Mutex::new(Duration::from_secs(300)),
+            table_grace: Mutex::new(Duration::from_secs(30)),
+            stuck: Mutex::default(),
+            lease_table_down: Mutex::default(),
+        }
+    }
+}
+
 impl Health {
+    /// How long a shard may be stuck on failed records before `/health` says 503 (default 5 min).
+    pub fn set_stuck_after(&self, bound: Duration) {
+        *Self::lock(&self.stuck_after) = bound;
+    }
+
+    /// How long the lease table may be unreachable before `/health` says 503: a lease's duration.
+    pub fn set_lease_duration(&self, duration: Duration) {
+        *Self::lock(&self.table_grace) = duration;
+    }
+
     fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         m.lock().expect("no panic while holding health state")
     }
@@ -83,9 +110,11 @@ impl Health {
         }
     }
 
-    /// Why the process is unhealthy now, if it is: a shard stuck longer than `stuck_after`, or
-    /// the lease table unreachable longer than `lease_duration`.
-    pub fn check(&self, stuck_after: Duration, lease_duration: Duration) -> Option<Unhealthy> {
+    /// Why the process is unhealthy now, if it is: a shard stuck on failed records longer than
+    /// its bound, or the lease table unreachable longer than a lease lasts.
+    pub fn check(&self) -> Option<Unhealthy> {
+        let stuck_after = *Self::lock(&self.stuck_after);
+        let lease_duration = *Self::lock(&self.table_grace);
         let now = Instant::now();
         let stuck = Self::lock(&self.stuck)
             .iter()
@@ -118,23 +147,25 @@ mod tests {
         health.set_ready();
         assert!(health.is_ready());
         let bound = Duration::from_millis(50);
+        health.set_stuck_after(bound);
+        health.set_lease_duration(bound);
         health.shard_stuck("s1", Some(Instant::now()));
-        assert_eq!(health.check(bound, bound), None, "not yet past the bound");
+        assert_eq!(health.check(), None, "not yet past the bound");
         std::thread::sleep(bound * 2);
         assert!(matches!(
-            health.check(bound, Duration::from_secs(60)),
+            health.check(),
             Some(Unhealthy::ShardStuck { shard, .. }) if shard == "s1"
         ));
         health.shard_stuck("s1", None);
-        assert_eq!(health.check(bound, bound), None);
+        assert_eq!(health.check(), None);
         health.lease_table_reached(false);
         std::thread::sleep(bound * 2);
         assert!(matches!(
-            health.check(bound, bound),
+            health.check(),
             Some(Unhealthy::LeaseTableUnreachable { .. })
         ));
         health.lease_table_reached(true);
-        assert_eq!(health.check(bound, bound), None);
+        assert_eq!(health.check(), None);
         health.set_stopping();
         assert!(!health.is_ready());
     }

@@ -18,6 +18,8 @@ pub mod kinesis_event;
 #[cfg(feature = "lambda")]
 pub mod lambda;
 pub mod metrics;
+#[cfg(feature = "ops")]
+pub mod ops;
 pub mod outcome;
 pub mod position;
 pub mod record;

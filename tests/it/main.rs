@@ -4,6 +4,7 @@
 mod aws_job;
 mod cli;
 mod custom_sink;
+mod daemon;
 mod deploy;
 mod lambda;
 mod lambda_binary;

@@ -75,12 +75,21 @@ async fn shard_worker(
 ) -> RunSummary {
     let mut summary = RunSummary::default();
     let mut shard = ShardTracker::default();
+    let mut holding = 0;
+    let mut id = None;
     while let Some(batch) = queue.recv().await {
         let SourceBatch {
             shard_id,
             records,
             ack,
         } = batch;
+        id.get_or_insert_with(|| shard_id.clone());
+        if let Some(ack) = &ack {
+            if ack.holding() != holding {
+                holding = ack.holding();
+                shard = ShardTracker::default();
+            }
+        }
         if let (Some(ack), Some(first)) = (&ack, records.first()) {
             if !ack.is_current() {
                 // The source may have lost the shard to another worker: not a record is written;
@@ -106,6 +115,11 @@ async fn shard_worker(
         let counts = progress.add(&report);
         metrics().record_outcomes(pipeline.name(), &counts);
         summary.add(&report);
+    }
+    // A daemon reads failed records again until they are done; what still fails at the end
+    // (or, in one pass, at all) is left for the next run.
+    if let (true, Some(id)) = (shard.is_frozen(), id) {
+        summary.unresolved.push(id);
     }
     summary
 }

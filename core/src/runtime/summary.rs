@@ -96,6 +96,9 @@ pub struct RunSummary {
     pub failures: Vec<String>,
     /// The checkpoint each shard reached (absent for a shard whose first record failed).
     pub checkpoints: BTreeMap<String, Checkpoint>,
+    /// Shards that ended with a failed record not delivered since (their checkpoint stays
+    /// before it; the next run reads it again).
+    pub unresolved: Vec<String>,
     /// Records read but handed back unprocessed because the source no longer held their shard
     /// (another worker took its lease); that worker reads them.
     pub handed_back: u64,
@@ -148,12 +151,14 @@ impl RunSummary {
         self.failures.extend(other.failures.into_iter().take(room));
         self.checkpoints.extend(other.checkpoints);
         self.handed_back += other.handed_back;
+        self.unresolved.extend(other.unresolved);
         self.errors.extend(other.errors);
     }
 
-    /// A run succeeded when no record failed and nothing stopped it.
+    /// A run succeeded when nothing stopped it and no shard ended on a failed record: in one
+    /// pass, when no record failed; in a daemon, failed records read again and done count too.
     pub fn is_success(&self) -> bool {
-        self.counts.failed == 0 && self.errors.is_empty()
+        self.unresolved.is_empty() && self.errors.is_empty()
     }
 
     /// Records per second over the whole run.

@@ -428,3 +428,78 @@ async fn outcomes_always_add_up_to_the_input() {
         );
     }
 }
+
+/// Batches of shard `s`, each acknowledged with its holding number; the reports are kept.
+struct Holdings {
+    batches: Vec<(u64, Vec<RawRecord>)>,
+    reports: Arc<std::sync::Mutex<Vec<BatchReport>>>,
+}
+
+struct HoldingAck(u64, Arc<std::sync::Mutex<Vec<BatchReport>>>);
+
+#[async_trait]
+impl crate::component::Acknowledge for HoldingAck {
+    fn holding(&self) -> u64 {
+        self.0
+    }
+
+    async fn acknowledge(
+        self: Box<Self>,
+        report: &BatchReport,
+    ) -> Result<(), crate::error::SourceError> {
+        self.1.lock().unwrap().push(report.clone());
+        Ok(())
+    }
+}
+
+impl Source for Holdings {
+    fn batches(
+        self: Box<Self>,
+        _: BatchSettings,
+    ) -> futures::stream::BoxStream<
+        'static,
+        Result<crate::component::SourceBatch, crate::error::SourceError>,
+    > {
+        use futures::StreamExt;
+        let reports = self.reports;
+        let batches: Vec<_> = self
+            .batches
+            .into_iter()
+            .map(|(holding, records)| {
+                Ok(crate::component::SourceBatch {
+                    shard_id: "s".into(),
+                    records,
+                    ack: Some(Box::new(HoldingAck(holding, reports.clone())) as Box<_>),
+                })
+            })
+            .collect();
+        futures::stream::iter(batches).boxed()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_holding_of_a_shard_starts_the_checkpoint_rule_afresh() {
+    // Found by review: a failure in an earlier holding of the shard (before its lease went to
+    // another worker and came back) froze the runtime's checkpoint for good.
+    let sink = FailingSink::default().failing(2, Failure::AlwaysRetryable);
+    let dlq = MemorySink::default();
+    let p = pipeline(vec![], Arc::new(sink), Arc::new(dlq), policy());
+    let reports = Arc::default();
+    let source = Holdings {
+        batches: vec![
+            (1, records("s", 1..=3)),
+            (1, records("s", 4..=5)),
+            // Held again later, from another worker's checkpoint past the failed record.
+            (2, records("s", 10..=12)),
+        ],
+        reports: Arc::clone(&reports),
+    };
+    let summary = p.run(Box::new(source), Arc::default()).await;
+    let reports = reports.lock().unwrap();
+    let reached: Vec<_> = reports.iter().map(|r| r.checkpoint().cloned()).collect();
+    assert_eq!(reached, vec![Some(1.into()), None, Some(12.into())]);
+    assert!(
+        summary.is_success(),
+        "the shard ends with nothing failed in its holding: {summary:?}"
+    );
+}

@@ -147,26 +147,27 @@ impl Balance<'_> {
         else {
             return chosen;
         };
-        if count <= target {
+        // When every worker is at the target but this one is two or more short of the most
+        // loaded, one lease moves: it narrows the gap, and the victim cannot take it back.
+        let excess = if count > target {
+            count - target
+        } else if count >= mine + 2 {
+            1
+        } else {
             return chosen;
-        }
+        };
         let mut theirs: Vec<&Lease> = live
             .iter()
             .copied()
             .filter(|l| l.owner.as_deref() == Some(victim))
             .collect();
         fastrand::shuffle(&mut theirs);
-        chosen.extend(
-            theirs
-                .into_iter()
-                .take(room.min(count - target))
-                .map(|l| Choice {
-                    shard: l.key.clone(),
-                    counter: l.counter,
-                    from: Some(victim.to_owned()),
-                    steal: true,
-                }),
-        );
+        chosen.extend(theirs.into_iter().take(room.min(excess)).map(|l| Choice {
+            shard: l.key.clone(),
+            counter: l.counter,
+            from: Some(victim.to_owned()),
+            steal: true,
+        }));
         chosen
     }
 }
@@ -263,6 +264,35 @@ mod tests {
         let stolen = balance("c").choose(&leases, &seen, &HashSet::new(), t0);
         assert_eq!(stolen.len(), 1, "{stolen:?}");
         assert!(stolen[0].steal);
+    }
+
+    #[test]
+    fn a_worker_below_a_full_fleet_still_gets_one() {
+        let t0 = Instant::now();
+        let steals = |owners: &[&str]| {
+            let leases: Vec<Lease> = owners
+                .iter()
+                .enumerate()
+                .map(|(i, o)| lease(&format!("s{i}"), Some(o), 1))
+                .collect();
+            let mine: HashSet<String> = leases
+                .iter()
+                .filter(|l| l.owner.as_deref() == Some("d"))
+                .map(|l| l.key.clone())
+                .collect();
+            let mut seen = Observations::default();
+            seen.record(&leases, t0);
+            balance("d").choose(&leases, &seen, &mine, t0)
+        };
+        // Nine leases; `d` arrives to three workers holding three each (everyone's share).
+        let first = steals(&["a", "b", "c", "a", "b", "c", "a", "b", "c"]);
+        assert!(first.len() == 1 && first[0].steal, "{first:?}");
+        // One against threes: one more. Two against a three: no move narrows the gap.
+        assert_eq!(
+            steals(&["a", "b", "c", "a", "b", "c", "a", "b", "d"]).len(),
+            1
+        );
+        assert!(steals(&["a", "b", "c", "a", "b", "c", "a", "d", "d"]).is_empty());
     }
 
     #[test]

@@ -81,6 +81,7 @@ impl SourceConfig for KinesisSourceConfig {
                 ),
             }
         })?;
+        ctx.health.set_lease_duration(self.lease_duration);
         Ok(Box::new(KinesisSource {
             readers: ReaderContext {
                 pipeline: ctx.pipeline.clone(),

@@ -4,7 +4,7 @@
 //! and whether this worker still holds the shard's lease (no batch is handed out or written
 //! once it may not).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -17,6 +17,8 @@ use tokio::time::Instant;
 /// One shard's checkpoint, whether it moved since last stored, and the batches in flight.
 #[derive(Debug, Default)]
 pub struct ShardProgress {
+    /// Which holding of the shard this is (one per lease taken).
+    holding: u64,
     state: Mutex<State>,
     outstanding: AtomicUsize,
     acked: Notify,
@@ -49,7 +51,9 @@ struct State {
 impl ShardProgress {
     /// Progress from a stored checkpoint (`None`: the shard is new).
     pub fn new(checkpoint: Option<Checkpoint>) -> Self {
+        static HOLDINGS: AtomicU64 = AtomicU64::new(1);
         Self {
+            holding: HOLDINGS.fetch_add(1, Ordering::Relaxed),
             state: Mutex::new(State {
                 tracker: ShardTracker::new(checkpoint),
                 dirty: false,
@@ -68,6 +72,18 @@ impl ShardProgress {
     /// Another worker took the lease: nothing more is handed out or written for this shard.
     pub fn lease_lost(&self) {
         self.lease.send_modify(|l| l.lost = true);
+    }
+
+    /// Whether another worker took the lease.
+    pub fn is_lost(&self) -> bool {
+        self.lease.borrow().lost
+    }
+
+    /// Waits until another worker takes the lease.
+    pub async fn lost(&self) {
+        let mut changes = self.lease.subscribe();
+        // The sender lives as long as `self`.
+        let _ = changes.wait_for(|l| l.lost).await;
     }
 
     /// Whether batches of this shard may be handed out and written now.
@@ -195,6 +211,10 @@ struct ShardAck {
 impl Acknowledge for ShardAck {
     fn is_current(&self) -> bool {
         self.progress().holds_lease()
+    }
+
+    fn holding(&self) -> u64 {
+        self.progress().holding
     }
 
     async fn acknowledge(mut self: Box<Self>, report: &BatchReport) -> Result<(), SourceError> {

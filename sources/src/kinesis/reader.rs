@@ -50,6 +50,16 @@ pub enum ReadEnd {
     Lost,
 }
 
+/// Where a reader asks for its shard iterator.
+enum Resume {
+    /// The shard's start position (no checkpoint, nothing read yet).
+    Start,
+    /// After the checkpoint (or the last record read).
+    After(SequenceNumber),
+    /// At a record: the first one read when there is no checkpoint to resume after.
+    At(SequenceNumber),
+}
+
 /// What every shard reader of one consumer shares.
 pub struct ReaderContext {
     /// The pipeline's name, for metrics.
@@ -86,7 +96,7 @@ pub struct ShardReader {
 }
 
 impl ShardReader {
-    async fn iterator(&self, after: Option<&SequenceNumber>) -> Result<String, SourceError> {
+    async fn iterator(&self, from: &Resume) -> Result<String, SourceError> {
         let cx = &*self.context;
         let mut call = cx.client.get_shard_iterator().shard_id(&self.shard.id);
         call = match &cx.stream_arn {
@@ -105,18 +115,20 @@ impl ShardReader {
                 _ => StartPosition::TrimHorizon,
             },
         };
-        call = match (after, has_parents, &start) {
-            (Some(seq), _, _) => call
+        call = match (from, has_parents, &start) {
+            (Resume::After(seq), _, _) => call
                 .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
                 .starting_sequence_number(seq.as_str()),
-            // A child of a finished parent starts at its beginning, whatever `start` says.
-            (None, true, _) | (None, false, StartPosition::TrimHorizon) => {
+            (Resume::At(seq), _, _) => call
+                .shard_iterator_type(ShardIteratorType::AtSequenceNumber)
+                .starting_sequence_number(seq.as_str()),
+            (Resume::Start, true, _) | (Resume::Start, false, StartPosition::TrimHorizon) => {
                 call.shard_iterator_type(ShardIteratorType::TrimHorizon)
             }
-            (None, false, StartPosition::Latest) => {
+            (Resume::Start, false, StartPosition::Latest) => {
                 call.shard_iterator_type(ShardIteratorType::Latest)
             }
-            (None, false, StartPosition::AtTimestamp(t)) => call
+            (Resume::Start, false, StartPosition::AtTimestamp(t)) => call
                 .shard_iterator_type(ShardIteratorType::AtTimestamp)
                 .timestamp(aws_smithy_types::DateTime::from_millis(
                     t.timestamp_millis(),
@@ -134,13 +146,15 @@ impl ShardReader {
         })
     }
 
-    /// Where to read from: after the checkpoint, if there is one.
-    fn resume_after(&self) -> Option<SequenceNumber> {
+    /// Where to read again from: after the checkpoint; with none yet, at the first record this
+    /// reader handed out (never the starting position again: `LATEST` would skip records).
+    fn resume(&self, first_read: Option<&SequenceNumber>) -> Resume {
         let checkpoint = self.progress.checkpoint();
-        checkpoint
-            .as_ref()
-            .and_then(|c| c.position())
-            .map(|p| p.sequence.clone())
+        match (checkpoint.as_ref().and_then(|c| c.position()), first_read) {
+            (Some(p), _) => Resume::After(p.sequence.clone()),
+            (None, Some(first)) => Resume::At(first.clone()),
+            (None, None) => Resume::Start,
+        }
     }
 
     /// Reads the shard until it ends, is caught up (when asked), or shutdown. In a daemon, a
@@ -150,12 +164,17 @@ impl ShardReader {
         let cx = &*self.context;
         let mut healing = Healing::new(self.progress.freezes());
         let mut last_read: Option<SequenceNumber> = None;
-        let mut iterator = self.iterator(self.resume_after().as_ref()).await?;
+        let mut first_read: Option<SequenceNumber> = None;
+        let mut iterator = self.iterator(&self.resume(None)).await?;
         let mut pacer = Pacer::default();
         loop {
             if cx.shutdown.is_triggered() {
                 self.progress.settled().await;
                 return Ok(ReadEnd::Stopped);
+            }
+            if self.progress.is_lost() {
+                self.progress.settled().await;
+                return Ok(ReadEnd::Lost);
             }
             if !cx.until_caught_up && self.progress.freezes() > healing.rewound_for {
                 self.progress.settled().await;
@@ -165,7 +184,7 @@ impl ShardReader {
                     .await
                 {
                     last_read = None;
-                    iterator = self.iterator(self.resume_after().as_ref()).await?;
+                    iterator = self.iterator(&self.resume(first_read.as_ref())).await?;
                 }
                 continue;
             }
@@ -181,8 +200,11 @@ impl ShardReader {
             {
                 Ok(out) => out,
                 Err(e) if aws::error_code(&e) == Some("ExpiredIteratorException") => {
-                    let after = last_read.clone().or_else(|| self.resume_after());
-                    iterator = self.iterator(after.as_ref()).await?;
+                    let from = match &last_read {
+                        Some(seq) => Resume::After(seq.clone()),
+                        None => self.resume(first_read.as_ref()),
+                    };
+                    iterator = self.iterator(&from).await?;
                     continue;
                 }
                 Err(e) if aws::is_retryable(&e) => {
@@ -224,6 +246,9 @@ impl ShardReader {
             if let Some(r) = records.last() {
                 last_read = Some(r.meta.sequence_number.clone());
             }
+            if let Some(r) = records.first() {
+                first_read.get_or_insert_with(|| r.meta.sequence_number.clone());
+            }
             if let Some(behind) = out.millis_behind_latest() {
                 metrics().millis_behind(&cx.pipeline, &self.shard.id, behind);
             }
@@ -261,6 +286,7 @@ impl ShardReader {
                 tokio::select! {
                     _ = tokio::time::sleep(cx.poll_interval) => {}
                     _ = cx.shutdown.triggered() => {}
+                    _ = self.progress.lost() => {}
                 }
             }
         }
@@ -352,7 +378,8 @@ impl Healing {
     }
 
     /// After a freeze, with every batch handed out reported: logs the episode (at error level
-    /// once) and waits out the backoff. Answers whether to re-read (false when stopping).
+    /// once) and waits out the backoff. Answers whether to re-read (false when stopping, or
+    /// when the lease is lost).
     async fn wait(&mut self, shard: &str, progress: &ShardProgress, shutdown: &Shutdown) -> bool {
         self.rewound_for = progress.freezes();
         self.rewinds += 1;
@@ -369,6 +396,7 @@ impl Healing {
         tokio::select! {
             _ = tokio::time::sleep(wait) => true,
             _ = shutdown.triggered() => false,
+            _ = progress.lost() => false,
         }
     }
 

@@ -83,12 +83,18 @@ pub async fn list(cx: &ReaderContext) -> Result<Listing, SourceError> {
 
 /// The listed shards that need a lease: each with its parents and whether it is a child (it
 /// then starts at its beginning). A shard needs one when neither it nor any descendant has a
-/// lease (a finished parent whose lease was cleaned up stays covered by its children), and its
-/// listed parents all have (or had) leases; roots of the listing always qualify.
+/// lease (a finished parent whose lease was cleaned up stays covered by its children, listed or
+/// not yet), and its listed parents all have (or had) leases; roots of the listing qualify.
 pub fn missing(listing: &Listing, leases: &[Lease]) -> Vec<(String, Vec<String>, bool)> {
     let by_id: HashMap<&str, &ShardInfo> =
         listing.shards.iter().map(|s| (s.id.as_str(), s)).collect();
-    let has_lease = |id: &str| leases.iter().any(|l| l.key == id);
+    // A shard some lease names as its parent is covered too, even when this listing is older
+    // than that child (it would otherwise be read again from its start).
+    let has_lease = |id: &str| {
+        leases
+            .iter()
+            .any(|l| l.key == id || l.parents.iter().any(|p| p == id))
+    };
     let mut covered: HashMap<&str, bool> = HashMap::new();
     // Children come after their parents in ListShards; walk from the newest to see descendants.
     for shard in listing.shards.iter().rev() {
@@ -185,6 +191,14 @@ mod tests {
         // 0 finished and cleaned up, its children leased: 0 stays covered, 3 comes.
         let cleaned = [lease("1", &["0"], None), lease("2", &["0"], None)];
         assert_eq!(names(missing(&listing, &cleaned)), [("3".to_owned(), true)]);
+        // A listing older than the split: 0 is covered by the children's leases all the same.
+        let old = Listing {
+            shards: vec![shard("0", &[])],
+        };
+        assert!(
+            missing(&old, &cleaned).is_empty(),
+            "a finished parent is not made again"
+        );
     }
 
     #[test]

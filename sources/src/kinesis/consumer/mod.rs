@@ -84,6 +84,9 @@ struct Held {
     shard: ShardInfo,
     initial: Option<Initial>,
     state: State,
+    /// A lease stolen from a live worker is read only from here on: by then that worker's own
+    /// hold has run out, whatever became of its renewals, so the two never read it at once.
+    read_after: Instant,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,6 +100,9 @@ enum State {
     Idle,
 }
 
+/// How a reader ended: its shard, the progress of the tenure it read for, and why.
+type Ended = (String, Arc<ShardProgress>, Result<ReadEnd, SourceError>);
+
 /// What the loop knows.
 #[derive(Default)]
 struct World {
@@ -104,7 +110,7 @@ struct World {
     table: Vec<Lease>,
     listing: Listing,
     observations: Observations,
-    readers: JoinSet<(String, Result<ReadEnd, SourceError>)>,
+    readers: JoinSet<Ended>,
     rounds: u64,
     list_now: bool,
     errors: Vec<SourceError>,
@@ -146,7 +152,10 @@ impl Consumer {
                     self.reader_ended(&mut world, joined).await;
                 }
                 _ = renew.tick() => self.renew_round(&mut world).await,
-                _ = take.tick() => self.take_round(&mut world, None).await,
+                // A stopping worker takes nothing more (it would only give it back).
+                _ = take.tick(), if !cx.shutdown.is_triggered() => {
+                    self.take_round(&mut world, None).await
+                }
                 // The readers stop by themselves (renewals go on meanwhile); with none, stop now.
                 _ = cx.shutdown.triggered(), if world.readers.is_empty() => {}
             }
@@ -181,13 +190,9 @@ impl Consumer {
         })
     }
 
-    async fn reader_ended(
-        &self,
-        world: &mut World,
-        joined: Result<(String, Result<ReadEnd, SourceError>), tokio::task::JoinError>,
-    ) {
+    async fn reader_ended(&self, world: &mut World, joined: Result<Ended, tokio::task::JoinError>) {
         let cx = &*self.readers;
-        let (id, end) = match joined {
+        let (id, progress, end) = match joined {
             Ok(ended) => ended,
             Err(e) => {
                 world
@@ -196,9 +201,25 @@ impl Consumer {
                 return;
             }
         };
+        let current = world
+            .held
+            .get(&id)
+            .is_some_and(|h| Arc::ptr_eq(&h.progress, &progress));
+        if !current {
+            // A reader of a lease lost earlier (this worker may hold the shard again since).
+            tracing::debug!(shard = %id, ?end, "a reader of an earlier lease ended");
+            return;
+        }
         match end {
             Ok(ReadEnd::Finished) => {
                 tracing::info!(shard = %id, "shard read to its end");
+                // The listing may predate the split or merge that closed the shard.
+                match shards::list(cx).await {
+                    Ok(listing) => world.listing = listing,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "listing shards failed; the children are found at a later round")
+                    }
+                }
                 let children = world.listing.children(&id);
                 if let Some(held) = world.held.get_mut(&id) {
                     held.state = State::Finished(children);
@@ -235,7 +256,8 @@ impl Consumer {
                         _ = tokio::time::sleep(RESTART_DELAY) => {}
                         _ = shutdown.triggered() => {}
                     }
-                    (id, reader.run().await)
+                    let progress = reader.progress.clone();
+                    (id, progress, reader.run().await)
                 });
             }
             Err(e) => {

@@ -115,6 +115,11 @@ impl Consumer {
                                 shard,
                                 initial: lease.initial,
                                 state: State::Blocked,
+                                read_after: if choice.steal {
+                                    sent + self.lease_duration
+                                } else {
+                                    sent
+                                },
                             },
                         );
                     }
@@ -180,7 +185,7 @@ impl Consumer {
         let ready: Vec<String> = world
             .held
             .iter()
-            .filter(|(_, h)| h.state == State::Blocked)
+            .filter(|(_, h)| h.state == State::Blocked && h.read_after <= Instant::now())
             .filter(|(_, h)| {
                 h.shard.parents.iter().all(|p| {
                     finished_here.contains(p)
@@ -195,15 +200,16 @@ impl Consumer {
         for key in ready {
             let held = world.held.get_mut(&key).expect("listed above");
             held.state = State::Reading;
+            let progress = held.progress.clone();
             let reader = ShardReader {
                 context: self.readers.clone(),
                 shard: held.shard.clone(),
                 initial: held.initial,
-                progress: held.progress.clone(),
+                progress: progress.clone(),
             };
             world
                 .readers
-                .spawn(async move { (key, reader.run().await) });
+                .spawn(async move { (key, progress, reader.run().await) });
         }
     }
 

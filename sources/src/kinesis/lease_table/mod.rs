@@ -246,7 +246,36 @@ impl LeaseTable {
                 }
             }
         }
+        // A write refused now may have been applied by an earlier attempt whose answer was
+        // lost (a timeout): the item then shows it, as KCL checks after a failed renewal.
+        for (write, answer) in writes.iter().zip(answers.iter_mut()) {
+            if answer.is_none() && self.applied(write).await? {
+                *answer = Some(write.counter + 1);
+            }
+        }
         Ok(answers)
+    }
+
+    /// Whether the item shows `write` in effect: its counter one past the one seen, and this
+    /// worker its owner (or, for a write that lets the lease go, nobody).
+    async fn applied(&self, write: &LeaseWrite) -> Result<bool, SourceError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("leaseKey", s(&write.shard))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| failed("reading a lease back", aws::describe_error(&e)))?;
+        let Some(lease) = out.item().and_then(read_lease) else {
+            return Ok(false);
+        };
+        let owner_after = match write.kind {
+            WriteKind::Finish(_) | WriteKind::Release(_) => None,
+            _ => Some(self.owner.as_str()),
+        };
+        Ok(lease.counter == write.counter + 1 && lease.owner.as_deref() == owner_after)
     }
 }
 
