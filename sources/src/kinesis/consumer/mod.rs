@@ -113,6 +113,8 @@ struct World {
     readers: JoinSet<Ended>,
     rounds: u64,
     list_now: bool,
+    /// A listing is under way in the background (renewals never wait for Kinesis).
+    listing_due: Option<mpsc::Sender<Result<Listing, SourceError>>>,
     errors: Vec<SourceError>,
 }
 
@@ -140,6 +142,8 @@ impl Consumer {
         let mut take =
             tokio::time::interval((self.lease_duration / 2).max(self.checkpoint_interval));
         take.reset();
+        let (listed, mut listings) = mpsc::channel(1);
+        world.listing_due = Some(listed);
         loop {
             if cx.shutdown.is_triggered() && world.readers.is_empty() {
                 break;
@@ -156,6 +160,13 @@ impl Consumer {
                 _ = take.tick(), if !cx.shutdown.is_triggered() => {
                     self.take_round(&mut world, None).await
                 }
+                Some(listed) = listings.recv() => match listed {
+                    Ok(listing) => {
+                        world.listing = listing;
+                        world.list_now = false;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "listing shards failed; trying again at the next round"),
+                },
                 // The readers stop by themselves (renewals go on meanwhile); with none, stop now.
                 _ = cx.shutdown.triggered(), if world.readers.is_empty() => {}
             }

@@ -43,14 +43,14 @@ impl Consumer {
     pub(super) async fn take_round(&self, world: &mut World, scanned: Option<Vec<Lease>>) {
         world.rounds += 1;
         if world.list_now || world.rounds.is_multiple_of(LIST_EVERY) {
-            match shards::list(&self.readers).await {
-                Ok(listing) => {
-                    world.listing = listing;
-                    world.list_now = false;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "listing shards failed; trying again at the next round")
-                }
+            // In the background: the next round uses what it finds.
+            if let Some(Ok(permit)) = world
+                .listing_due
+                .as_ref()
+                .map(|tx| tx.clone().try_reserve_owned())
+            {
+                let readers = self.readers.clone();
+                tokio::spawn(async move { permit.send(shards::list(&readers).await) });
             }
         }
         let scanned = match scanned {
