@@ -1,5 +1,6 @@
-//! `deploy/template.yaml`: valid CloudFormation (cfn-lint), with the resources the Lambda
-//! deployment needs and an IAM policy granting only the calls sluice makes.
+//! `deploy/`: the Lambda template and the Fargate fleet template are valid CloudFormation
+//! (cfn-lint), hold the resources their deployment needs, and grant only the calls sluice makes;
+//! the container image runs without a shell.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -25,15 +26,30 @@ fn cfn_lint() -> Option<PathBuf> {
     }
 }
 
-/// The template as JSON, through cfn-lint's own loader (which resolves `!Ref` and friends).
-fn template(cfn_lint: &std::path::Path) -> Value {
+/// Runs cfn-lint on a template of `deploy/` and answers it as JSON, through cfn-lint's own
+/// loader (which resolves `!Ref` and friends).
+fn linted(cfn_lint: &std::path::Path, name: &str) -> Value {
+    let out = Command::new(cfn_lint)
+        .arg(root().join("deploy").join(name))
+        .output()
+        .expect("cfn-lint runs");
+    assert!(
+        out.status.success(),
+        "cfn-lint {name}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    template(cfn_lint, name)
+}
+
+fn template(cfn_lint: &std::path::Path, name: &str) -> Value {
     let python = cfn_lint.with_file_name("python");
     let out = Command::new(python)
         .args([
             "-c",
             "import json, sys\nfrom cfnlint.decode import decode\ntemplate, errors = decode(sys.argv[1])\nassert not errors, errors\nprint(json.dumps(template, default=str))",
         ])
-        .arg(root().join("deploy/template.yaml"))
+        .arg(root().join("deploy").join(name))
         .output()
         .expect("python runs");
     assert!(
@@ -42,6 +58,28 @@ fn template(cfn_lint: &std::path::Path) -> Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("JSON")
+}
+
+/// The actions a role's inline policies allow; fails on a wildcard resource.
+fn allowed(role: &Value) -> BTreeSet<String> {
+    let mut actions = BTreeSet::new();
+    for policy in role["Policies"].as_array().unwrap() {
+        for statement in policy["PolicyDocument"]["Statement"].as_array().unwrap() {
+            match &statement["Action"] {
+                Value::String(a) => actions.insert(a.clone()),
+                Value::Array(a) => {
+                    actions.extend(a.iter().map(|a| a.as_str().unwrap().to_owned()));
+                    true
+                }
+                other => panic!("{other}"),
+            };
+            assert!(
+                !statement["Resource"].to_string().contains('*'),
+                "{statement}"
+            );
+        }
+    }
+    actions
 }
 
 fn resources<'a>(t: &'a Value, kind: &str) -> Vec<&'a Value> {
@@ -63,17 +101,7 @@ fn one<'a>(t: &'a Value, kind: &str) -> &'a Value {
 #[test]
 fn the_template_passes_cfn_lint_and_holds_what_the_function_needs() {
     let Some(cfn_lint) = cfn_lint() else { return };
-    let out = Command::new(&cfn_lint)
-        .arg(root().join("deploy/template.yaml"))
-        .output()
-        .expect("cfn-lint runs");
-    assert!(
-        out.status.success(),
-        "cfn-lint: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let t = template(&cfn_lint);
+    let t = linted(&cfn_lint, "template.yaml");
 
     let function = one(&t, "AWS::Lambda::Function");
     assert_eq!(function["Runtime"], "provided.al2023");
@@ -128,22 +156,7 @@ fn the_template_passes_cfn_lint_and_holds_what_the_function_needs() {
 
     // Least privilege: exactly the calls made (SendMessageBatch is authorised as SendMessage;
     // the Kinesis reads are the event source mapping's), never a wildcard.
-    let role = one(&t, "AWS::IAM::Role");
-    let mut actions = BTreeSet::new();
-    for policy in role["Policies"].as_array().unwrap() {
-        for statement in policy["PolicyDocument"]["Statement"].as_array().unwrap() {
-            let listed: Vec<&str> = match &statement["Action"] {
-                Value::String(a) => vec![a.as_str()],
-                Value::Array(a) => a.iter().map(|a| a.as_str().unwrap()).collect(),
-                other => panic!("{other}"),
-            };
-            actions.extend(listed);
-            assert!(
-                !statement["Resource"].to_string().contains('*'),
-                "{statement}"
-            );
-        }
-    }
+    let actions = allowed(one(&t, "AWS::IAM::Role"));
     let expected: BTreeSet<&str> = [
         "kinesis:DescribeStream",
         "kinesis:DescribeStreamSummary",
@@ -159,5 +172,118 @@ fn the_template_passes_cfn_lint_and_holds_what_the_function_needs() {
         "logs:PutLogEvents",
     ]
     .into();
-    assert_eq!(actions, expected);
+    assert_eq!(actions, expected.iter().map(|a| a.to_string()).collect());
+}
+
+#[test]
+fn the_fleet_template_runs_daemons_with_health_checks_and_least_privilege() {
+    let Some(cfn_lint) = cfn_lint() else { return };
+    let t = linted(&cfn_lint, "fleet.yaml");
+
+    let service = one(&t, "AWS::ECS::Service");
+    assert_eq!(service["LaunchType"], "FARGATE");
+    let task = one(&t, "AWS::ECS::TaskDefinition");
+    let container = &task["ContainerDefinitions"][0];
+    assert_eq!(
+        container["HealthCheck"]["Command"],
+        serde_json::json!(["CMD", "/sluice", "probe", "http://127.0.0.1:9090/health"]),
+        "checked by the binary itself: the image has no shell"
+    );
+    let env: BTreeSet<&str> = container["Environment"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["Name"].as_str().unwrap())
+        .collect();
+    for name in [
+        "KINESIS_STREAM",
+        "LATEST_BATCH_ID",
+        "DDB_CURATED_RECORDS_TABLE_ARN",
+        "DLQ_QUEUE_URL",
+        "SLUICE__SOURCE__CHECKPOINT_TABLE",
+        "SLUICE_METRICS_ADDR",
+    ] {
+        assert!(env.contains(name), "the daemon gets {name}");
+    }
+    assert!(
+        container["StopTimeout"].as_i64().unwrap() >= 30,
+        "time to hand leases over"
+    );
+    let lease_table = one(&t, "AWS::DynamoDB::Table");
+    assert_eq!(lease_table["KeySchema"][0]["AttributeName"], "leaseKey");
+
+    // The task role: exactly what the daemon calls (TransactWriteItems is authorised per item,
+    // as UpdateItem), on its own resources only.
+    let roles = resources(&t, "AWS::IAM::Role");
+    let task_role = roles
+        .iter()
+        .find(|r| r.get("Policies").is_some())
+        .expect("the task role");
+    let expected: BTreeSet<String> = [
+        "kinesis:DescribeStreamSummary",
+        "kinesis:ListShards",
+        "kinesis:GetShardIterator",
+        "kinesis:GetRecords",
+        "ssm:GetParameter",
+        "dynamodb:DescribeTable",
+        "dynamodb:BatchWriteItem",
+        "dynamodb:Scan",
+        "dynamodb:GetItem",
+        "dynamodb:PutItem",
+        "dynamodb:UpdateItem",
+        "dynamodb:DeleteItem",
+        "sqs:GetQueueAttributes",
+        "sqs:SendMessage",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    assert_eq!(allowed(task_role), expected);
+}
+
+/// `deploy/Dockerfile`: a static binary on an empty base, started and checked without a shell.
+#[test]
+fn the_image_runs_the_daemon_without_a_shell_and_not_as_root() {
+    let text = std::fs::read_to_string(root().join("deploy/Dockerfile")).unwrap();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .collect();
+    let last_from = lines.iter().rev().find(|l| l.starts_with("FROM ")).unwrap();
+    assert_eq!(
+        *last_from, "FROM scratch",
+        "nothing but the binary at run time"
+    );
+    let instruction = |name: &str| {
+        lines
+            .iter()
+            .find(|l| l.trim_start().starts_with(name))
+            .unwrap_or_else(|| panic!("{name} in the Dockerfile"))
+            .trim_start()
+            .to_owned()
+    };
+    assert!(
+        instruction("ENTRYPOINT").contains(r#"["/sluice""#),
+        "exec form"
+    );
+    let check = text
+        .split("HEALTHCHECK")
+        .nth(1)
+        .expect("a health check")
+        .lines()
+        .find(|l| l.contains("CMD"))
+        .unwrap();
+    assert!(
+        check.contains(r#"["/sluice", "probe""#),
+        "exec form, no shell: {check}"
+    );
+    assert!(!instruction("USER").contains(" 0"), "not root");
+    assert!(
+        text.contains("--target x86_64-unknown-linux-musl"),
+        "static"
+    );
+    assert!(
+        text.contains("ca-certificates.crt"),
+        "TLS roots for the AWS APIs"
+    );
 }

@@ -42,6 +42,16 @@ async fn an_outage_past_the_retry_budget_heals_without_a_restart_and_health_tell
     let daemon = Daemon::start(&waze_pipeline(), "worker-a", &env, dir.path());
     assert_eq!(daemon.get("/ready").0, 200);
     assert_eq!(daemon.get("/health").0, 200);
+    // The container's health check: `sluice probe` exits 0 on 200, not otherwise.
+    let probe = |path: &str| {
+        let url = format!("http://{}{path}", daemon.metrics);
+        sluice()
+            .args(["probe", &url])
+            .status()
+            .expect("probe runs")
+            .success()
+    };
+    assert!(probe("/health"));
 
     let payloads =
         |r: std::ops::Range<usize>| r.map(|i| bytes(&waze_payload(i))).collect::<Vec<_>>();
@@ -72,6 +82,7 @@ async fn an_outage_past_the_retry_budget_heals_without_a_restart_and_health_tell
         200,
         "stuck is unhealthy, not unready"
     );
+    assert!(!probe("/health"), "the health check fails while stuck");
     tokio::time::sleep(Duration::from_secs(3)).await;
     let m = daemon.metrics();
     assert!(metric(&m, &["sluice_shard_rewinds_total"]) >= 1.0, "{m:?}");
