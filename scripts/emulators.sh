@@ -81,6 +81,17 @@ start_kinesis_local() {
     echo "== kinesis-local $KINESIS_LOCAL_VERSION at $SLUICE_TEST_KINESIS_LOCAL (log: $log)"
 }
 
+# kcl-rs, a KCL implementation with Python bindings, plays a Java KCL worker in the tests.
+KCL_RS_VERSION=0.1.4
+install_kcl_rs() {
+    install_moto
+    if ! .venv/bin/pip show kcl-rs 2>/dev/null | grep -x "Version: $KCL_RS_VERSION" > /dev/null; then
+        echo "== installing kcl-rs==$KCL_RS_VERSION into .venv (once)"
+        .venv/bin/pip install --quiet --disable-pip-version-check "kcl-rs==$KCL_RS_VERSION"
+    fi
+    export SLUICE_TEST_KCL_PYTHON=$PWD/.venv/bin/python
+}
+
 # cfn-lint checks deploy/template.yaml in the tests.
 CFN_LINT_VERSION=1.58.0
 install_cfn_lint() {

@@ -5,6 +5,7 @@
 mod fencing;
 mod fleet;
 mod healing;
+mod kcl;
 mod reshard;
 
 use std::collections::{BTreeMap, HashMap};
