@@ -81,32 +81,26 @@ start_kinesis_local() {
     echo "== kinesis-local $KINESIS_LOCAL_VERSION at $SLUICE_TEST_KINESIS_LOCAL (log: $log)"
 }
 
-# kcl-rs, a KCL implementation with Python bindings, plays a Java KCL worker in the tests.
-KCL_RS_VERSION=0.1.4
-install_kcl_rs() {
+# A Python package into .venv at a pinned version (once; reused after).
+install_into_venv() {
+    local package=$1 version=$2
     install_moto
-    if ! .venv/bin/pip show kcl-rs 2>/dev/null | grep -x "Version: $KCL_RS_VERSION" > /dev/null; then
-        echo "== installing kcl-rs==$KCL_RS_VERSION into .venv (once)"
-        .venv/bin/pip install --quiet --disable-pip-version-check "kcl-rs==$KCL_RS_VERSION"
+    if ! .venv/bin/pip show "$package" 2>/dev/null | grep -x "Version: $version" > /dev/null; then
+        echo "== installing $package==$version into .venv (once)"
+        .venv/bin/pip install --quiet --disable-pip-version-check "$package==$version"
     fi
+}
+
+# kcl-rs, a KCL implementation with Python bindings, plays a Java KCL worker in the tests.
+install_kcl_rs() {
+    install_into_venv kcl-rs 0.1.4
     export SLUICE_TEST_KCL_PYTHON=$PWD/.venv/bin/python
 }
 
-# cfn-lint checks deploy/template.yaml in the tests.
-CFN_LINT_VERSION=1.58.0
+# cfn-lint checks deploy/template.yaml and deploy/fleet.yaml in the tests.
 install_cfn_lint() {
-    install_moto
-    if ! .venv/bin/pip show cfn-lint 2>/dev/null | grep -x "Version: $CFN_LINT_VERSION" > /dev/null; then
-        echo "== installing cfn-lint==$CFN_LINT_VERSION into .venv (once)"
-        .venv/bin/pip install --quiet --disable-pip-version-check "cfn-lint==$CFN_LINT_VERSION"
-    fi
+    install_into_venv cfn-lint 1.58.0
     export SLUICE_TEST_CFN_LINT=$PWD/.venv/bin/cfn-lint
-}
-
-waze_world() {
-    eval "$(.venv/bin/python scripts/waze-on-moto.py "$SLUICE_TEST_MOTO" "$@")"
-    export AWS_ENDPOINT_URL=$SLUICE_TEST_MOTO AWS_REGION=us-east-1
-    export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_EC2_METADATA_DISABLED=true
 }
 
 stop_emulators() {

@@ -239,11 +239,11 @@ impl BatchReport {
 mod tests {
     use super::*;
 
-    fn failed() -> Outcome {
+    pub(super) fn failed() -> Outcome {
         Outcome::Failed { error: "x".into() }
     }
 
-    fn report(outcomes: Vec<(u64, Outcome)>) -> BatchReport {
+    pub(super) fn report(outcomes: Vec<(u64, Outcome)>) -> BatchReport {
         BatchReport::new(
             "s".into(),
             outcomes.into_iter().map(|(p, o)| (p.into(), o)).collect(),

@@ -130,18 +130,8 @@ impl ShardTracker {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::{failed, report};
     use super::*;
-
-    fn failed() -> Outcome {
-        Outcome::Failed { error: "x".into() }
-    }
-
-    fn report(outcomes: Vec<(u64, Outcome)>) -> BatchReport {
-        BatchReport::new(
-            "s".into(),
-            outcomes.into_iter().map(|(p, o)| (p.into(), o)).collect(),
-        )
-    }
 
     fn stored(seqs: std::ops::RangeInclusive<u64>) -> BatchReport {
         report(seqs.map(|s| (s, Outcome::Stored)).collect())

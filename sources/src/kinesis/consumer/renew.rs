@@ -6,7 +6,7 @@ use sluice_core::SourceError;
 use tokio::time::Instant;
 
 use super::super::lease_table::{LeaseWrite, WriteKind};
-use super::{Consumer, State, World};
+use super::{Consumer, Held, State, World};
 
 impl Consumer {
     pub(super) fn lose(&self, world: &mut World, shard: &str) {
@@ -22,19 +22,13 @@ impl Consumer {
     /// Renews every held lease, storing checkpoints that moved and `SHARD_END` of finished
     /// shards (whose leases it then lets go); a lease whose write is refused is lost.
     pub(super) async fn renew_round(&self, world: &mut World) {
-        let writes: Vec<LeaseWrite> = world
-            .held
-            .iter()
-            .map(|(key, held)| LeaseWrite {
-                shard: key.clone(),
-                counter: held.counter,
-                kind: match (&held.state, held.progress.take_changed()) {
-                    (State::Finished(children), _) => WriteKind::Finish(children.clone()),
-                    (_, Some(cp)) => WriteKind::Checkpoint(cp),
-                    (_, None) => WriteKind::Renew,
-                },
-            })
-            .collect();
+        let writes = each_held(world, |held| {
+            match (&held.state, held.progress.take_changed()) {
+                (State::Finished(children), _) => WriteKind::Finish(children.clone()),
+                (_, Some(cp)) => WriteKind::Checkpoint(cp),
+                (_, None) => WriteKind::Renew,
+            }
+        });
         self.write_held(world, writes).await;
         for (key, held) in &world.held {
             let stuck = held.progress.failure().map(|f| f.since);
@@ -44,18 +38,10 @@ impl Consumer {
 
     /// Stopping: stores the last checkpoints and lets every lease go.
     pub(super) async fn release_all(&self, world: &mut World) -> Result<(), SourceError> {
-        let writes: Vec<LeaseWrite> = world
-            .held
-            .iter()
-            .map(|(key, held)| LeaseWrite {
-                shard: key.clone(),
-                counter: held.counter,
-                kind: match &held.state {
-                    State::Finished(children) => WriteKind::Finish(children.clone()),
-                    _ => WriteKind::Release(held.progress.take_changed()),
-                },
-            })
-            .collect();
+        let writes = each_held(world, |held| match &held.state {
+            State::Finished(children) => WriteKind::Finish(children.clone()),
+            _ => WriteKind::Release(held.progress.take_changed()),
+        });
         if self.write_held(world, writes).await {
             Ok(())
         } else {
@@ -113,4 +99,17 @@ impl Consumer {
             }
         }
     }
+}
+
+/// One write for each held lease, on condition of the counter this worker last wrote.
+fn each_held(world: &World, kind: impl Fn(&Held) -> WriteKind) -> Vec<LeaseWrite> {
+    world
+        .held
+        .iter()
+        .map(|(key, held)| LeaseWrite {
+            shard: key.clone(),
+            counter: held.counter,
+            kind: kind(held),
+        })
+        .collect()
 }
