@@ -10,8 +10,10 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+mod counts;
 mod tracker;
 
+pub use counts::Counts;
 pub use tracker::{Failure, ShardTracker};
 
 use crate::position::{Checkpoint, Position};

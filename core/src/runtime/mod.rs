@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-pub use summary::{Counts, Progress, RunSummary};
+pub use crate::outcome::Counts;
+pub use summary::{Progress, RunSummary};
 
 use crate::calls::ApiCalls;
 use crate::component::{Enricher, Sink, Verdict};

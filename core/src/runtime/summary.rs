@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::outcome::{BatchReport, Outcome};
+use crate::outcome::{BatchReport, Counts, Outcome};
 use crate::position::Checkpoint;
 
 /// Live counters a progress display reads while a run goes on.
@@ -17,28 +17,6 @@ pub struct Progress {
     skipped: AtomicU64,
     dead_lettered: AtomicU64,
     failed: AtomicU64,
-}
-
-/// A snapshot of the counters.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct Counts {
-    /// Records that entered.
-    pub records: u64,
-    /// Stored.
-    pub stored: u64,
-    /// Skipped.
-    pub skipped: u64,
-    /// Dead-lettered.
-    pub dead_lettered: u64,
-    /// Failed.
-    pub failed: u64,
-}
-
-impl Counts {
-    /// Whether every record that entered has exactly one outcome.
-    pub fn adds_up(&self) -> bool {
-        self.stored + self.skipped + self.dead_lettered + self.failed == self.records
-    }
 }
 
 impl Progress {
@@ -65,18 +43,6 @@ impl Progress {
             skipped: self.skipped.load(Ordering::Relaxed),
             dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
-        }
-    }
-}
-
-impl Counts {
-    fn count(&mut self, o: &Outcome) {
-        self.records += 1;
-        match o {
-            Outcome::Stored => self.stored += 1,
-            Outcome::Skipped { .. } => self.skipped += 1,
-            Outcome::DeadLettered { .. } => self.dead_lettered += 1,
-            Outcome::Failed { .. } => self.failed += 1,
         }
     }
 }
