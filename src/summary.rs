@@ -64,7 +64,7 @@ pub fn text(summary: &RunSummary, sink_enabled: bool) -> String {
     if !sink_enabled {
         let _ = writeln!(
             out,
-            "note           the sink is disabled: records were read and enriched but nothing was written"
+            "note           the sink is disabled: records were read and enriched but nothing was written, and no checkpoint was stored"
         );
     }
     for f in &summary.failures {

@@ -214,6 +214,13 @@ impl BatchReport {
         self.checkpoint.as_ref()
     }
 
+    /// The report with no checkpoint at all: a dry run (the sink disabled) must not move a
+    /// source past records it did not store.
+    pub fn without_checkpoint(mut self) -> Self {
+        self.checkpoint = None;
+        self
+    }
+
     /// The report after the shard's tracker took it: its checkpoint is where the shard's
     /// checkpoint moved, or `None` when it did not move.
     pub fn tracked(mut self, shard: &mut ShardTracker) -> Self {

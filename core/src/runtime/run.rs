@@ -104,6 +104,12 @@ async fn shard_worker(
             .process_batch(shard_id, records)
             .await
             .tracked(&mut shard);
+        // A disabled sink (a dry run) stores nothing, so no checkpoint may pass a record.
+        let report = if pipeline.sink_enabled() {
+            report
+        } else {
+            report.without_checkpoint()
+        };
         if let Some(ack) = ack {
             if let Err(e) = ack.acknowledge(&report).await {
                 tracing::error!(shard = %report.shard_id, error = %e, "checkpoint not stored; the batch will be delivered again");

@@ -20,9 +20,13 @@ struct Table {
 
 impl Table {
     async fn create(endpoint: &str) -> Self {
+        Self::create_keyed(endpoint, &[("Id", ScalarAttributeType::S)]).await
+    }
+
+    async fn create_keyed(endpoint: &str, key: &[(&str, ScalarAttributeType)]) -> Self {
         let client = testing::client(endpoint).await;
         let name = unique("items");
-        testing::create_table(&client, &name, &[("Id", ScalarAttributeType::S)]).await;
+        testing::create_table(&client, &name, key).await;
         Self {
             client,
             name,
@@ -154,6 +158,64 @@ async fn a_batch_goes_out_in_calls_of_at_most_25_and_duplicate_keys_merge_last_w
         "{:?}",
         calls.snapshot()
     );
+}
+
+#[tokio::test]
+async fn different_composite_keys_are_never_merged_and_equal_numbers_are() {
+    let Some(endpoint) = moto_endpoint() else {
+        return;
+    };
+    // Found by review: the key parts were joined with NUL, so these two keys were one and the
+    // first record was reported stored but never written.
+    let key = [
+        ("pk", ScalarAttributeType::S),
+        ("sk", ScalarAttributeType::S),
+    ];
+    let table = Table::create_keyed(&endpoint, &key).await;
+    let plan = FaultPlan::new();
+    let (pipeline, _, _) = table.pipeline("", &plan).await;
+    let values = [
+        json!({"pk": "a\u{0}b", "sk": "c", "v": 1}),
+        json!({"pk": "a", "sk": "b\u{0}c", "v": 2}),
+    ];
+    let report = pipeline
+        .process_batch("shard-0".into(), records(&values))
+        .await;
+    assert!(report.outcomes.iter().all(|(_, o)| *o == Outcome::Stored));
+    let scanned = table
+        .client
+        .scan()
+        .table_name(&table.name)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(scanned.items().len(), 2, "both items written");
+
+    // 1 and 1.0 name one item to DynamoDB: merged in the batch (the later wins), never a
+    // rejected call.
+    let table = Table::create_keyed(&endpoint, &[("Id", ScalarAttributeType::N)]).await;
+    let (pipeline, dead, _) = table.pipeline("", &plan).await;
+    let values = [
+        json!({"Id": 1, "v": "first"}),
+        json!({"Id": 1.0, "v": "second"}),
+    ];
+    let report = pipeline
+        .process_batch("shard-0".into(), records(&values))
+        .await;
+    assert!(
+        report.outcomes.iter().all(|(_, o)| *o == Outcome::Stored),
+        "{report:?}"
+    );
+    assert!(dead.records().is_empty());
+    let scanned = table
+        .client
+        .scan()
+        .table_name(&table.name)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(scanned.items().len(), 1);
+    assert_eq!(scanned.items()[0]["v"], s("second"));
 }
 
 #[tokio::test]

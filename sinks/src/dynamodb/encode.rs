@@ -2,20 +2,14 @@
 
 use std::collections::HashMap;
 
-use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, ScalarAttributeType, WriteRequest};
+use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
 use serde_json::Value;
+
+pub use super::key::KeyAttribute;
+use super::key::{item_key, ItemKey};
 
 /// DynamoDB's limit on one item's size.
 pub const MAX_ITEM_BYTES: usize = 400 * 1024;
-
-/// One key attribute of the table: its name and type.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyAttribute {
-    /// The attribute's name.
-    pub name: String,
-    /// `S`, `N` or `B`.
-    pub kind: ScalarAttributeType,
-}
 
 /// A JSON object as a DynamoDB item. With `all_strings`, numbers and booleans become strings
 /// (as the seed Lambda stored them); `null` stays `NULL`.
@@ -71,7 +65,7 @@ pub fn write_request(
     value: &Value,
     all_strings: bool,
     key: &[KeyAttribute],
-) -> Result<(String, WriteRequest), String> {
+) -> Result<(ItemKey, WriteRequest), String> {
     let item = to_item(value, all_strings)?;
     let item_key = item_key(&item, key)?;
     let size = item_size(&item);
@@ -113,65 +107,10 @@ fn value_size(v: &AttributeValue) -> usize {
     }
 }
 
-/// The item's key as one string (to merge duplicates), checking each key attribute is present
-/// with the table's type and not empty.
-pub fn item_key(
-    item: &HashMap<String, AttributeValue>,
-    key: &[KeyAttribute],
-) -> Result<String, String> {
-    let mut out = String::new();
-    for attr in key {
-        let value = item.get(&attr.name).ok_or_else(|| {
-            format!(
-                "the item has no key attribute `{}`; the table is keyed by it",
-                attr.name
-            )
-        })?;
-        let text = match (value, &attr.kind) {
-            (AttributeValue::S(s), ScalarAttributeType::S) => s.clone(),
-            (AttributeValue::N(n), ScalarAttributeType::N) => n.clone(),
-            _ => {
-                return Err(format!(
-                    "key attribute `{}` must be of type {} for this table, but the item has {}",
-                    attr.name,
-                    attr.kind.as_str(),
-                    type_name(value)
-                ))
-            }
-        };
-        if text.is_empty() {
-            return Err(format!("key attribute `{}` is an empty string", attr.name));
-        }
-        out.push_str(&text);
-        out.push('\u{0}');
-    }
-    Ok(out)
-}
-
-fn type_name(v: &AttributeValue) -> &'static str {
-    match v {
-        AttributeValue::S(_) => "S (string)",
-        AttributeValue::N(_) => "N (number)",
-        AttributeValue::B(_) => "B (binary)",
-        AttributeValue::Bool(_) => "BOOL",
-        AttributeValue::Null(_) => "NULL",
-        AttributeValue::L(_) => "L (list)",
-        AttributeValue::M(_) => "M (map)",
-        _ => "another type",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
-
-    fn key(name: &str, kind: ScalarAttributeType) -> Vec<KeyAttribute> {
-        vec![KeyAttribute {
-            name: name.into(),
-            kind,
-        }]
-    }
 
     #[test]
     fn json_types_map_to_attribute_types() {
@@ -220,33 +159,5 @@ mod tests {
         assert_eq!(item_size(&item), 2 + 3 + 1 + 3);
         let big = to_item(&json!({"p": "x".repeat(MAX_ITEM_BYTES)}), false).unwrap();
         assert!(item_size(&big) > MAX_ITEM_BYTES);
-    }
-
-    #[test]
-    fn keys_are_checked_for_presence_type_and_emptiness() {
-        let k = key("Id", ScalarAttributeType::S);
-        let ok = to_item(&json!({"Id": "a"}), false).unwrap();
-        assert_eq!(item_key(&ok, &k).unwrap(), "a\u{0}");
-        let missing = to_item(&json!({"id": "a"}), false).unwrap();
-        assert!(item_key(&missing, &k)
-            .unwrap_err()
-            .contains("no key attribute `Id`"));
-        let number = to_item(&json!({"Id": 5}), false).unwrap();
-        let e = item_key(&number, &k).unwrap_err();
-        assert!(
-            e.contains("must be of type S") && e.contains("N (number)"),
-            "{e}"
-        );
-        let empty = to_item(&json!({"Id": ""}), false).unwrap();
-        assert!(item_key(&empty, &k).unwrap_err().contains("empty string"));
-        let composite = [
-            k[0].clone(),
-            KeyAttribute {
-                name: "Seq".into(),
-                kind: ScalarAttributeType::N,
-            },
-        ];
-        let item = to_item(&json!({"Id": "a", "Seq": 7}), false).unwrap();
-        assert_eq!(item_key(&item, &composite).unwrap(), "a\u{0}7\u{0}");
     }
 }

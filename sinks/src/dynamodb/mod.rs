@@ -2,13 +2,14 @@
 //! table's own key so a redelivered record overwrites itself.
 
 pub mod encode;
+mod key;
 mod writer;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::KeyType;
+use aws_sdk_dynamodb::types::{KeyType, ScalarAttributeType as KeyKind};
 use serde::{Deserialize, Serialize};
 use sluice_core::aws::{self, Connection, Retries};
 use sluice_core::{BuildContext, BuildError, Sink, SinkConfig};
@@ -95,6 +96,7 @@ impl SinkConfig for DynamoDbSinkConfig {
         )
         .await?;
         let key = describe_key(&client, self.table_name()).await?;
+        check_key_types(&key, self.all_strings)?;
         if let Some(fields) = &ctx.record_fields {
             check_key_fields(&key, fields)?;
         }
@@ -162,6 +164,38 @@ async fn describe_key(
     // The partition key first, then the sort key.
     key.sort_by_key(|(t, _)| t != &KeyType::Hash);
     Ok(key.into_iter().map(|(_, k)| k).collect())
+}
+
+/// Fails when no record could carry the table's key: a binary key attribute (JSON has no
+/// binary values), or, with `all_strings`, a number key (every value would become a string).
+fn check_key_types(key: &[KeyAttribute], all_strings: bool) -> Result<(), BuildError> {
+    for k in key {
+        match &k.kind {
+            KeyKind::B => {
+                return Err(BuildError::invalid(
+                    "table",
+                    format!(
+                        "the table's key attribute `{}` is binary (B), which JSON records cannot carry; \
+                         write to a table keyed by a string or number",
+                        k.name
+                    ),
+                ))
+            }
+            KeyKind::N if all_strings => {
+                return Err(BuildError::invalid(
+                    "all_strings",
+                    format!(
+                        "the table's key attribute `{}` is a number (N), but `all_strings = true` \
+                         writes every number as a string, so every record would be refused; \
+                         set `all_strings = false` or key the table by a string",
+                        k.name
+                    ),
+                ))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Fails when the pipeline's enrichers leave records without one of the table's key attributes.
@@ -233,6 +267,29 @@ mod tests {
             matches!(&e, BuildError::Invalid { key, .. } if key == "max_concurrency"),
             "{e:?}"
         );
+    }
+
+    #[test]
+    fn a_key_no_record_could_carry_is_refused_at_start_up() {
+        let key = |kind| {
+            vec![KeyAttribute {
+                name: "Id".into(),
+                kind,
+            }]
+        };
+        let e = check_key_types(&key(KeyKind::N), true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`all_strings`") && e.contains("`Id`") && e.contains("all_strings = false"),
+            "{e}"
+        );
+        assert!(check_key_types(&key(KeyKind::N), false).is_ok());
+        assert!(check_key_types(&key(KeyKind::S), true).is_ok());
+        let e = check_key_types(&key(KeyKind::B), false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("binary"), "{e}");
     }
 
     #[test]

@@ -10,7 +10,8 @@ use futures::{FutureExt, StreamExt};
 use sluice_core::aws;
 use sluice_core::{Record, Sink, SinkError};
 
-use super::encode::{item_key, write_request, KeyAttribute};
+use super::encode::write_request;
+use super::key::{item_key, ItemKey, KeyAttribute};
 use super::DynamoDbSinkConfig;
 
 /// BatchWriteItem's limit on requests per call.
@@ -19,7 +20,7 @@ pub const MAX_BATCH_ITEMS: usize = 25;
 /// One record's item, ready to send.
 struct Pending {
     index: usize,
-    key: String,
+    key: ItemKey,
     request: WriteRequest,
 }
 
@@ -49,7 +50,7 @@ impl BatchWriter {
     }
 
     /// The record's item and key, or why it can never be written.
-    fn prepare(&self, record: &Record) -> Result<(String, WriteRequest), String> {
+    fn prepare(&self, record: &Record) -> Result<(ItemKey, WriteRequest), String> {
         write_request(&record.value, self.config.all_strings, &self.key)
     }
 
@@ -66,7 +67,7 @@ impl BatchWriter {
                 .await;
             match call {
                 Ok(out) => {
-                    let unprocessed: HashSet<String> = out
+                    let unprocessed: HashSet<ItemKey> = out
                         .unprocessed_items()
                         .and_then(|m| m.get(&self.table))
                         .into_iter()
@@ -137,7 +138,7 @@ impl Sink for BatchWriter {
         }
         // DynamoDB rejects a call that names a key twice: the last record with a key wins, and
         // the ones it replaces share its answer.
-        let winner: HashMap<String, usize> =
+        let winner: HashMap<ItemKey, usize> =
             prepared.iter().map(|p| (p.key.clone(), p.index)).collect();
         let (unique, replaced): (Vec<_>, Vec<_>) = prepared
             .into_iter()

@@ -318,8 +318,14 @@ async fn persist_records_0_reads_and_counts_but_writes_nothing_and_says_so() {
     let (out, stdout, stderr) = run(&mut cmd);
     assert!(out.status.success(), "{stderr}");
     assert!(stdout.contains("the sink is disabled"), "{stdout}");
+    assert!(stdout.contains("no checkpoint was stored"), "{stdout}");
     assert!(stdout.contains("sink disabled 20"), "{stdout}");
     assert!(world.items().await.is_empty());
+    // Found by review: the dry run moved the checkpoints past the records it did not write, so
+    // a real run after it never wrote them.
+    let summary = world.run_job();
+    assert_eq!(count(&summary, "stored"), 20, "{summary}");
+    assert_eq!(world.items().await.len(), 20);
 }
 
 #[tokio::test(flavor = "multi_thread")]
