@@ -1,4 +1,7 @@
 //! `type = "file"`: appends each record as one JSON line; any record size. A local dead-letter queue.
+//!
+//! A write that fails part way (a full disk) is cut back to where it began, so a retry never
+//! leaves a torn line before the records it writes again.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -71,7 +74,7 @@ impl SinkConfig for FileSinkConfig {
             Some(file)
         };
         Ok(Arc::new(FileSink {
-            file: Arc::new(Mutex::new(file)),
+            file: Arc::new(Mutex::new(file.map(|f| Output::new(Box::new(f))))),
             fsync: self.fsync,
             path: self.path.clone(),
         }))
@@ -83,9 +86,77 @@ impl SinkConfig for FileSinkConfig {
 }
 
 struct FileSink {
-    file: Arc<Mutex<Option<File>>>,
+    file: Arc<Mutex<Option<Output>>>,
     fsync: bool,
     path: String,
+}
+
+/// What the sink appends to: the file (in tests, a medium that fills up).
+trait Appendable: Send {
+    /// Appends all of `buf`, or fails having appended part of it.
+    fn append(&mut self, buf: &[u8]) -> std::io::Result<()>;
+    fn sync(&mut self) -> std::io::Result<()>;
+    fn len(&self) -> std::io::Result<u64>;
+    /// Cuts it back to `len` bytes.
+    fn truncate(&mut self, len: u64) -> std::io::Result<()>;
+}
+
+impl Appendable for File {
+    fn append(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.write_all(buf)
+    }
+
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.sync_data()
+    }
+
+    fn len(&self) -> std::io::Result<u64> {
+        self.metadata().map(|m| m.len())
+    }
+
+    fn truncate(&mut self, len: u64) -> std::io::Result<()> {
+        // Opened for appending: the next write goes to the new end.
+        self.set_len(len)
+    }
+}
+
+/// The output and, after a failed write that could not be cut back, where its good part ends.
+struct Output {
+    to: Box<dyn Appendable>,
+    torn_from: Option<u64>,
+}
+
+impl Output {
+    fn new(to: Box<dyn Appendable>) -> Self {
+        Self {
+            to,
+            torn_from: None,
+        }
+    }
+
+    /// Appends `buf` whole (and syncs it), or leaves the output as it was before.
+    fn append_whole(&mut self, buf: &[u8], fsync: bool) -> Result<(), String> {
+        if let Some(good) = self.torn_from {
+            self.to.truncate(good).map_err(|e| {
+                format!(
+                    "a torn write is still at the end and cannot be cut back to {good} bytes: {e}"
+                )
+            })?;
+            self.torn_from = None;
+        }
+        let start = self.to.len().map_err(|e| e.to_string())?;
+        let written = self
+            .to
+            .append(buf)
+            .and_then(|()| if fsync { self.to.sync() } else { Ok(()) });
+        written.map_err(|e| match self.to.truncate(start) {
+            Ok(()) => e.to_string(),
+            Err(cut) => {
+                self.torn_from = Some(start);
+                format!("{e}; cutting the torn write back to {start} bytes failed too: {cut}")
+            }
+        })
+    }
 }
 
 #[async_trait]
@@ -97,14 +168,10 @@ impl Sink for FileSink {
             let mut guard = file
                 .lock()
                 .map_err(|_| "the file lock is poisoned".to_owned())?;
-            let file = guard
+            let output = guard
                 .as_mut()
                 .ok_or_else(|| "the sink was built for validation only".to_owned())?;
-            file.write_all(&buf).map_err(|e| e.to_string())?;
-            if fsync {
-                file.sync_data().map_err(|e| e.to_string())?;
-            }
-            Ok::<(), String>(())
+            output.append_whole(&buf, fsync)
         })
         .await
         .unwrap_or_else(|e| Err(e.to_string()));
@@ -172,6 +239,73 @@ mod tests {
                 .all(|r| matches!(r, Err(SinkError::Retryable(_)))),
             "{results:?}"
         );
+    }
+
+    /// A medium with room for `room` bytes: an append writes what fits, then fails.
+    struct Filling {
+        bytes: Arc<Mutex<Vec<u8>>>,
+        room: Arc<Mutex<usize>>,
+    }
+
+    impl Appendable for Filling {
+        fn append(&mut self, buf: &[u8]) -> std::io::Result<()> {
+            let mut bytes = self.bytes.lock().unwrap();
+            let fits = buf.len().min(*self.room.lock().unwrap() - bytes.len());
+            bytes.extend_from_slice(&buf[..fits]);
+            if fits < buf.len() {
+                return Err(std::io::Error::other("no space left on device"));
+            }
+            Ok(())
+        }
+        fn sync(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn len(&self) -> std::io::Result<u64> {
+            Ok(self.bytes.lock().unwrap().len() as u64)
+        }
+        fn truncate(&mut self, len: u64) -> std::io::Result<()> {
+            self.bytes.lock().unwrap().truncate(len as usize);
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_short_write_is_cut_back_so_the_retry_leaves_no_torn_line() {
+        // Found by review: after a short write the retry appended the whole buffer again, after
+        // the part already written: a torn line, and a dead letter only inside it.
+        let bytes = Arc::new(Mutex::new(Vec::new()));
+        let room = Arc::new(Mutex::new(20));
+        let sink = FileSink {
+            file: Arc::new(Mutex::new(Some(Output::new(Box::new(Filling {
+                bytes: bytes.clone(),
+                room: room.clone(),
+            }))))),
+            fsync: true,
+            path: "full.jsonl".into(),
+        };
+        let records: Vec<Record> = (0..3)
+            .map(|i| Record {
+                data: Default::default(),
+                value: json!({"record": i}),
+                meta: Default::default(),
+            })
+            .collect();
+        let first = sink.write(&records).await;
+        assert!(first
+            .iter()
+            .all(|r| matches!(r, Err(SinkError::Retryable(_)))));
+        assert!(
+            bytes.lock().unwrap().is_empty(),
+            "cut back to where it began"
+        );
+        *room.lock().unwrap() = 1 << 20;
+        assert!(sink.write(&records).await.iter().all(Result::is_ok));
+        let text = String::from_utf8(bytes.lock().unwrap().clone()).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("every line whole"))
+            .collect();
+        assert_eq!(lines.len(), 3);
     }
 
     #[tokio::test]

@@ -83,7 +83,8 @@ impl Source for FileSource {
     ) -> BoxStream<'static, Result<SourceBatch, SourceError>> {
         let path = self.config.path;
         let shutdown = self.shutdown;
-        let batches = match self.config.format {
+        match self.config.format {
+            // Lines stop at a stop by themselves, handing out what they read.
             FileFormat::Jsonl => stream::once(async move {
                 let file =
                     tokio::fs::File::open(&path)
@@ -101,6 +102,7 @@ impl Source for FileSource {
                     tokio::io::BufReader::with_capacity(256 * 1024, file),
                     origin,
                     settings,
+                    shutdown,
                 ))
             })
             .flat_map(|opened: Result<_, SourceError>| match opened {
@@ -108,18 +110,17 @@ impl Source for FileSource {
                 Err(e) => stream::once(async { Err(e) }).boxed(),
             })
             .boxed(),
+            // Whole batches of an event file: a stop ends them between batches.
             FileFormat::KinesisEvent => {
                 stream::once(async move { read_event(&path, settings).await })
                     .flat_map(|read| match read {
                         Ok(batches) => stream::iter(batches.into_iter().map(Ok)).boxed(),
                         Err(e) => stream::once(async { Err(e) }).boxed(),
                     })
+                    .take_until(async move { shutdown.triggered().await })
                     .boxed()
             }
-        };
-        batches
-            .take_until(async move { shutdown.triggered().await })
-            .boxed()
+        }
     }
 }
 

@@ -1,11 +1,13 @@
-//! JSON lines into batches: one record per line, positions are 1-based line numbers.
+//! JSON lines into batches: one record per line, positions are 1-based line numbers. A stop
+//! ends the lines at a line boundary (complete lines already read still come out) and the batch
+//! being filled is handed out, so nothing read is dropped.
 
 use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt};
 use sluice_core::{
-    BatchSettings, Encoding, Meta, RawRecord, SequenceNumber, SourceBatch, SourceError,
+    BatchSettings, Encoding, Meta, RawRecord, SequenceNumber, Shutdown, SourceBatch, SourceError,
 };
-use tokio::io::{AsyncBufRead, AsyncBufReadExt};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 
 /// Where the lines come from, for each record's meta.
 #[derive(Debug, Clone)]
@@ -15,28 +17,42 @@ pub(crate) struct Origin {
     pub shard_id: String,
 }
 
-/// Reads `reader` line by line; blank lines are skipped (they are not records) but keep their number.
+/// Reads `reader` line by line until its end or `stop`; blank lines are skipped (they are not
+/// records) but keep their number.
 pub(crate) fn json_lines<R>(
-    reader: R,
+    reader: BufReader<R>,
     origin: Origin,
     settings: BatchSettings,
+    stop: Shutdown,
 ) -> BoxStream<'static, Result<SourceBatch, SourceError>>
 where
-    R: AsyncBufRead + Unpin + Send + 'static,
+    R: AsyncRead + Unpin + Send + 'static,
 {
     let what = format!("{} {}", origin.source, origin.stream);
     let records = stream::try_unfold((reader, 0u64), move |(mut reader, mut line_no)| {
         let what = what.clone();
+        let stop = stop.clone();
         async move {
             loop {
                 let mut line = Vec::new();
-                let read = reader
-                    .read_until(b'\n', &mut line)
-                    .await
-                    .map_err(|source| SourceError::Io {
-                        what: what.clone(),
-                        source,
-                    })?;
+                // A line already in the buffer is read whatever happens; waiting for more input
+                // ends at a stop (a partial line read so far is not a record).
+                let buffered = reader.buffer().contains(&b'\n');
+                if stop.is_triggered() && !buffered {
+                    return Ok(None);
+                }
+                let read = if buffered {
+                    reader.read_until(b'\n', &mut line).await
+                } else {
+                    tokio::select! {
+                        read = reader.read_until(b'\n', &mut line) => read,
+                        _ = stop.triggered() => return Ok(None),
+                    }
+                };
+                let read = read.map_err(|source| SourceError::Io {
+                    what: what.clone(),
+                    source,
+                })?;
                 if read == 0 {
                     return Ok(None);
                 }
@@ -120,10 +136,15 @@ mod tests {
             max_records,
             max_age: Duration::from_secs(60),
         };
-        json_lines(text, origin, settings)
-            .map(|b| b.expect("batch"))
-            .collect()
-            .await
+        json_lines(
+            tokio::io::BufReader::new(text),
+            origin,
+            settings,
+            Shutdown::default(),
+        )
+        .map(|b| b.expect("batch"))
+        .collect()
+        .await
     }
 
     #[tokio::test]
@@ -152,5 +173,59 @@ mod tests {
         );
         assert!(batches.iter().all(|b| b.shard_id == "file"));
         assert_eq!(records[0].meta.stream, "in.jsonl");
+    }
+
+    /// Gives its bytes, then waits forever: standard input with nothing more typed.
+    struct ThenWaits(&'static [u8]);
+
+    impl AsyncRead for ThenWaits {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            if self.0.is_empty() {
+                return std::task::Poll::Pending;
+            }
+            let n = self.0.len().min(buf.remaining());
+            buf.put_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stop_hands_out_the_records_read_so_far() {
+        // Found by review: a stop cut the batches, so records read into the batch being filled
+        // (up to `max_records`, or for `max_age`) were dropped.
+        let origin = Origin {
+            source: "stdin",
+            stream: "stdin".into(),
+            shard_id: "stdin".into(),
+        };
+        let settings = BatchSettings {
+            max_records: 100,
+            max_age: Duration::from_secs(3600),
+        };
+        let stop = Shutdown::default();
+        let reader = BufReader::new(ThenWaits(b"{\"a\":1}\n{\"a\":2}\n{\"a\":3}\n{\"partial"));
+        let mut batches = json_lines(reader, origin, settings, stop.clone());
+        let later = {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                stop.trigger();
+            })
+        };
+        let mut read = Vec::new();
+        while let Some(batch) = tokio::time::timeout(Duration::from_secs(5), batches.next())
+            .await
+            .expect("the stop ends the stream")
+        {
+            read.extend(batch.expect("batch").records);
+        }
+        later.await.unwrap();
+        let lines: Vec<&[u8]> = read.iter().map(|r| &r.data[..]).collect();
+        assert_eq!(lines, [&b"{\"a\":1}"[..], b"{\"a\":2}", b"{\"a\":3}"]);
     }
 }

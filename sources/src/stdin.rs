@@ -1,7 +1,7 @@
 //! `type = "stdin"`: JSON lines from standard input, batched by count or age.
 
 use async_trait::async_trait;
-use futures::stream::{BoxStream, StreamExt};
+use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 use sluice_core::{
     BatchSettings, BuildContext, BuildError, Shutdown, Source, SourceBatch, SourceConfig,
@@ -53,13 +53,11 @@ impl Source for StdinSource {
             stream: self.stream,
             shard_id: "stdin".into(),
         };
-        let shutdown = self.shutdown;
         json_lines(
             tokio::io::BufReader::new(tokio::io::stdin()),
             origin,
             settings,
+            self.shutdown,
         )
-        .take_until(async move { shutdown.triggered().await })
-        .boxed()
     }
 }
