@@ -121,4 +121,7 @@ pub struct ConfigError {
     pub key: Option<String>,
     /// What is wrong, naming the key, what was expected and the fix.
     pub message: String,
+    /// A resource the file names could not be reached (a missing queue, throttling at start-up):
+    /// trying again may help, unlike for a wrong setting.
+    pub unavailable: bool,
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use serde_json::{json, Value};
-use sluice_core::aws::testing::moto_endpoint;
+use sluice_core::aws::testing::{self, moto_endpoint};
 use sluice_core::testkit::lambda_api::{Answer, RuntimeApi};
 
 use crate::aws_job::{waze_payload, World};
@@ -158,6 +158,53 @@ async fn a_pipeline_that_cannot_run_fails_each_invocation_with_the_reason() {
     assert!(
         message.contains("no-such-pipeline.toml") && message.contains("no such file"),
         "{body}"
+    );
+    drop(function);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resource_missing_at_a_cold_start_is_tried_again_at_the_next_invocation() {
+    let Some(endpoint) = moto_endpoint() else {
+        return;
+    };
+    // Found by review: one failed start-up call (a throttled GetQueueAttributes at a cold
+    // start, here a queue not made yet) made every later invocation of the instance fail.
+    let world = World::create(&endpoint, 1).await;
+    let (prefix, _) = world.queue_url.rsplit_once('/').unwrap();
+    let late_queue = format!("late-dlq-{}", fastrand::u32(..));
+    let mut variables: Vec<(&'static str, String)> = world
+        .variables()
+        .into_iter()
+        .filter(|(k, _)| *k != "DLQ_QUEUE_URL")
+        .collect();
+    variables.push(("DLQ_QUEUE_URL", format!("{prefix}/{late_queue}")));
+    variables.push(("SLUICE_PIPELINE", "pipelines/waze-persist.toml".to_owned()));
+    let api = RuntimeApi::start().await;
+    let function = start_function(&api, &variables);
+
+    let valid = |i| waze_payload(i).to_string().into_bytes();
+    let first = api.invoke(
+        event(&[("shardId-000000000000", "101", valid(1))]),
+        Duration::from_secs(3),
+    );
+    let (kind, body) = api.answer(&first).await;
+    assert_eq!(
+        (kind.as_str(), &body["errorType"]),
+        ("error", &json!("PipelineCannotRun")),
+        "{body}"
+    );
+
+    testing::create_queue(&world.sqs, &late_queue, &[]).await;
+    let second = api.invoke(
+        event(&[("shardId-000000000000", "101", valid(1))]),
+        Duration::from_secs(10),
+    );
+    let answer = api.answer(&second).await;
+    assert_eq!(failures(&answer), Vec::<String>::new(), "{answer:?}");
+    assert_eq!(
+        world.items().await.len(),
+        1,
+        "the same instance stored the record"
     );
     drop(function);
 }

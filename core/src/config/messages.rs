@@ -25,6 +25,7 @@ pub(super) fn from_figment(file: &Path, err: figment::Error) -> ConfigError {
         })
         .collect();
     ConfigError {
+        unavailable: false,
         file: file.to_owned(),
         key,
         message: messages.join("; "),

@@ -106,6 +106,7 @@ impl Loader {
         let path = path.as_ref();
         if !path.is_file() {
             return Err(ConfigError {
+                unavailable: false,
                 file: path.to_owned(),
                 key: None,
                 message: if path.exists() {
@@ -159,6 +160,7 @@ impl PipelineConfig {
             file: self.file.clone(),
             message: format!("`{key}`: {}", message.into()),
             key: Some(key),
+            unavailable: false,
         }
     }
 
@@ -197,9 +199,10 @@ impl PipelineConfig {
     fn build_error(&self, table: &str, e: BuildError) -> ConfigError {
         match e {
             BuildError::Invalid { key, message } => self.error(format!("{table}.{key}"), message),
-            BuildError::Unavailable { what, message } => {
-                self.error(table, format!("{what}: {message}"))
-            }
+            BuildError::Unavailable { what, message } => ConfigError {
+                unavailable: true,
+                ..self.error(table, format!("{what}: {message}"))
+            },
         }
     }
 
