@@ -6,7 +6,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
 use serde_json::Value;
 
 pub use super::key::KeyAttribute;
-use super::key::{item_key, ItemKey};
+use super::key::{canonical_number, item_key, ItemKey};
 
 /// DynamoDB's limit on one item's size.
 pub const MAX_ITEM_BYTES: usize = 400 * 1024;
@@ -18,10 +18,10 @@ pub fn to_item(
     all_strings: bool,
 ) -> Result<HashMap<String, AttributeValue>, String> {
     match value {
-        Value::Object(map) => Ok(map
+        Value::Object(map) => map
             .iter()
-            .map(|(k, v)| (k.clone(), to_attribute(v, all_strings)))
-            .collect()),
+            .map(|(k, v)| Ok((k.clone(), to_attribute(v, all_strings)?)))
+            .collect(),
         other => Err(format!(
             "a DynamoDB item must be a JSON object, not {}",
             kind_of(other)
@@ -29,23 +29,50 @@ pub fn to_item(
     }
 }
 
-fn to_attribute(value: &Value, all_strings: bool) -> AttributeValue {
-    match value {
+/// DynamoDB keeps 38 significant digits of a number.
+const MAX_NUMBER_DIGITS: usize = 38;
+
+fn to_attribute(value: &Value, all_strings: bool) -> Result<AttributeValue, String> {
+    Ok(match value {
         Value::Null => AttributeValue::Null(true),
         Value::Bool(b) if all_strings => AttributeValue::S(b.to_string()),
         Value::Bool(b) => AttributeValue::Bool(*b),
+        // Numbers keep the text they were written with (serde_json's arbitrary precision).
         Value::Number(n) if all_strings => AttributeValue::S(n.to_string()),
-        Value::Number(n) => AttributeValue::N(n.to_string()),
+        Value::Number(n) => AttributeValue::N(dynamodb_number(&n.to_string())?),
         Value::String(s) => AttributeValue::S(s.clone()),
-        Value::Array(items) => {
-            AttributeValue::L(items.iter().map(|v| to_attribute(v, all_strings)).collect())
-        }
+        Value::Array(items) => AttributeValue::L(
+            items
+                .iter()
+                .map(|v| to_attribute(v, all_strings))
+                .collect::<Result<_, _>>()?,
+        ),
         Value::Object(map) => AttributeValue::M(
             map.iter()
-                .map(|(k, v)| (k.clone(), to_attribute(v, all_strings)))
-                .collect(),
+                .map(|(k, v)| Ok((k.clone(), to_attribute(v, all_strings)?)))
+                .collect::<Result<_, String>>()?,
         ),
+    })
+}
+
+/// A number as written, or why DynamoDB cannot hold it exactly (it would round, never store,
+/// an altered number).
+fn dynamodb_number(text: &str) -> Result<String, String> {
+    let digits = canonical_number(text)
+        .map(|c| {
+            c.trim_start_matches(['+', '-'])
+                .split('e')
+                .next()
+                .map_or(0, str::len)
+        })
+        .unwrap_or(0);
+    if digits > MAX_NUMBER_DIGITS {
+        return Err(format!(
+            "the number {text} has {digits} significant digits; DynamoDB keeps {MAX_NUMBER_DIGITS} \
+             (store it as a string, e.g. with `all_strings = true`)"
+        ));
     }
+    Ok(text.to_owned())
 }
 
 fn kind_of(value: &Value) -> &'static str {
@@ -133,6 +160,38 @@ mod tests {
         assert_eq!(
             item["m"],
             AttributeValue::M([("k".to_owned(), AttributeValue::N("2".into()))].into())
+        );
+    }
+
+    #[test]
+    fn numbers_are_stored_exactly_as_written_or_refused() {
+        // Found by review: numbers beyond 64 bits or 17 significant digits were rounded on
+        // their way to DynamoDB, which keeps 38.
+        let value: Value = serde_json::from_str(
+            r#"{"big": 123456789012345678901234567890, "precise": 0.10000000000000000555, "n": 1.50}"#,
+        )
+        .unwrap();
+        let item = to_item(&value, false).unwrap();
+        assert_eq!(
+            item["big"],
+            AttributeValue::N("123456789012345678901234567890".into())
+        );
+        assert_eq!(
+            item["precise"],
+            AttributeValue::N("0.10000000000000000555".into())
+        );
+        assert_eq!(item["n"], AttributeValue::N("1.50".into()));
+        let strings = to_item(&value, true).unwrap();
+        assert_eq!(
+            strings["big"],
+            AttributeValue::S("123456789012345678901234567890".into())
+        );
+        let too_long: Value =
+            serde_json::from_str(r#"{"n": 1234567890123456789012345678901234567891}"#).unwrap();
+        let e = to_item(&too_long, false).unwrap_err();
+        assert!(
+            e.contains("40 significant digits") && e.contains("38"),
+            "{e}"
         );
     }
 

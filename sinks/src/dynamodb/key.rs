@@ -64,7 +64,7 @@ pub fn item_key(
 
 /// A decimal number (`-12.50`, `1.25e3`) as its sign, significant digits and exponent, so that
 /// equal numbers give equal strings: `1`, `1.0`, `10e-1` all give `+1e0`; every zero gives `0`.
-pub fn canonical_number(text: &str) -> Option<String> {
+pub(super) fn canonical_number(text: &str) -> Option<String> {
     let (negative, rest) = match text.as_bytes().first()? {
         b'-' => (true, &text[1..]),
         b'+' => (false, &text[1..]),
