@@ -8,7 +8,9 @@ use sluice_core::aws::faults::{Fault, FaultPlan};
 use sluice_core::aws::testing::{self, moto_endpoint, unique};
 use sluice_core::runtime::NamedEnricher;
 use sluice_core::testkit::{quick_retry, raw, record, MemorySink};
-use sluice_core::{BatchSettings, BuildContext, EnrichError, EnricherConfig, Outcome, Pipeline};
+use sluice_core::{
+    BatchSettings, BuildContext, BuildError, EnrichError, EnricherConfig, Outcome, Pipeline,
+};
 
 use super::SsmParameterConfig;
 
@@ -193,4 +195,110 @@ async fn a_missing_parameter_is_a_clear_error_at_start_up() {
         e.contains("/no/such/parameter") && e.contains("ParameterNotFound"),
         "{e}"
     );
+}
+
+#[tokio::test]
+async fn a_secure_string_read_without_decryption_is_refused_at_start_up() {
+    let Some(endpoint) = moto_endpoint() else {
+        return;
+    };
+    // Found by review: read without decryption, a SecureString's ciphertext went into every
+    // item.
+    let parameter = Parameter::create(&endpoint, "plain").await;
+    parameter
+        .client
+        .put_parameter()
+        .name(&parameter.name)
+        .value("s3cr3t-batch")
+        .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+        .overwrite(true)
+        .send()
+        .await
+        .expect("make it a SecureString");
+    let ctx = testing::context("test", &FaultPlan::new());
+    let e = parameter
+        .config("5s", "60s")
+        .build(&ctx)
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        matches!(&e, BuildError::Invalid { key, message } if key == "with_decryption" && message.contains("with_decryption = true")),
+        "{e:?}"
+    );
+    let mut decrypted = parameter.config("5s", "60s");
+    decrypted.with_decryption = true;
+    let enricher = decrypted.build(&ctx).await.expect("builds with decryption");
+    let mut r = record("s", 1, json!({}));
+    enricher.enrich(&mut r).await.unwrap();
+    assert_eq!(r.value["BatchId"], "s3cr3t-batch");
+}
+
+/// Log lines written while `f` runs (on this thread).
+async fn logged<T>(f: impl std::future::Future<Output = T>) -> (T, String) {
+    #[derive(Clone, Default)]
+    struct Lines(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let lines = Lines::default();
+    let writer = lines.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let out = {
+        let _guard = tracing::subscriber::set_default(subscriber);
+        f.await
+    };
+    let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+    (out, text)
+}
+
+#[tokio::test]
+async fn an_outage_is_logged_when_it_begins_and_when_it_ends_not_per_record() {
+    let Some(endpoint) = moto_endpoint() else {
+        return;
+    };
+    // Found by review: one failed refresh was logged once per record, hundreds of lines a batch.
+    let parameter = Parameter::create(&endpoint, "batch-0001").await;
+    let plan = FaultPlan::new();
+    let ctx = testing::context("test", &plan);
+    let enricher = parameter
+        .config("50ms", "60s")
+        .build(&ctx)
+        .await
+        .expect("builds");
+    plan.fail_always("GetParameter", Fault::ServerError);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let ((), text) = logged(async {
+        for i in 0..200 {
+            let mut r = record("s", i, json!({}));
+            enricher
+                .enrich(&mut r)
+                .await
+                .expect("the last value serves");
+            if i % 50 == 0 {
+                tokio::time::sleep(Duration::from_millis(1100)).await;
+            }
+        }
+        plan.heal("GetParameter");
+        // Past the hold after a failure, reads go out again (a good one ends the outage; the
+        // reads after it log nothing).
+        for i in 0..3 {
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+            let mut r = record("s", 1000 + i, json!({}));
+            enricher.enrich(&mut r).await.unwrap();
+        }
+    })
+    .await;
+    assert_eq!(text.matches("unreadable").count(), 1, "{text}");
+    assert_eq!(text.matches("readable again").count(), 1, "{text}");
+    assert!(text.contains("records=200"), "{text}");
 }

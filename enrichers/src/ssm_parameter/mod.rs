@@ -96,13 +96,24 @@ impl EnricherConfig for SsmParameterConfig {
             refreshing: tokio::sync::Mutex::new(None),
         };
         // Reading it now proves it exists and is readable, and fills the cache.
-        enricher
+        let first = enricher
             .current()
             .await
             .map_err(|e| BuildError::Unavailable {
                 what: format!("SSM parameter `{}`", self.parameter),
                 message: e.to_string(),
             })?;
+        if first.secure && !self.with_decryption {
+            return Err(BuildError::invalid(
+                "with_decryption",
+                format!(
+                    "SSM parameter `{}` is a SecureString: read without decryption its value is \
+                     ciphertext, which every record would carry; set `with_decryption = true` \
+                     (and allow kms:Decrypt on its key)",
+                    self.parameter
+                ),
+            ));
+        }
         Ok(Arc::new(enricher))
     }
 
@@ -128,6 +139,19 @@ struct Reading {
     value: String,
     version: i64,
     read_at: Instant,
+    /// A SecureString parameter.
+    secure: bool,
+}
+
+/// An outage of the parameter store as this enricher lives it: from the first failed read to
+/// the next good one; logged when it begins and when it ends, not once per record.
+#[derive(Debug)]
+struct Outage {
+    /// When the last read failed, and why (records meanwhile get that answer).
+    last: (Instant, String),
+    failed_reads: u64,
+    /// Records served the older value, or refused, during the outage.
+    records: u64,
 }
 
 struct SsmParameter {
@@ -135,8 +159,8 @@ struct SsmParameter {
     config: SsmParameterConfig,
     meta_key: String,
     cache: RwLock<Option<Arc<Reading>>>,
-    /// Held while reading, so concurrent records wait for one call; remembers the last failure.
-    refreshing: tokio::sync::Mutex<Option<(Instant, String)>>,
+    /// Held while reading, so concurrent records wait for one call; the outage under way.
+    refreshing: tokio::sync::Mutex<Option<Outage>>,
 }
 
 impl SsmParameter {
@@ -151,31 +175,50 @@ impl SsmParameter {
         if let Some(r) = self.cached().filter(|r| fresh(r)) {
             return Ok(r);
         }
-        let mut last_failure = self.refreshing.lock().await;
+        let mut outage = self.refreshing.lock().await;
         // Another record may have refreshed it while this one waited.
         if let Some(r) = self.cached().filter(|r| fresh(r)) {
             return Ok(r);
         }
-        let failure = match &*last_failure {
-            Some((at, error)) if at.elapsed() < FAILURE_HOLD => error.clone(),
-            _ => match self.read().await {
+        let held = outage
+            .as_ref()
+            .filter(|o| o.last.0.elapsed() < FAILURE_HOLD)
+            .map(|o| o.last.1.clone());
+        let failure = match held {
+            Some(error) => error,
+            None => match self.read().await {
                 Ok(reading) => {
                     let reading = Arc::new(reading);
                     *self.cache.write().expect("no panic while caching") = Some(reading.clone());
-                    *last_failure = None;
+                    if let Some(ended) = outage.take() {
+                        tracing::info!(parameter = %self.config.parameter, failed_reads = ended.failed_reads, records = ended.records, "SSM parameter readable again");
+                    }
                     return Ok(reading);
                 }
                 Err(error) => {
-                    *last_failure = Some((Instant::now(), error.clone()));
+                    match outage.as_mut() {
+                        Some(o) => {
+                            o.last = (Instant::now(), error.clone());
+                            o.failed_reads += 1;
+                        }
+                        None => {
+                            tracing::warn!(parameter = %self.config.parameter, %error, "SSM parameter unreadable; records use the value read last while younger than max_age, else wait");
+                            *outage = Some(Outage {
+                                last: (Instant::now(), error.clone()),
+                                failed_reads: 1,
+                                records: 0,
+                            });
+                        }
+                    }
                     error
                 }
             },
         };
+        if let Some(o) = outage.as_mut() {
+            o.records += 1;
+        }
         match self.cached() {
-            Some(r) if r.read_at.elapsed() < self.config.max_age => {
-                tracing::warn!(parameter = %self.config.parameter, error = %failure, "SSM parameter unreadable; using the value read {:?} ago", r.read_at.elapsed());
-                Ok(r)
-            }
+            Some(r) if r.read_at.elapsed() < self.config.max_age => Ok(r),
             _ => Err(EnrichError::Retryable(failure)),
         }
     }
@@ -202,6 +245,7 @@ impl SsmParameter {
             value: parameter.value().unwrap_or_default().to_owned(),
             version: parameter.version(),
             read_at: Instant::now(),
+            secure: parameter.r#type() == Some(&aws_sdk_ssm::types::ParameterType::SecureString),
         })
     }
 }
