@@ -234,30 +234,34 @@ async fn a_secure_string_read_without_decryption_is_refused_at_start_up() {
     assert_eq!(r.value["BatchId"], "s3cr3t-batch");
 }
 
-/// Log lines written while `f` runs (on this thread).
+/// Log lines written while `f` runs on this thread. One global subscriber writes each
+/// thread's lines into that thread's buffer: a subscriber set for one thread alone can miss
+/// events whose callsite another test's thread reached first (tracing caches its interest).
 async fn logged<T>(f: impl std::future::Future<Output = T>) -> (T, String) {
-    #[derive(Clone, Default)]
-    struct Lines(Arc<std::sync::Mutex<Vec<u8>>>);
-    impl std::io::Write for Lines {
+    thread_local! {
+        static LINES: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    struct ThisThread;
+    impl std::io::Write for ThisThread {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
+            LINES.with(|l| l.borrow_mut().extend_from_slice(buf));
             Ok(buf.len())
         }
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
     }
-    let lines = Lines::default();
-    let writer = lines.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let out = {
-        let _guard = tracing::subscriber::set_default(subscriber);
-        f.await
-    };
-    let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(|| ThisThread)
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("the only global subscriber");
+    });
+    LINES.with(|l| l.borrow_mut().clear());
+    let out = f.await;
+    let text = LINES.with(|l| String::from_utf8_lossy(&l.borrow()).into_owned());
     (out, text)
 }
 
