@@ -22,10 +22,9 @@ use async_trait::async_trait;
 use sluice_core::aws::{self, Connection, Retries};
 use sluice_core::{BuildContext, BuildError, Source, SourceConfig};
 
-use config::StartPosition;
 pub use config::{KinesisSourceConfig, Start};
 use consumer::KinesisSource;
-use lease_table::{Initial, LeaseTable};
+use lease_table::LeaseTable;
 use reader::ReaderContext;
 
 #[typetag::serde(name = "kinesis")]
@@ -103,11 +102,6 @@ impl SourceConfig for KinesisSourceConfig {
                 ctx.worker_id.clone(),
                 self.lease_duration,
             )),
-            initial: match start {
-                StartPosition::TrimHorizon => Initial::TrimHorizon,
-                StartPosition::Latest => Initial::Latest,
-                StartPosition::AtTimestamp(_) => Initial::AtTimestamp,
-            },
             checkpoint_interval: self.checkpoint_interval,
             lease_duration: self.lease_duration,
             health: ctx.health.clone(),

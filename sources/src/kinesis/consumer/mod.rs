@@ -35,7 +35,6 @@ const LIST_EVERY: u64 = 6;
 pub struct KinesisSource {
     pub readers: ReaderContext,
     pub leases: Arc<LeaseTable>,
-    pub initial: Initial,
     pub checkpoint_interval: Duration,
     pub lease_duration: Duration,
     pub health: Arc<Health>,
@@ -53,7 +52,6 @@ impl Source for KinesisSource {
         let consumer = Consumer {
             readers: Arc::new(readers),
             leases: self.leases,
-            initial: self.initial,
             checkpoint_interval: self.checkpoint_interval,
             lease_duration: self.lease_duration,
             health: self.health,
@@ -70,7 +68,6 @@ impl Source for KinesisSource {
 struct Consumer {
     readers: Arc<ReaderContext>,
     leases: Arc<LeaseTable>,
-    initial: Initial,
     checkpoint_interval: Duration,
     lease_duration: Duration,
     health: Arc<Health>,

@@ -10,6 +10,7 @@ use sluice_core::SourceError;
 use tokio::time::Instant;
 
 use super::super::balance::Balance;
+use super::super::config::StartPosition;
 use super::super::lease_table::{Initial, Lease, LeaseWrite, WriteKind};
 use super::super::progress::ShardProgress;
 use super::super::reader::ShardReader;
@@ -25,10 +26,17 @@ impl Consumer {
     ) -> Result<bool, SourceError> {
         let mut created = false;
         for (shard, parents, child) in shards::missing(listing, leases) {
-            let initial = if child {
-                Initial::TrimHorizon
-            } else {
-                self.initial
+            // A child starts at its beginning; a root where `start` says, a `latest` start
+            // written as the moment it began, so a restart goes on from there, not from a new
+            // LATEST past what came meanwhile.
+            let initial = match (child, self.readers.start) {
+                (true, _) | (false, StartPosition::TrimHorizon) => Initial::TrimHorizon,
+                (false, StartPosition::Latest) => {
+                    Initial::AtTimestamp(Some(chrono::Utc::now().timestamp_millis()))
+                }
+                (false, StartPosition::AtTimestamp(t)) => {
+                    Initial::AtTimestamp(Some(t.timestamp_millis()))
+                }
             };
             if self.leases.create(&shard, &parents, initial).await? {
                 tracing::info!(%shard, ?parents, "lease created");

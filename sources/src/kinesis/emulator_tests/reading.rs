@@ -93,6 +93,25 @@ async fn at_timestamp_starts_at_the_given_time() {
 }
 
 #[tokio::test]
+async fn latest_starts_where_reading_first_began_also_after_a_stop() {
+    let Some(endpoint) = moto_endpoint() else {
+        return;
+    };
+    // Found by review: an empty shard stored no checkpoint, so a run started again at LATEST
+    // and skipped what was written while none ran.
+    let stream = Stream::create(&endpoint, 1).await;
+    stream.put(0, 5).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (first, sink) = stream.read("start = \"latest\"", &FaultPlan::new()).await;
+    assert!(first.is_success() && sink.records().is_empty(), "{first:?}");
+    // Written while nothing runs.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    stream.put(5, 10).await;
+    let (_, sink) = stream.read("start = \"latest\"", &FaultPlan::new()).await;
+    assert_eq!(numbers(&sink), (5..10).collect::<Vec<_>>());
+}
+
+#[tokio::test]
 async fn a_missing_stream_is_a_clear_error_at_start_up() {
     let Some(endpoint) = moto_endpoint() else {
         return;

@@ -8,27 +8,35 @@ use sluice_core::Checkpoint;
 
 use super::{n, s};
 
-/// Where a shard with no checkpoint yet starts, as KCL writes it in `checkpoint`.
+/// Where a shard with no checkpoint yet starts, as KCL writes it in `checkpoint`. KCL keeps an
+/// `AT_TIMESTAMP` start's time in its configuration; sluice also writes it beside the
+/// placeholder (`sluiceStartAt`, epoch milliseconds), so a start survives a restart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Initial {
     TrimHorizon,
     Latest,
-    AtTimestamp,
+    AtTimestamp(Option<i64>),
 }
+
+/// The attribute beside `AT_TIMESTAMP` holding its time.
+pub(super) const START_AT: &str = "sluiceStartAt";
 
 impl Initial {
     pub(super) fn as_stored(self) -> &'static str {
         match self {
             Initial::TrimHorizon => "TRIM_HORIZON",
             Initial::Latest => "LATEST",
-            Initial::AtTimestamp => "AT_TIMESTAMP",
+            Initial::AtTimestamp(_) => "AT_TIMESTAMP",
         }
     }
 
-    fn parse(s: &str) -> Option<Self> {
-        [Initial::TrimHorizon, Initial::Latest, Initial::AtTimestamp]
-            .into_iter()
-            .find(|i| i.as_stored() == s)
+    fn parse(s: &str, at: Option<i64>) -> Option<Self> {
+        match s {
+            "TRIM_HORIZON" => Some(Initial::TrimHorizon),
+            "LATEST" => Some(Initial::Latest),
+            "AT_TIMESTAMP" => Some(Initial::AtTimestamp(at)),
+            _ => None,
+        }
     }
 }
 
@@ -102,7 +110,11 @@ pub(super) fn read_lease(item: &HashMap<String, AttributeValue>) -> Option<Lease
     }
     let key = text("leaseKey")?;
     let stored = text("checkpoint");
-    let initial = stored.as_deref().and_then(Initial::parse);
+    let start_at = item
+        .get(START_AT)
+        .and_then(|v| v.as_n().ok())
+        .and_then(|v| v.parse().ok());
+    let initial = stored.as_deref().and_then(|s| Initial::parse(s, start_at));
     let checkpoint = match (&stored, initial) {
         (Some(cp), None) => Some(Checkpoint::parse(
             cp,

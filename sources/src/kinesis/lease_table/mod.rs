@@ -157,6 +157,9 @@ impl LeaseTable {
             .item("ownerSwitchesSinceCheckpoint", n(0))
             .item("streamName", s(&self.stream))
             .condition_expression("attribute_not_exists(leaseKey)");
+        if let Initial::AtTimestamp(Some(at)) = initial {
+            put = put.item(item::START_AT, n(at));
+        }
         if !parents.is_empty() {
             put = put.item("parentShardId", AttributeValue::Ss(parents.to_vec()));
         }

@@ -95,8 +95,14 @@ impl ShardReader {
             None => cx.start,
             Some(Initial::TrimHorizon) => StartPosition::TrimHorizon,
             Some(Initial::Latest) => StartPosition::Latest,
+            Some(Initial::AtTimestamp(Some(ms))) => {
+                match chrono::DateTime::from_timestamp_millis(ms) {
+                    Some(t) => StartPosition::AtTimestamp(t),
+                    None => StartPosition::TrimHorizon,
+                }
+            }
             // KCL keeps the timestamp in its configuration, not in the table: ours, if given.
-            Some(Initial::AtTimestamp) => match cx.start {
+            Some(Initial::AtTimestamp(None)) => match cx.start {
                 StartPosition::AtTimestamp(t) => StartPosition::AtTimestamp(t),
                 _ => StartPosition::TrimHorizon,
             },
