@@ -26,6 +26,9 @@ pub enum Fault {
     /// BatchWriteItem only: 200, but every item of the call comes back in `UnprocessedItems`
     /// (what DynamoDB does under partial throttling); nothing is written.
     Unprocessed,
+    /// The call reaches the emulator and takes effect, but its answer is lost (the connection
+    /// resets after the request was sent): the caller cannot know it happened.
+    LostAnswer,
 }
 
 #[derive(Debug)]
@@ -169,6 +172,15 @@ impl HttpConnector for FaultyConnector {
             }
             Some(Fault::Unprocessed) => {
                 HttpConnectorFuture::ready(Ok(unprocessed_response(&request)))
+            }
+            Some(Fault::LostAnswer) => {
+                let sent = self.inner.call(request);
+                HttpConnectorFuture::new(async move {
+                    let _ = sent.await;
+                    Err(ConnectorError::io(
+                        "injected: the connection reset after the request was sent".into(),
+                    ))
+                })
             }
             Some(fault) => HttpConnectorFuture::ready(Ok(error_response(&service, fault))),
         }

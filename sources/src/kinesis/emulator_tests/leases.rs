@@ -243,3 +243,39 @@ async fn a_table_written_by_the_java_kcl_is_continued_from_its_checkpoints() {
     let (summary, _) = daemon.stop().await;
     assert!(summary.is_success(), "{summary:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lease_write_whose_answer_is_lost_is_settled_by_reading_it_back() {
+    let Some(endpoint) = moto_endpoint() else {
+        return;
+    };
+    // Found by review: the taking transaction took effect, its answer was lost, the retry failed
+    // its own counter condition, and the run ended having read nothing, holding the leases.
+    let stream = Stream::create(&endpoint, 2).await;
+    stream.put(0, 20).await;
+    let plan = FaultPlan::new();
+    plan.fail("TransactWriteItems", Fault::LostAnswer, 1);
+    let (summary, sink) = stream.read("", &plan).await;
+    assert_eq!(plan.injected(), 1);
+    assert!(summary.is_success(), "{summary:?}");
+    assert_eq!(numbers(&sink), (0..20).collect::<Vec<_>>());
+    // Settled in the round that took them: read back, no second round of scanning.
+    let calls = &summary.api_calls;
+    assert!(
+        calls.get("DynamoDB.GetItem").is_some_and(|n| *n >= 1),
+        "{calls:?}"
+    );
+    assert_eq!(
+        calls.get("DynamoDB.Scan"),
+        Some(&2),
+        "the start and the rescan: {calls:?}"
+    );
+    assert!(
+        stream
+            .leases()
+            .await
+            .values()
+            .all(|l| !l.contains_key("leaseOwner")),
+        "released at the end"
+    );
+}

@@ -215,7 +215,9 @@ impl Stream {
             .build(&ctx)
             .await
             .expect("the source builds");
+        // The summary counts the source's calls, as a pipeline built from a file does.
         let (pipeline, _) = sink_pipeline(sink);
+        let pipeline = pipeline.with_api_calls(ctx.api_calls.clone());
         pipeline.run(source, Arc::new(Progress::default())).await
     }
 
