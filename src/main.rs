@@ -64,9 +64,11 @@ enum Command {
     /// Run a pipeline until its source is exhausted (or, for Kinesis, until stopped or caught up).
     ///
     /// Ctrl-C or SIGTERM stops reading; records already read finish, checkpoints are stored and
-    /// leases released, then the summary is printed. Every record ends stored, skipped, dead-lettered (written to the error sink with its
-    /// reason) or failed (neither: it must be delivered again). The exit code is 0 when no record
-    /// failed, 1 when some did or the source stopped early, 2 when the pipeline file is invalid.
+    /// leases released, then the summary is printed; a second one exits at once (code 130; what
+    /// is stored past the last checkpoint is read again). Every record ends stored, skipped,
+    /// dead-lettered (written to the error sink with its reason) or failed (neither: it must be
+    /// delivered again). The exit code is 0 when no record failed, 1 when some did or the source
+    /// stopped early, 2 when the pipeline file is invalid.
     #[command(
         after_help = "Examples:\n  sluice run pipelines/waze-persist.local.toml\n  sluice run pipelines/waze-persist.toml --until-caught-up"
     )]
@@ -217,11 +219,22 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             }
             let shutdown = ctx.shutdown.clone();
             let health = ctx.health.clone();
+            let mut signals = StopSignals::listen().context("listening for stop signals")?;
             tokio::spawn(async move {
-                stop_signal().await;
+                signals.next().await;
                 health.set_stopping();
-                tracing::warn!("stopping: finishing the records already read, storing checkpoints");
+                tracing::warn!(
+                    "stopping: finishing the records already read, storing checkpoints \
+                     (a second Ctrl-C or SIGTERM exits at once)"
+                );
                 shutdown.trigger();
+                signals.next().await;
+                // Checkpoints only ever trail what is stored, so nothing is lost: records stored
+                // since the last checkpoint are read again by the next run.
+                tracing::error!(
+                    "a second stop signal: exiting now; records after the last checkpoint will be read again"
+                );
+                std::process::exit(FORCED_EXIT);
             });
             let built = config.build(&ctx).await?;
             let (pipeline, source) = (built.pipeline, built.source.context("a [source]")?);
@@ -261,27 +274,47 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Ctrl-C, or SIGTERM (how Lambda, systemd and Kubernetes ask a process to stop).
-async fn stop_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// The exit code of a run stopped by a second signal (128 + SIGINT, as shells report Ctrl-C).
+const FORCED_EXIT: i32 = 130;
+
+/// Ctrl-C and SIGTERM (how Lambda, systemd and Kubernetes ask a process to stop), listened for
+/// from start-up on, so a second signal is seen however soon it follows the first.
+struct StopSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn listen() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Self {
+                interrupt: signal(SignalKind::interrupt())?,
+                terminate: signal(SignalKind::terminate())?,
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(Self {})
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
+
+    /// Waits for the next Ctrl-C or SIGTERM.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.interrupt.recv() => {}
+                _ = self.terminate.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 

@@ -179,3 +179,70 @@ fn a_missing_pipeline_file_is_a_clear_error() {
         "{stderr}"
     );
 }
+
+/// A first SIGTERM lets the records already read finish (here: a sink that keeps failing, with
+/// minutes of retries left); a second one exits at once.
+#[test]
+fn a_second_stop_signal_exits_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = pipeline_file(
+        dir.path(),
+        "p.toml",
+        r#"name = "stop-twice"
+[source]
+type = "stdin"
+[sink]
+type = "file"
+path = "/dev/full"
+[error_sink]
+type = "stdout"
+[retry]
+attempts = 100000
+initial_backoff = "50ms"
+max_backoff = "200ms"
+max_elapsed = "10m"
+"#,
+    );
+    let mut child = sluice()
+        .args(["run", "--log-format", "json"])
+        .arg(&file)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawns");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(b"{\"n\":1}\n").expect("written");
+    let term = |child: &std::process::Child| {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    };
+    // Give the record time to be read and to start failing, then ask politely.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    term(&child);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert!(
+        child.try_wait().expect("polls").is_none(),
+        "the first signal lets the record in flight finish its retries"
+    );
+    term(&child);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("polls") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the second signal did not end the run");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    drop(stdin);
+    assert_eq!(status.code(), Some(130));
+    let out = child.wait_with_output().expect("output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("a second stop signal"), "{stderr}");
+}
