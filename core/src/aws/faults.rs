@@ -29,6 +29,8 @@ pub enum Fault {
     /// The call reaches the emulator and takes effect, but its answer is lost (the connection
     /// resets after the request was sent): the caller cannot know it happened.
     LostAnswer,
+    /// The code awaiting the call panics (a stand-in for a bug anywhere on that task's path).
+    Panic,
 }
 
 #[derive(Debug)]
@@ -181,6 +183,12 @@ impl HttpConnector for FaultyConnector {
                         "injected: the connection reset after the request was sent".into(),
                     ))
                 })
+            }
+            Some(Fault::Panic) => {
+                let call = format!("{service}.{operation}");
+                HttpConnectorFuture::new(
+                    async move { panic!("injected: a bug on the path of {call}") },
+                )
             }
             Some(fault) => HttpConnectorFuture::ready(Ok(error_response(&service, fault))),
         }

@@ -255,7 +255,8 @@ impl PipelineConfig {
             self.batch,
             self.retry,
         )
-        .with_api_calls(ctx.api_calls.clone());
+        .with_api_calls(ctx.api_calls.clone())
+        .with_stop(ctx.shutdown.clone());
         Ok(Built { pipeline, source })
     }
 

@@ -14,7 +14,7 @@ pub use crate::outcome::Counts;
 pub use summary::{Progress, RunSummary};
 
 use crate::calls::ApiCalls;
-use crate::component::{Enricher, Sink, Verdict};
+use crate::component::{Enricher, Shutdown, Sink, Verdict};
 use crate::dead_letter::Reason;
 use crate::decode::decode;
 use crate::error::SinkError;
@@ -44,6 +44,8 @@ pub struct Pipeline {
     batch: BatchSettings,
     retry: RetryPolicy,
     api_calls: Arc<ApiCalls>,
+    /// Triggered when a shard worker panics, so the source stops reading and lets go.
+    stop: Shutdown,
 }
 
 impl Pipeline {
@@ -64,7 +66,14 @@ impl Pipeline {
             batch,
             retry,
             api_calls: Arc::default(),
+            stop: Shutdown::default(),
         }
+    }
+
+    /// Stops the source through `stop` (the build context's) if a shard worker panics.
+    pub fn with_stop(mut self, stop: Shutdown) -> Self {
+        self.stop = stop;
+        self
     }
 
     /// Counts calls into `calls` (the build context's counter, so components' calls show up).

@@ -26,7 +26,18 @@ impl Pipeline {
         let mut workers = JoinSet::new();
         let mut source_errors = Vec::new();
 
-        while let Some(next) = batches.next().await {
+        loop {
+            let next = tokio::select! {
+                next = batches.next() => next,
+                Some(joined) = workers.join_next(), if !workers.is_empty() => {
+                    // Workers end only when their queue closes, after the source: this one panicked.
+                    if let Err(e) = joined {
+                        self.worker_failed(&e, &mut source_errors);
+                    }
+                    continue;
+                }
+            };
+            let Some(next) = next else { break };
             let batch = match next {
                 Ok(batch) => batch,
                 Err(e) => {
@@ -41,7 +52,7 @@ impl Pipeline {
                 tx
             });
             if let Err(returned) = queue.send(batch).await {
-                // A worker only stops early by panicking; keep the batch's records accounted for.
+                // Its worker panicked; the batch is not acknowledged, so it is read again later.
                 source_errors.push(format!(
                     "shard {}: its worker stopped; {} records not processed",
                     returned.0.shard_id,
@@ -59,12 +70,20 @@ impl Pipeline {
         while let Some(joined) = workers.join_next().await {
             match joined {
                 Ok(shard_summary) => summary.merge(shard_summary),
-                Err(e) => summary.errors.push(format!("a shard worker failed: {e}")),
+                Err(e) => self.worker_failed(&e, &mut summary.errors),
             }
         }
         summary.api_calls = self.api_calls().snapshot();
         summary.elapsed = started.elapsed();
         summary
+    }
+
+    /// A shard worker panicked (a component's bug): the run fails, and the source is asked to
+    /// stop so it lets go of what it holds; its batch is not acknowledged, so it is read again.
+    fn worker_failed(&self, e: &tokio::task::JoinError, errors: &mut Vec<String>) {
+        tracing::error!(error = %e, "a shard worker panicked; stopping the run");
+        errors.push(format!("a shard worker panicked: {e}"));
+        self.stop.trigger();
     }
 }
 

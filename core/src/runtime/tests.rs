@@ -503,3 +503,89 @@ async fn a_new_holding_of_a_shard_starts_the_checkpoint_rule_afresh() {
         "the shard ends with nothing failed in its holding: {summary:?}"
     );
 }
+
+/// Batches of one record each, for ever, until asked to stop.
+struct Endless {
+    stop: crate::component::Shutdown,
+    acks: Arc<std::sync::Mutex<Vec<BatchReport>>>,
+}
+
+impl Source for Endless {
+    fn batches(
+        self: Box<Self>,
+        _: BatchSettings,
+    ) -> futures::stream::BoxStream<
+        'static,
+        Result<crate::component::SourceBatch, crate::error::SourceError>,
+    > {
+        use futures::StreamExt;
+        let Self { stop, acks } = *self;
+        futures::stream::iter(1u64..)
+            .take_while(move |_| std::future::ready(!stop.is_triggered()))
+            .then(move |n| {
+                let ack = crate::testkit::MemorySource::ack_into(acks.clone());
+                async move {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    Ok(crate::component::SourceBatch {
+                        shard_id: "s".into(),
+                        records: records("s", n..=n),
+                        ack: Some(ack),
+                    })
+                }
+            })
+            .boxed()
+    }
+}
+
+/// A sink with a bug: it panics on record 3.
+struct PanicsOnThree;
+
+#[async_trait]
+impl Sink for PanicsOnThree {
+    async fn write(&self, batch: &[Record]) -> Vec<Result<(), SinkError>> {
+        assert!(batch.iter().all(|r| r.value["n"] != 3), "a bug in a sink");
+        vec![Ok(()); batch.len()]
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_worker_fails_the_run_and_stops_the_source() {
+    // Found by review: a panic ended its task silently and the rest of the run went on.
+    let stop = crate::component::Shutdown::default();
+    let p = pipeline(
+        vec![],
+        Arc::new(PanicsOnThree),
+        Arc::new(MemorySink::default()),
+        policy(),
+    )
+    .with_stop(stop.clone());
+    let acks = Arc::default();
+    let source = Endless {
+        stop: stop.clone(),
+        acks: Arc::clone(&acks),
+    };
+    let summary = tokio::time::timeout(
+        Duration::from_secs(600),
+        p.run(Box::new(source), Arc::default()),
+    )
+    .await
+    .expect("the run stops");
+    assert!(stop.is_triggered(), "the source is told to stop");
+    assert!(!summary.is_success());
+    assert!(
+        summary.errors.iter().any(|e| e.contains("panicked")),
+        "{:?}",
+        summary.errors
+    );
+    let acked: Vec<_> = acks
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| r.checkpoint().cloned())
+        .collect();
+    assert_eq!(
+        acked,
+        vec![Some(1.into()), Some(2.into())],
+        "nothing at or after the panic is acknowledged"
+    );
+}

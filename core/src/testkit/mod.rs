@@ -61,6 +61,11 @@ impl MemorySource {
     pub fn acks(&self) -> Arc<Mutex<Vec<BatchReport>>> {
         self.acks.clone()
     }
+
+    /// An acknowledgement that logs its report into `acks`.
+    pub fn ack_into(acks: Arc<Mutex<Vec<BatchReport>>>) -> Box<dyn Acknowledge> {
+        Box::new(MemoryAck(acks))
+    }
 }
 
 struct MemoryAck(Arc<Mutex<Vec<BatchReport>>>);

@@ -57,11 +57,32 @@ impl Source for KinesisSource {
             health: self.health,
         };
         tokio::spawn(async move {
-            if let Err(e) = consumer.consume().await {
+            if let Err(e) = consumer.supervised().await {
                 let _ = tx.send(Err(e)).await;
             }
         });
         ReceiverStream::new(rx).boxed()
+    }
+}
+
+impl Consumer {
+    /// Consumes; a panic (a bug) stops the run with an error that says so, after the leases
+    /// the table says are this worker's are released, so others take them at once.
+    async fn supervised(self) -> Result<(), SourceError> {
+        let (leases, shutdown) = (self.leases.clone(), self.readers.shutdown.clone());
+        let panic = match tokio::spawn(async move { self.consume().await }).await {
+            Ok(consumed) => return consumed,
+            Err(e) => e,
+        };
+        tracing::error!(error = %panic, "the Kinesis consumer panicked; releasing its leases and stopping");
+        shutdown.trigger();
+        let released = match renew::release_owned(&leases).await {
+            Ok(n) => format!("{n} leases released"),
+            Err(e) => format!("its leases could not be released ({e}); they lapse"),
+        };
+        Err(SourceError::Service(format!(
+            "the Kinesis consumer panicked: {panic}; {released}"
+        )))
     }
 }
 
@@ -203,9 +224,13 @@ impl Consumer {
         let (id, progress, end) = match joined {
             Ok(ended) => ended,
             Err(e) => {
-                world
-                    .errors
-                    .push(SourceError::Service(format!("a shard reader failed: {e}")));
+                // A reader panicked (a bug): which shard is unknown, so stop the whole run; the
+                // leases are released with the checkpoints acknowledged so far.
+                tracing::error!(error = %e, "a shard reader panicked; stopping the run");
+                world.errors.push(SourceError::Service(format!(
+                    "a shard reader panicked: {e}"
+                )));
+                cx.shutdown.trigger();
                 return;
             }
         };

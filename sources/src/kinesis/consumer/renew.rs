@@ -5,7 +5,7 @@ use sluice_core::metrics::{metrics, LeaseEvent};
 use sluice_core::SourceError;
 use tokio::time::Instant;
 
-use super::super::lease_table::{LeaseWrite, WriteKind};
+use super::super::lease_table::{LeaseTable, LeaseWrite, WriteKind};
 use super::{Consumer, Held, State, World};
 
 impl Consumer {
@@ -112,4 +112,25 @@ fn each_held(world: &World, kind: impl Fn(&Held) -> WriteKind) -> Vec<LeaseWrite
             kind: kind(held),
         })
         .collect()
+}
+
+/// Releases every unfinished lease the table says this worker owns, checkpoints untouched; what
+/// a consumer that lost its own record of them (a panic) can still do. Answers how many.
+pub(super) async fn release_owned(leases: &LeaseTable) -> Result<usize, SourceError> {
+    let writes: Vec<LeaseWrite> = leases
+        .scan()
+        .await?
+        .into_iter()
+        .filter(|l| !l.is_finished() && l.owner.as_deref() == Some(leases.owner()))
+        .map(|l| LeaseWrite {
+            shard: l.key,
+            counter: l.counter,
+            kind: WriteKind::Release(None),
+        })
+        .collect();
+    if writes.is_empty() {
+        return Ok(0);
+    }
+    let answers = leases.write(&writes).await?;
+    Ok(answers.iter().filter(|a| a.is_some()).count())
 }

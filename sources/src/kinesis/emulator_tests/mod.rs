@@ -103,12 +103,19 @@ impl Stream {
     async fn daemon(&self, extra: &str) -> Daemon {
         let sink = MemorySink::default();
         let (pipeline, _) = sink_pipeline(Arc::new(sink.clone()));
-        self.daemon_with(extra, pipeline, sink).await
+        self.daemon_with(extra, pipeline, sink, &FaultPlan::new())
+            .await
     }
 
     /// A daemon running `pipeline`, whose records end in `sink`.
-    async fn daemon_with(&self, extra: &str, pipeline: Pipeline, sink: MemorySink) -> Daemon {
-        let ctx = testing::context("test", &FaultPlan::new());
+    async fn daemon_with(
+        &self,
+        extra: &str,
+        pipeline: Pipeline,
+        sink: MemorySink,
+        plan: &FaultPlan,
+    ) -> Daemon {
+        let ctx = testing::context("test", plan);
         let source = self
             .config(extra)
             .build(&ctx)

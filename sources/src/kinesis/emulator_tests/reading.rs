@@ -318,6 +318,7 @@ async fn a_daemon_reads_failed_records_again_until_the_sink_is_back_and_loses_no
             "checkpoint_interval = \"500ms\"\nlease_duration = \"3s\"\npoll_interval = \"200ms\"",
             pipeline,
             sink.inner.clone(),
+            &FaultPlan::new(),
         )
         .await;
     let placed = stream.put_placed(0, 30).await;
@@ -353,4 +354,73 @@ async fn a_daemon_reads_failed_records_again_until_the_sink_is_back_and_loses_no
     assert!(reached, "{:?}", stream.leases().await);
     let (summary, _) = daemon.stop().await;
     assert!(summary.counts.failed > 0, "{summary:?}");
+}
+
+/// What a panic leaves: the run fails saying so, and no lease stays held.
+async fn assert_panic_reported_and_leases_released(stream: &Stream, summary: &RunSummary) {
+    assert!(!summary.is_success());
+    assert!(
+        summary.errors.iter().any(|e| e.contains("panicked")),
+        "{:?}",
+        summary.errors
+    );
+    let leases = stream.leases().await;
+    assert!(!leases.is_empty());
+    assert!(
+        leases.values().all(|l| !l.contains_key("leaseOwner")),
+        "{leases:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_panicking_reader_fails_the_run_and_its_leases_are_released() {
+    let Some(endpoint) = moto_endpoint() else {
+        return;
+    };
+    // Found by review: a panic ended its task silently, the run exited 0 and the leases stayed
+    // held (renewed, unread) while the daemon ran.
+    let stream = Stream::create(&endpoint, 2).await;
+    stream.put(0, 10).await;
+    let plan = FaultPlan::new();
+    plan.fail("GetRecords", Fault::Panic, 1);
+    let sink = MemorySink::default();
+    let (pipeline, _) = sink_pipeline(Arc::new(sink.clone()));
+    let daemon = stream
+        .daemon_with("checkpoint_interval = \"200ms\"", pipeline, sink, &plan)
+        .await;
+    let summary = tokio::time::timeout(Duration::from_secs(30), daemon.running)
+        .await
+        .expect("the run stops by itself")
+        .expect("runs");
+    assert_eq!(plan.injected(), 1);
+    assert_panic_reported_and_leases_released(&stream, &summary).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_panicking_consumer_fails_the_run_and_its_leases_are_released() {
+    let Some(endpoint) = moto_endpoint() else {
+        return;
+    };
+    let stream = Stream::create(&endpoint, 2).await;
+    stream.put(0, 10).await;
+    let plan = FaultPlan::new();
+    let sink = MemorySink::default();
+    let (pipeline, _) = sink_pipeline(Arc::new(sink.clone()));
+    let daemon = stream
+        .daemon_with(
+            "checkpoint_interval = \"200ms\"",
+            pipeline,
+            sink.clone(),
+            &plan,
+        )
+        .await;
+    assert!(eventually(Duration::from_secs(20), async || sink.records().len() == 10).await);
+    // The next renewal panics inside the consumer's own task.
+    plan.fail("TransactWriteItems", Fault::Panic, 1);
+    let summary = tokio::time::timeout(Duration::from_secs(30), daemon.running)
+        .await
+        .expect("the run stops by itself")
+        .expect("runs");
+    assert_eq!(plan.injected(), 1);
+    assert_panic_reported_and_leases_released(&stream, &summary).await;
 }
