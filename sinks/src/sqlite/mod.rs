@@ -3,7 +3,7 @@
 
 mod schema;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -68,8 +68,12 @@ impl SinkConfig for SqliteSinkConfig {
     }
 }
 
+/// SQLite's most columns in a table (`SQLITE_MAX_COLUMN` of the bundled build).
+const MAX_COLUMNS: usize = 2000;
+
 struct Table {
     conn: Connection,
+    /// The table's columns, by [`schema::folded`] name (SQLite matches names ignoring ASCII case).
     columns: HashSet<String>,
 }
 
@@ -104,7 +108,8 @@ impl SqliteSink {
             conn
         };
         let existing = schema::columns(&conn, &config.table).map_err(unavailable)?;
-        if !existing.is_empty() && !existing.iter().any(|(c, pk)| *c == config.key && *pk) {
+        let is_key = |c: &str| schema::folded(c) == schema::folded(&config.key);
+        if !existing.is_empty() && !existing.iter().any(|(c, pk)| is_key(c) && *pk) {
             return Err(BuildError::invalid(
                 "key",
                 format!(
@@ -113,7 +118,7 @@ impl SqliteSink {
                 ),
             ));
         }
-        let columns = existing.into_iter().map(|(c, _)| c).collect();
+        let columns = existing.iter().map(|(c, _)| schema::folded(c)).collect();
         Ok(Self {
             table: Arc::new(Mutex::new(Some(Table { conn, columns }))),
             config,
@@ -127,6 +132,20 @@ fn check(record: &Record, key: &str) -> Result<(), SinkError> {
         .value
         .as_object()
         .ok_or_else(|| SinkError::Permanent("the record is not a JSON object".into()))?;
+    if object.len() > MAX_COLUMNS {
+        return Err(SinkError::Permanent(format!(
+            "the record has {} fields; a SQLite table holds at most {MAX_COLUMNS} columns",
+            object.len()
+        )));
+    }
+    let mut seen = HashMap::with_capacity(object.len());
+    for field in object.keys() {
+        if let Some(other) = seen.insert(schema::folded(field), field) {
+            return Err(SinkError::Permanent(format!(
+                "fields `{other}` and `{field}` differ only in case, and SQLite's column names ignore case"
+            )));
+        }
+    }
     match object.get(key) {
         Some(Value::String(s)) if !s.is_empty() => Ok(()),
         Some(Value::Number(_)) => Ok(()),
@@ -150,14 +169,42 @@ fn retryable_or_permanent(e: &rusqlite::Error) -> SinkError {
 }
 
 impl Table {
-    /// Creates the table or adds columns so every field of `rows` has one.
-    fn widen(&mut self, config: &SqliteSinkConfig, rows: &[&Record]) -> rusqlite::Result<()> {
+    /// Creates the table or adds columns so every field of the records still `Ok` in `results`
+    /// has one; a record whose new fields would pass SQLite's column limit is refused instead.
+    fn widen(
+        &mut self,
+        config: &SqliteSinkConfig,
+        batch: &[Record],
+        results: &mut [Result<(), SinkError>],
+    ) -> rusqlite::Result<()> {
         let mut new: Vec<(String, &'static str)> = Vec::new();
-        for record in rows {
-            for (field, value) in record.value.as_object().into_iter().flatten() {
-                if !self.columns.contains(field) && !new.iter().any(|(n, _)| n == field) {
-                    new.push((field.clone(), schema::column_type(value)));
-                }
+        let mut adding = HashSet::new();
+        for (record, result) in batch.iter().zip(results.iter_mut()) {
+            if result.is_err() {
+                continue;
+            }
+            let fields: Vec<(&String, &Value)> = record
+                .value
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(f, _)| {
+                    let f = schema::folded(f);
+                    !self.columns.contains(&f) && !adding.contains(&f)
+                })
+                .collect();
+            let width = self.columns.len() + new.len() + fields.len();
+            if width > MAX_COLUMNS {
+                *result = Err(SinkError::Permanent(format!(
+                    "its {} new fields would give table `{}` {width} columns; SQLite holds at most {MAX_COLUMNS}",
+                    fields.len(),
+                    config.table
+                )));
+                continue;
+            }
+            for (field, value) in fields {
+                adding.insert(schema::folded(field));
+                new.push((field.clone(), schema::column_type(value)));
             }
         }
         if new.is_empty() {
@@ -170,7 +217,7 @@ impl Table {
                 schema::add_column(&self.conn, &config.table, name, ty)?;
             }
         }
-        self.columns.extend(new.into_iter().map(|(n, _)| n));
+        self.columns.extend(adding);
         Ok(())
     }
 
@@ -181,13 +228,7 @@ impl Table {
     ) -> Vec<Result<(), SinkError>> {
         let mut results: Vec<Result<(), SinkError>> =
             batch.iter().map(|r| check(r, &config.key)).collect();
-        let rows: Vec<&Record> = batch
-            .iter()
-            .zip(&results)
-            .filter(|(_, ok)| ok.is_ok())
-            .map(|(r, _)| r)
-            .collect();
-        if rows.is_empty() {
+        if results.iter().all(Result::is_err) {
             return results;
         }
         let whole = |e: rusqlite::Error, results: &mut Vec<Result<(), SinkError>>| {
@@ -201,7 +242,7 @@ impl Table {
                 *r = Err(err.clone());
             }
         };
-        if let Err(e) = self.widen(config, &rows) {
+        if let Err(e) = self.widen(config, batch, &mut results) {
             whole(e, &mut results);
             return results;
         }

@@ -9,6 +9,11 @@ pub(super) fn quote(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// A column name as SQLite compares it: ignoring the case of ASCII letters (only those).
+pub(super) fn folded(name: &str) -> String {
+    name.to_ascii_lowercase()
+}
+
 /// The column type for a JSON value: TEXT for strings (and JSON text of objects and arrays),
 /// INTEGER for integers and booleans, REAL for other numbers.
 pub(super) fn column_type(value: &Value) -> &'static str {

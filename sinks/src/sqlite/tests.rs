@@ -157,3 +157,71 @@ async fn an_empty_path_is_refused_even_when_built_directly() {
     let e = config.build(&ctx).await.err().expect("refused");
     assert!(e.to_string().contains("must not be empty"), "{e}");
 }
+
+fn rows(path: &str) -> i64 {
+    let conn = Connection::open(path).expect("open");
+    conn.query_row("SELECT COUNT(*) FROM \"curated records\"", [], |r| r.get(0))
+        .expect("count")
+}
+
+fn refusal(result: &Result<(), SinkError>) -> String {
+    match result {
+        Err(SinkError::Permanent(reason)) => reason.clone(),
+        other => panic!("expected a permanent refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn field_names_that_differ_only_in_case_share_a_column_or_are_refused() {
+    // Found by review: SQLite's column names ignore case, so a field `state` after `State`
+    // (or in the same batch) failed the whole batch, on every run.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (sink, path) = sink(&dir).await;
+    let first = vec![record(json!({"Id": "a", "State": "MI"}))];
+    assert!(sink.write(&first).await.iter().all(Result::is_ok));
+    let second = vec![
+        record(json!({"Id": "b", "state": "OH"})),
+        record(json!({"Id": "c", "Road": "I-94"})),
+        record(json!({"Id": "d", "ROAD": "I-75"})),
+        record(json!({"Id": "e", "x": 1, "X": 2})),
+    ];
+    let results = sink.write(&second).await;
+    assert!(results[..3].iter().all(Result::is_ok), "{results:?}");
+    assert!(refusal(&results[3]).contains("differ only in case"));
+    assert_eq!(rows(&path), 4);
+    let conn = Connection::open(&path).expect("open");
+    let roads: Vec<String> = conn
+        .prepare("SELECT road FROM \"curated records\" WHERE road IS NOT NULL ORDER BY Id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(roads, ["I-94", "I-75"], "one column for Road and ROAD");
+}
+
+#[tokio::test]
+async fn a_record_past_sqlites_column_limit_is_refused_and_its_neighbours_stored() {
+    // Found by review: a record wider than SQLite's 2000 columns failed the whole batch, on
+    // every run.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (sink, path) = sink(&dir).await;
+    let wide = |id: &str, prefix: &str, n: usize| {
+        let mut fields: serde_json::Map<String, Value> =
+            (0..n).map(|i| (format!("{prefix}{i}"), json!(i))).collect();
+        fields.insert("Id".into(), json!(id));
+        record(Value::Object(fields))
+    };
+    let batch = vec![
+        wide("too-wide", "f", MAX_COLUMNS),
+        wide("wide", "a", 1500),
+        wide("one-too-many", "b", 500),
+        wide("narrow", "a", 3),
+    ];
+    let results = sink.write(&batch).await;
+    assert!(refusal(&results[0]).contains("at most 2000 columns"));
+    assert!(results[1].is_ok(), "{:?}", results[1]);
+    assert!(refusal(&results[2]).contains("2001 columns"));
+    assert!(results[3].is_ok(), "{:?}", results[3]);
+    assert_eq!(rows(&path), 2);
+}
