@@ -16,8 +16,8 @@ pub struct Health {
     stuck_after: Mutex<Duration>,
     /// How long the lease table may be unreachable (a lease's duration).
     table_grace: Mutex<Duration>,
-    /// Shards whose checkpoint a failed record holds, since when.
-    stuck: Mutex<HashMap<String, Instant>>,
+    /// Shards whose checkpoint a failed record holds: since when, and its error.
+    stuck: Mutex<HashMap<String, (Instant, String)>>,
     /// Since when the lease table cannot be read or written.
     lease_table_down: Mutex<Option<Instant>>,
 }
@@ -25,8 +25,13 @@ pub struct Health {
 /// Why the process is not healthy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Unhealthy {
-    /// A shard has been stuck on failed records longer than the bound.
-    ShardStuck { shard: String, for_secs: u64 },
+    /// A shard has been stuck on a failed record longer than the bound.
+    ShardStuck {
+        shard: String,
+        for_secs: u64,
+        /// The failed record's error.
+        reason: String,
+    },
     /// The lease table has been unreachable longer than a lease lasts.
     LeaseTableUnreachable { for_secs: u64 },
 }
@@ -34,9 +39,14 @@ pub enum Unhealthy {
 impl std::fmt::Display for Unhealthy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Unhealthy::ShardStuck { shard, for_secs } => {
-                write!(f, "shard {shard} stuck on failed records for {for_secs} s")
-            }
+            Unhealthy::ShardStuck {
+                shard,
+                for_secs,
+                reason,
+            } => write!(
+                f,
+                "shard {shard} stuck on a failed record for {for_secs} s: {reason}"
+            ),
             Unhealthy::LeaseTableUnreachable { for_secs } => {
                 write!(f, "the lease table unreachable for {for_secs} s")
             }
@@ -87,12 +97,12 @@ impl Health {
         self.ready.load(Ordering::SeqCst) && !self.stopping.load(Ordering::SeqCst)
     }
 
-    /// A shard is stuck on failed records since `since`, or (`None`) no longer.
-    pub fn shard_stuck(&self, shard: &str, since: Option<Instant>) {
+    /// A shard is stuck on a failed record (since when, and its error), or (`None`) no longer.
+    pub fn shard_stuck(&self, shard: &str, failure: Option<(Instant, &str)>) {
         let mut stuck = Self::lock(&self.stuck);
-        match since {
-            Some(since) => {
-                stuck.insert(shard.to_owned(), since);
+        match failure {
+            Some((since, reason)) => {
+                stuck.insert(shard.to_owned(), (since, reason.to_owned()));
             }
             None => {
                 stuck.remove(shard);
@@ -118,13 +128,16 @@ impl Health {
         let now = Instant::now();
         let stuck = Self::lock(&self.stuck)
             .iter()
-            .map(|(shard, since)| (shard.clone(), now.duration_since(*since)))
-            .filter(|(_, d)| *d > stuck_after)
-            .max_by_key(|(_, d)| *d);
-        if let Some((shard, d)) = stuck {
+            .map(|(shard, (since, reason))| {
+                (shard.clone(), now.duration_since(*since), reason.clone())
+            })
+            .filter(|(_, d, _)| *d > stuck_after)
+            .max_by_key(|(_, d, _)| *d);
+        if let Some((shard, d, reason)) = stuck {
             return Some(Unhealthy::ShardStuck {
                 shard,
                 for_secs: d.as_secs(),
+                reason,
             });
         }
         let down = *Self::lock(&self.lease_table_down);
@@ -149,12 +162,13 @@ mod tests {
         let bound = Duration::from_millis(50);
         health.set_stuck_after(bound);
         health.set_lease_duration(bound);
-        health.shard_stuck("s1", Some(Instant::now()));
+        health.shard_stuck("s1", Some((Instant::now(), "the sink refused it")));
         assert_eq!(health.check(), None, "not yet past the bound");
         std::thread::sleep(bound * 2);
         assert!(matches!(
             health.check(),
-            Some(Unhealthy::ShardStuck { shard, .. }) if shard == "s1"
+            Some(Unhealthy::ShardStuck { shard, reason, .. })
+                if shard == "s1" && reason == "the sink refused it"
         ));
         health.shard_stuck("s1", None);
         assert_eq!(health.check(), None);

@@ -134,7 +134,7 @@ mod tests {
         assert_eq!(probe_(url("/ready")).await.unwrap(), Ok(true));
         assert_eq!(probe_(url("/metrics")).await.unwrap(), Ok(true));
         health.set_stuck_after(std::time::Duration::ZERO);
-        health.shard_stuck("s", Some(std::time::Instant::now()));
+        health.shard_stuck("s", Some((std::time::Instant::now(), "refused")));
         std::thread::sleep(std::time::Duration::from_millis(5));
         assert_eq!(probe_(url("/health")).await.unwrap(), Ok(false));
         health.set_stopping();

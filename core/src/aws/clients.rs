@@ -14,6 +14,10 @@ pub trait ServiceClient: Sized {
 /// Every service crate's config builder has the same methods but no common trait.
 macro_rules! service_client {
     ($feature:literal, $service:ident) => {
+        service_client!($feature, $service, |config| config);
+    };
+    // `at_endpoint` adjusts the config when an endpoint is given.
+    ($feature:literal, $service:ident, $at_endpoint:expr) => {
         #[cfg(feature = $feature)]
         impl ServiceClient for $service::Client {
             fn from_sdk(
@@ -23,7 +27,7 @@ macro_rules! service_client {
             ) -> Self {
                 let mut config = $service::config::Builder::from(sdk);
                 if let Some(url) = endpoint_url {
-                    config = config.endpoint_url(url);
+                    config = $at_endpoint(config.endpoint_url(url));
                 }
                 if let Some(calls) = calls {
                     config = config.interceptor(calls);
@@ -36,5 +40,8 @@ macro_rules! service_client {
 
 service_client!("dynamodb", aws_sdk_dynamodb);
 service_client!("kinesis", aws_sdk_kinesis);
+// Emulators and S3-compatible stores name the bucket in the path, not the host.
+service_client!("s3", aws_sdk_s3, |c: aws_sdk_s3::config::Builder| c
+    .force_path_style(true));
 service_client!("sqs", aws_sdk_sqs);
 service_client!("ssm", aws_sdk_ssm);

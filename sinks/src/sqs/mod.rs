@@ -1,6 +1,7 @@
 //! `type = "sqs"`: sends records (dead-letter envelopes, as the error sink) to an SQS queue with
 //! SendMessageBatch, ten at a time within the queue's size limit. Nothing is ever truncated: a
-//! message over the limit is refused with a clear error.
+//! message over the limit goes whole to the overflow bucket when there is one (the queue gets a
+//! pointer to it), and is refused with a clear error when there is none.
 
 use std::sync::Arc;
 
@@ -11,6 +12,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sluice_core::aws::{self, Connection, Retries};
 use sluice_core::{BuildContext, BuildError, Record, Sink, SinkConfig, SinkError};
+
+mod overflow;
+use overflow::Overflow;
 
 /// SendMessageBatch's limit on entries per call.
 pub const MAX_BATCH_ENTRIES: usize = 10;
@@ -28,9 +32,17 @@ pub struct SqsSinkConfig {
     /// The region (see [`sluice_core::aws`], connection settings).
     #[serde(default)]
     pub region: Option<String>,
-    /// Another endpoint, such as an emulator (see [`sluice_core::aws`]).
+    /// Another endpoint, such as an emulator (see [`sluice_core::aws`]); the overflow bucket is
+    /// reached there too.
     #[serde(default)]
     pub endpoint_url: Option<String>,
+    /// An S3 bucket for messages over the queue's size limit: each is written there whole and
+    /// the queue gets it without its payload, plus `payload_s3 = "s3://bucket/key"`.
+    #[serde(default)]
+    pub overflow_s3_bucket: Option<String>,
+    /// The key prefix in the overflow bucket (keys go on `STREAM/SHARD/SEQUENCE.json`).
+    #[serde(default)]
+    pub overflow_s3_prefix: Option<String>,
 }
 
 #[typetag::serde(name = "sqs")]
@@ -46,21 +58,30 @@ impl SinkConfig for SqsSinkConfig {
                 ),
             ));
         }
-        Ok(())
+        match (&self.overflow_s3_bucket, &self.overflow_s3_prefix) {
+            (Some(bucket), _) if bucket.is_empty() || bucket.contains('/') => {
+                Err(BuildError::invalid(
+                    "overflow_s3_bucket",
+                    format!("`{bucket}` is not a bucket name; give the name alone, without s3:// or a path (the path goes in `overflow_s3_prefix`)"),
+                ))
+            }
+            (None, Some(_)) => Err(BuildError::invalid(
+                "overflow_s3_prefix",
+                "is set without `overflow_s3_bucket`; name the bucket too, or remove it",
+            )),
+            _ => Ok(()),
+        }
     }
 
     async fn build(&self, ctx: &BuildContext) -> Result<Arc<dyn Sink>, BuildError> {
         // Also for a component built without its pipeline file (an embedding program).
         self.validate()?;
-        let client: aws_sdk_sqs::Client = aws::client(
-            ctx,
-            Connection {
-                region: self.region.as_deref(),
-                endpoint_url: self.endpoint_url.as_deref(),
-                retries: Retries::Runtime,
-            },
-        )
-        .await?;
+        let connection = Connection {
+            region: self.region.as_deref(),
+            endpoint_url: self.endpoint_url.as_deref(),
+            retries: Retries::Runtime,
+        };
+        let client: aws_sdk_sqs::Client = aws::client(ctx, connection).await?;
         // Proves the queue exists and reads its size limit.
         let attributes = client
             .get_queue_attributes()
@@ -80,15 +101,26 @@ impl SinkConfig for SqsSinkConfig {
             .and_then(|a| a.get(&QueueAttributeName::MaximumMessageSize))
             .and_then(|v| v.parse().ok())
             .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES);
+        let overflow = match &self.overflow_s3_bucket {
+            Some(bucket) => {
+                let prefix = self.overflow_s3_prefix.as_deref().unwrap_or_default();
+                Some(Overflow::connect(ctx, connection, bucket, prefix).await?)
+            }
+            None => None,
+        };
         Ok(Arc::new(SqsSink {
             client,
             queue_url: self.queue_url.clone(),
             max_message_bytes,
+            overflow,
         }))
     }
 
     fn describe(&self) -> String {
-        format!("sqs queue {}", self.queue_url)
+        match &self.overflow_s3_bucket {
+            Some(bucket) => format!("sqs queue {} (overflow to s3://{bucket})", self.queue_url),
+            None => format!("sqs queue {}", self.queue_url),
+        }
     }
 }
 
@@ -96,6 +128,7 @@ struct SqsSink {
     client: aws_sdk_sqs::Client,
     queue_url: String,
     max_message_bytes: usize,
+    overflow: Option<Overflow>,
 }
 
 /// One message ready to send, with its size as SQS counts it (body plus attributes).
@@ -108,14 +141,21 @@ struct Message {
 /// Each record's answer, by its index in the batch.
 type Answers = Vec<(usize, Result<(), SinkError>)>;
 
+/// A message the queue cannot take: its body and its size as SQS counts it.
+struct TooBig {
+    body: String,
+    size: usize,
+}
+
 impl SqsSink {
-    fn message(&self, index: usize, record: &Record) -> Result<Message, SinkError> {
-        let body = serde_json::to_string(&record.value).expect("a JSON value always serialises");
+    /// The message for `value`, unless it is over the queue's limit.
+    fn message(&self, index: usize, value: &Value) -> Result<Message, TooBig> {
+        let body = serde_json::to_string(value).expect("a JSON value always serialises");
         // Dead-letter envelopes carry these; a consumer can filter on them without parsing.
         let attributes: Vec<(&str, String)> = [
-            ("pipeline", record.value.get("pipeline")),
-            ("stage", record.value.get("stage")),
-            ("error_kind", record.value.pointer("/error/kind")),
+            ("pipeline", value.get("pipeline")),
+            ("stage", value.get("stage")),
+            ("error_kind", value.pointer("/error/kind")),
         ]
         .into_iter()
         .filter_map(|(name, v)| v.and_then(Value::as_str).map(|s| (name, s.to_owned())))
@@ -126,11 +166,7 @@ impl SqsSink {
                 .map(|(name, value)| name.len() + "String".len() + value.len())
                 .sum::<usize>();
         if size > self.max_message_bytes {
-            return Err(SinkError::Permanent(format!(
-                "the message is {size} bytes, over the queue's limit of {} bytes; \
-                 it was not sent (nothing is truncated)",
-                self.max_message_bytes
-            )));
+            return Err(TooBig { body, size });
         }
         let mut entry = SendMessageBatchRequestEntry::builder()
             .id(index.to_string())
@@ -150,6 +186,57 @@ impl SqsSink {
             entry: entry.build().expect("id and body are set"),
             size,
         })
+    }
+
+    fn refusal(&self, size: usize) -> SinkError {
+        let fix = if self.overflow.is_some() {
+            "even without its payload"
+        } else {
+            "set `overflow_s3_bucket` to keep such messages in S3"
+        };
+        SinkError::Permanent(format!(
+            "the message is {size} bytes, over the queue's limit of {} bytes; it was not sent \
+             (nothing is truncated; {fix})",
+            self.max_message_bytes
+        ))
+    }
+
+    /// The messages of `batch` the queue can take, the others (over its limit) written to the
+    /// overflow bucket first when there is one; refusals go in `answers`.
+    async fn messages(
+        &self,
+        batch: &[Record],
+        answers: &mut [Option<Result<(), SinkError>>],
+    ) -> Vec<Message> {
+        let mut messages = Vec::with_capacity(batch.len());
+        let mut oversize = Vec::new();
+        for (index, record) in batch.iter().enumerate() {
+            match self.message(index, &record.value) {
+                Ok(m) => messages.push(m),
+                Err(big) => match &self.overflow {
+                    Some(_) => oversize.push((index, big.body)),
+                    None => answers[index] = Some(Err(self.refusal(big.size))),
+                },
+            }
+        }
+        let Some(overflow) = &self.overflow else {
+            return messages;
+        };
+        let offloaded: Vec<(usize, Result<Value, SinkError>)> = futures::stream::iter(oversize)
+            .map(
+                |(index, body)| async move { (index, overflow.offload(&batch[index], body).await) },
+            )
+            .buffer_unordered(CONCURRENT_CALLS)
+            .collect()
+            .await;
+        for (index, pointer) in offloaded {
+            match pointer.map(|p| self.message(index, &p)) {
+                Ok(Ok(m)) => messages.push(m),
+                Ok(Err(big)) => answers[index] = Some(Err(self.refusal(big.size))),
+                Err(e) => answers[index] = Some(Err(e)),
+            }
+        }
+        messages
     }
 
     async fn send(&self, group: Vec<Message>) -> Answers {
@@ -204,14 +291,7 @@ impl Sink for SqsSink {
         // Groups of at most ten whose sizes together stay within the request limit.
         let mut groups: Vec<Vec<Message>> = Vec::new();
         let mut group_size = 0;
-        for (index, record) in batch.iter().enumerate() {
-            let message = match self.message(index, record) {
-                Ok(m) => m,
-                Err(e) => {
-                    answers[index] = Some(Err(e));
-                    continue;
-                }
-            };
+        for message in self.messages(batch, &mut answers).await {
             let full = groups.last().is_none_or(|g| {
                 g.len() == MAX_BATCH_ENTRIES || group_size + message.size > self.max_message_bytes
             });

@@ -77,6 +77,10 @@ async fn an_outage_past_the_retry_budget_heals_without_a_restart_and_health_tell
     .await;
     let (_, body) = daemon.get("/health");
     assert!(unhealthy && body.contains("stuck"), "{body}");
+    assert!(
+        body.contains("ResourceNotFoundException"),
+        "says why it is stuck: {body}"
+    );
     assert_eq!(
         daemon.get("/ready").0,
         200,

@@ -31,7 +31,8 @@ impl Consumer {
         });
         self.write_held(world, writes).await;
         for (key, held) in &world.held {
-            let stuck = held.progress.failure().map(|f| f.since);
+            let failure = held.progress.failure();
+            let stuck = failure.as_ref().map(|f| (f.since, f.reason.as_str()));
             self.health.shard_stuck(key, stuck);
         }
     }
