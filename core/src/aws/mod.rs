@@ -68,6 +68,18 @@ pub struct Connection<'a> {
     pub retries: Retries,
 }
 
+impl Connection<'_> {
+    /// The same connection with the SDK's retries: for the calls a component makes at start-up
+    /// (DescribeTable, GetQueueAttributes, a first GetParameter), which no runtime policy covers;
+    /// a throttled call at a cold start is tried again instead of failing the start.
+    pub fn retried_by_sdk(self) -> Self {
+        Self {
+            retries: Retries::Sdk,
+            ..self
+        }
+    }
+}
+
 /// Replaces the standard chain for every AWS component of a pipeline, handed in with
 /// [`BuildContext::with`]: tests give fixed credentials and a fault-injecting HTTP client; an
 /// embedding program can give its own credentials.

@@ -306,3 +306,23 @@ async fn an_outage_is_logged_when_it_begins_and_when_it_ends_not_per_record() {
     assert_eq!(text.matches("readable again").count(), 1, "{text}");
     assert!(text.contains("records=200"), "{text}");
 }
+
+#[tokio::test]
+async fn a_throttled_or_failing_first_read_is_tried_again() {
+    let Some(endpoint) = moto_endpoint() else {
+        return;
+    };
+    // Found by review: the first read went out once, so one throttled GetParameter failed the
+    // whole start.
+    let parameter = Parameter::create(&endpoint, "batch-0001").await;
+    let plan = FaultPlan::new();
+    plan.fail("GetParameter", Fault::Throttle, 1)
+        .fail("GetParameter", Fault::ServerError, 1);
+    let ctx = testing::context("test", &plan);
+    parameter
+        .config("1h", "2h")
+        .build(&ctx)
+        .await
+        .expect("builds");
+    assert_eq!(plan.injected(), 2);
+}

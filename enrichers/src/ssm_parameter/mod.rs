@@ -79,17 +79,15 @@ impl EnricherConfig for SsmParameterConfig {
     async fn build(&self, ctx: &BuildContext) -> Result<Arc<dyn Enricher>, BuildError> {
         // Also for a component built without its pipeline file (an embedding program).
         self.validate()?;
-        let client = aws::client(
-            ctx,
-            Connection {
-                region: self.region.as_deref(),
-                endpoint_url: self.endpoint_url.as_deref(),
-                retries: Retries::Runtime,
-            },
-        )
-        .await?;
-        let enricher = SsmParameter {
-            client,
+        let connection = Connection {
+            region: self.region.as_deref(),
+            endpoint_url: self.endpoint_url.as_deref(),
+            retries: Retries::Runtime,
+        };
+        // The first read, at start-up, gets the SDK's retries (nothing else would retry it);
+        // later reads are retried under the pipeline's policy.
+        let mut enricher = SsmParameter {
+            client: aws::client(ctx, connection.retried_by_sdk()).await?,
             config: self.clone(),
             meta_key: format!("ssm:{}", self.parameter),
             cache: RwLock::new(None),
@@ -114,6 +112,7 @@ impl EnricherConfig for SsmParameterConfig {
                 ),
             ));
         }
+        enricher.client = aws::client(ctx, connection).await?;
         Ok(Arc::new(enricher))
     }
 

@@ -360,3 +360,18 @@ async fn a_disabled_sink_writes_nothing() {
     assert!(!calls.snapshot().contains_key("DynamoDB.BatchWriteItem"));
     assert!(table.items().await.is_empty());
 }
+
+#[tokio::test]
+async fn a_throttled_or_failing_start_up_call_is_tried_again() {
+    let Some(endpoint) = moto_endpoint() else {
+        return;
+    };
+    // Found by review: start-up calls went out once (the pipeline's policy turns the SDK's
+    // retries off), so one throttled DescribeTable failed the whole start.
+    let table = Table::create(&endpoint).await;
+    let plan = FaultPlan::new();
+    plan.fail("DescribeTable", Fault::Throttle, 1)
+        .fail("DescribeTable", Fault::ServerError, 1);
+    table.pipeline("", &plan).await;
+    assert_eq!(plan.injected(), 2);
+}

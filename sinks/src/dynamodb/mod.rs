@@ -86,16 +86,15 @@ impl SinkConfig for DynamoDbSinkConfig {
     async fn build(&self, ctx: &BuildContext) -> Result<Arc<dyn Sink>, BuildError> {
         // Also for a component built without its pipeline file (an embedding program).
         self.validate()?;
-        let client = aws::client(
-            ctx,
-            Connection {
-                region: self.region(),
-                endpoint_url: self.endpoint_url.as_deref(),
-                retries: Retries::Runtime,
-            },
-        )
-        .await?;
-        let key = describe_key(&client, self.table_name()).await?;
+        let connection = Connection {
+            region: self.region(),
+            endpoint_url: self.endpoint_url.as_deref(),
+            retries: Retries::Runtime,
+        };
+        let client = aws::client(ctx, connection).await?;
+        // Start-up calls get the SDK's retries (nothing else would retry them).
+        let starting = aws::client(ctx, connection.retried_by_sdk()).await?;
+        let key = describe_key(&starting, self.table_name()).await?;
         check_key_types(&key, self.all_strings)?;
         if let Some(fields) = &ctx.record_fields {
             check_key_fields(&key, fields)?;

@@ -351,3 +351,20 @@ async fn a_missing_queue_is_a_clear_error_at_start_up() {
         "{e}"
     );
 }
+
+#[tokio::test]
+async fn a_throttled_or_failing_start_up_call_is_tried_again() {
+    let Some(endpoint) = moto_endpoint() else {
+        return;
+    };
+    let queue = Queue::create(&endpoint, &[]).await;
+    let plan = FaultPlan::new();
+    plan.fail("GetQueueAttributes", Fault::Throttle, 1).fail(
+        "GetQueueAttributes",
+        Fault::ServerError,
+        1,
+    );
+    let ctx = testing::context("test", &plan);
+    queue.config().build(&ctx).await.expect("the sink builds");
+    assert_eq!(plan.injected(), 2);
+}

@@ -82,8 +82,9 @@ impl SinkConfig for SqsSinkConfig {
             retries: Retries::Runtime,
         };
         let client: aws_sdk_sqs::Client = aws::client(ctx, connection).await?;
-        // Proves the queue exists and reads its size limit.
-        let attributes = client
+        // Proves the queue exists and reads its size limit; start-up calls get the SDK's retries.
+        let starting: aws_sdk_sqs::Client = aws::client(ctx, connection.retried_by_sdk()).await?;
+        let attributes = starting
             .get_queue_attributes()
             .queue_url(&self.queue_url)
             .attribute_names(QueueAttributeName::MaximumMessageSize)

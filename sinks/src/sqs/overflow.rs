@@ -27,7 +27,8 @@ impl Overflow {
         prefix: &str,
     ) -> Result<Self, BuildError> {
         let client: aws_sdk_s3::Client = aws::client(ctx, connection).await?;
-        client
+        let starting: aws_sdk_s3::Client = aws::client(ctx, connection.retried_by_sdk()).await?;
+        starting
             .head_bucket()
             .bucket(bucket)
             .send()
