@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use sluice::sluice_core::{lambda, ops, PipelineConfig, Progress};
+use sluice::sluice_core::{
+    lambda, ops, Backoff, BuildContext, Built, ConfigError, PipelineConfig, Progress,
+};
 
 // The facade links every component crate, so each `type` is registered.
 use sluice as _;
@@ -236,7 +238,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 );
                 std::process::exit(FORCED_EXIT);
             });
-            let built = config.build(&ctx).await?;
+            let built = build_when_reachable(&config, &ctx).await?;
             let (pipeline, source) = (built.pipeline, built.source.context("a [source]")?);
             tracing::info!(pipeline = %config.name, file = %file.display(), worker = %ctx.worker_id, "running");
             let progress = Arc::new(Progress::default());
@@ -270,6 +272,42 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+    }
+}
+
+/// How long a start keeps being tried while a resource fails for a passing reason.
+const START_BUDGET: Duration = Duration::from_secs(300);
+/// Waits between those tries.
+const START_BACKOFF: Backoff = Backoff {
+    initial: Duration::from_secs(1),
+    max: Duration::from_secs(30),
+};
+
+/// Builds the pipeline, trying again (up to [`START_BUDGET`], or a stop signal) while a resource
+/// it names fails for a passing reason: a daemon that starts during a throttling burst or a
+/// service outage waits it out instead of exiting. A missing resource fails at once.
+async fn build_when_reachable(
+    config: &PipelineConfig,
+    ctx: &BuildContext,
+) -> Result<Built, ConfigError> {
+    let until = tokio::time::Instant::now() + START_BUDGET;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match config.build(ctx).await {
+            Err(e) if e.transient && !ctx.shutdown.is_triggered() => {
+                let wait = START_BACKOFF.delay(attempt);
+                if tokio::time::Instant::now() + wait > until {
+                    return Err(e);
+                }
+                tracing::warn!(error = %e, attempt, ?wait, "a resource cannot be reached yet; starting again");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = ctx.shutdown.triggered() => return Err(e),
+                }
+            }
+            built => return built,
         }
     }
 }

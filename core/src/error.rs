@@ -98,6 +98,9 @@ pub enum BuildError {
         what: String,
         /// Why it could not be opened.
         message: String,
+        /// The service was there but failed (throttling, a 5xx, a timeout, an outage): the
+        /// same start a little later may succeed. False when the resource is missing or refused.
+        transient: bool,
     },
 }
 
@@ -124,4 +127,7 @@ pub struct ConfigError {
     /// A resource the file names could not be reached (a missing queue, throttling at start-up):
     /// trying again may help, unlike for a wrong setting.
     pub unavailable: bool,
+    /// It could not be reached for a passing reason (throttling, a 5xx, an outage), not because
+    /// it is missing: a daemon waits and starts again instead of exiting.
+    pub transient: bool,
 }

@@ -70,6 +70,7 @@ impl SinkConfig for FileSinkConfig {
                 .map_err(|e| BuildError::Unavailable {
                     what: self.path.clone(),
                     message: e.to_string(),
+                    transient: false,
                 })?;
             Some(file)
         };

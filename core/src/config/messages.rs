@@ -26,6 +26,7 @@ pub(super) fn from_figment(file: &Path, err: figment::Error) -> ConfigError {
         .collect();
     ConfigError {
         unavailable: false,
+        transient: false,
         file: file.to_owned(),
         key,
         message: messages.join("; "),

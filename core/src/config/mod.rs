@@ -107,6 +107,7 @@ impl Loader {
         if !path.is_file() {
             return Err(ConfigError {
                 unavailable: false,
+                transient: false,
                 file: path.to_owned(),
                 key: None,
                 message: if path.exists() {
@@ -161,6 +162,7 @@ impl PipelineConfig {
             message: format!("`{key}`: {}", message.into()),
             key: Some(key),
             unavailable: false,
+            transient: false,
         }
     }
 
@@ -199,8 +201,13 @@ impl PipelineConfig {
     fn build_error(&self, table: &str, e: BuildError) -> ConfigError {
         match e {
             BuildError::Invalid { key, message } => self.error(format!("{table}.{key}"), message),
-            BuildError::Unavailable { what, message } => ConfigError {
+            BuildError::Unavailable {
+                what,
+                message,
+                transient,
+            } => ConfigError {
                 unavailable: true,
+                transient,
                 ..self.error(table, format!("{what}: {message}"))
             },
         }

@@ -94,13 +94,11 @@ impl EnricherConfig for SsmParameterConfig {
             refreshing: tokio::sync::Mutex::new(None),
         };
         // Reading it now proves it exists and is readable, and fills the cache.
-        let first = enricher
-            .current()
-            .await
-            .map_err(|e| BuildError::Unavailable {
-                what: format!("SSM parameter `{}`", self.parameter),
-                message: e.to_string(),
-            })?;
+        let first = enricher.read().await.map_err(|e| BuildError::Unavailable {
+            what: format!("SSM parameter `{}`", self.parameter),
+            message: e.message,
+            transient: e.transient,
+        })?;
         if first.secure && !self.with_decryption {
             return Err(BuildError::invalid(
                 "with_decryption",
@@ -113,6 +111,7 @@ impl EnricherConfig for SsmParameterConfig {
             ));
         }
         enricher.client = aws::client(ctx, connection).await?;
+        enricher.cache = RwLock::new(Some(Arc::new(first)));
         Ok(Arc::new(enricher))
     }
 
@@ -130,6 +129,12 @@ impl EnricherConfig for SsmParameterConfig {
         fields.insert(self.into.clone());
         Some(fields)
     }
+}
+
+/// Why a read failed, and whether for a passing reason (throttling, a 5xx, a timeout).
+struct Unreadable {
+    message: String,
+    transient: bool,
 }
 
 /// A value read, with its version and when it was read.
@@ -194,7 +199,7 @@ impl SsmParameter {
                     }
                     return Ok(reading);
                 }
-                Err(error) => {
+                Err(Unreadable { message: error, .. }) => {
                     match outage.as_mut() {
                         Some(o) => {
                             o.last = (Instant::now(), error.clone());
@@ -222,7 +227,7 @@ impl SsmParameter {
         }
     }
 
-    async fn read(&self) -> Result<Reading, String> {
+    async fn read(&self) -> Result<Reading, Unreadable> {
         let out = self
             .client
             .get_parameter()
@@ -230,16 +235,18 @@ impl SsmParameter {
             .with_decryption(self.config.with_decryption)
             .send()
             .await
-            .map_err(|e| {
-                format!(
+            .map_err(|e| Unreadable {
+                message: format!(
                     "cannot read SSM parameter `{}`: {}",
                     self.config.parameter,
                     aws::describe_error(&e)
-                )
+                ),
+                transient: aws::is_retryable(&e),
             })?;
-        let parameter = out
-            .parameter()
-            .ok_or_else(|| format!("SSM returned no parameter for `{}`", self.config.parameter))?;
+        let parameter = out.parameter().ok_or_else(|| Unreadable {
+            message: format!("SSM returned no parameter for `{}`", self.config.parameter),
+            transient: false,
+        })?;
         Ok(Reading {
             value: parameter.value().unwrap_or_default().to_owned(),
             version: parameter.version(),

@@ -329,7 +329,12 @@ async fn a_missing_table_is_a_clear_error_at_start_up() {
     config.table = "arn:aws:dynamodb:us-east-1:123456789012:table/no-such-table".into();
     let ctx = testing::context("test", &FaultPlan::new());
     let e = config.build(&ctx).await.err().expect("the build fails");
-    let BuildError::Unavailable { what, message } = e else {
+    let BuildError::Unavailable {
+        what,
+        message,
+        transient: false,
+    } = e
+    else {
         panic!("{e:?}")
     };
     assert_eq!(what, "DynamoDB table `no-such-table`");

@@ -119,9 +119,10 @@ async fn describe_key(
     client: &aws_sdk_dynamodb::Client,
     table: &str,
 ) -> Result<Vec<KeyAttribute>, BuildError> {
-    let unavailable = |message: String| BuildError::Unavailable {
+    let unavailable = |message: String, transient: bool| BuildError::Unavailable {
         what: format!("DynamoDB table `{table}`"),
         message,
+        transient,
     };
     let out = client
         .describe_table()
@@ -135,14 +136,14 @@ async fn describe_key(
                 }
                 _ => "",
             };
-            unavailable(format!(
-                "DescribeTable failed: {}{hint}",
-                aws::describe_error(&e)
-            ))
+            unavailable(
+                format!("DescribeTable failed: {}{hint}", aws::describe_error(&e)),
+                aws::is_retryable(&e),
+            )
         })?;
     let description = out
         .table()
-        .ok_or_else(|| unavailable("DescribeTable returned no table description".into()))?;
+        .ok_or_else(|| unavailable("DescribeTable returned no table description".into(), false))?;
     let mut key: Vec<(KeyType, KeyAttribute)> = Vec::new();
     for element in description.key_schema() {
         let name = element.attribute_name();
@@ -151,7 +152,9 @@ async fn describe_key(
             .iter()
             .find(|d| d.attribute_name() == name)
             .map(|d| d.attribute_type().clone())
-            .ok_or_else(|| unavailable(format!("key attribute `{name}` has no definition")))?;
+            .ok_or_else(|| {
+                unavailable(format!("key attribute `{name}` has no definition"), false)
+            })?;
         key.push((
             element.key_type().clone(),
             KeyAttribute {

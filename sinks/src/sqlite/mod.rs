@@ -56,6 +56,7 @@ impl SinkConfig for SqliteSinkConfig {
             .map_err(|e| BuildError::Unavailable {
                 what: "sqlite".into(),
                 message: e.to_string(),
+                transient: false,
             })?
             .map(|sink| Arc::new(sink) as Arc<dyn Sink>)
     }
@@ -95,6 +96,7 @@ impl SqliteSink {
         let unavailable = |e: rusqlite::Error| BuildError::Unavailable {
             what: config.path.clone(),
             message: e.to_string(),
+            transient: false,
         };
         let conn = if validate_only {
             Connection::open_with_flags(&config.path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use sluice_core::aws::faults::{Fault, FaultPlan};
 use sluice_core::aws::testing::{self, moto_endpoint, unique};
 use sluice_core::testkit::{raw, record, sink_pipeline};
-use sluice_core::{Outcome, SinkConfig, SinkError};
+use sluice_core::{BuildError, Outcome, SinkConfig, SinkError};
 
 use super::SqsSinkConfig;
 
@@ -367,4 +367,46 @@ async fn a_throttled_or_failing_start_up_call_is_tried_again() {
     let ctx = testing::context("test", &plan);
     queue.config().build(&ctx).await.expect("the sink builds");
     assert_eq!(plan.injected(), 2);
+}
+
+#[tokio::test]
+async fn a_queue_failing_at_start_up_is_told_apart_from_a_missing_one() {
+    let Some(endpoint) = moto_endpoint() else {
+        return;
+    };
+    // A daemon waits out the first and exits at once on the second.
+    let queue = Queue::create(&endpoint, &[]).await;
+    let plan = FaultPlan::new();
+    plan.fail_always("GetQueueAttributes", Fault::ServerError);
+    let ctx = testing::context("test", &plan);
+    let e = queue
+        .config()
+        .build(&ctx)
+        .await
+        .err()
+        .expect("the build fails");
+    assert!(
+        matches!(
+            e,
+            BuildError::Unavailable {
+                transient: true,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    let mut missing = queue.config();
+    missing.queue_url = format!("{endpoint}/123456789012/no-such-queue");
+    let ctx = testing::context("test", &FaultPlan::new());
+    let e = missing.build(&ctx).await.err().expect("the build fails");
+    assert!(
+        matches!(
+            e,
+            BuildError::Unavailable {
+                transient: false,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
 }

@@ -91,6 +91,7 @@ impl SinkConfig for SqsSinkConfig {
             .send()
             .await
             .map_err(|e| BuildError::Unavailable {
+                transient: aws::is_retryable(&e),
                 what: format!("SQS queue {}", self.queue_url),
                 message: format!(
                     "GetQueueAttributes failed: {} (check the queue URL, region and endpoint)",

@@ -34,6 +34,7 @@ impl Overflow {
             .send()
             .await
             .map_err(|e| BuildError::Unavailable {
+                transient: aws::is_retryable(&e),
                 what: format!("S3 bucket {bucket} (`overflow_s3_bucket`)"),
                 message: format!(
                     "HeadBucket failed: {} (check the bucket name, region, endpoint and permissions)",

@@ -73,6 +73,7 @@ impl SourceConfig for KinesisSourceConfig {
                 _ => "",
             };
             BuildError::Unavailable {
+                transient: aws::is_retryable(&e),
                 what: format!("Kinesis stream `{}`", self.stream_name()),
                 message: format!(
                     "DescribeStreamSummary failed: {}{hint}",

@@ -124,7 +124,12 @@ async fn a_missing_stream_is_a_clear_error_at_start_up() {
         .await
         .err()
         .expect("the build fails");
-    let BuildError::Unavailable { what, message } = e else {
+    let BuildError::Unavailable {
+        what,
+        message,
+        transient: false,
+    } = e
+    else {
         panic!("{e:?}")
     };
     assert_eq!(what, "Kinesis stream `no-such-stream`");
