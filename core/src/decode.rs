@@ -75,7 +75,7 @@ fn parse_object(data: &[u8]) -> Result<serde_json::Value, DecodeError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::record::Meta;
 
@@ -136,5 +136,65 @@ mod tests {
         assert_eq!(&kept.data[..], b"not base64!");
         let (_, kept) = *decode(raw(b"WzFd", Encoding::Base64)).expect_err("array");
         assert_eq!(&kept.data[..], b"[1]");
+    }
+
+    /// Any JSON value, nested a few levels.
+    pub(crate) fn any_json() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        use serde_json::Value;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_filter("JSON has no NaN or infinity", |f| f.is_finite())
+                .prop_map(Value::from),
+            any::<String>().prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 32, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                proptest::collection::btree_map(any::<String>(), inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        /// Arbitrary bytes never panic: a record is an object, or a reason with the payload kept.
+        #[test]
+        fn any_bytes_decode_to_an_object_or_a_reason_keeping_the_payload(
+            data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+            base64 in proptest::prelude::any::<bool>(),
+        ) {
+            let encoding = if base64 { Encoding::Base64 } else { Encoding::Raw };
+            match decode(raw(&data, encoding)) {
+                Ok(record) => proptest::prop_assert!(record.value.is_object()),
+                Err(undecodable) => {
+                    let (error, kept) = *undecodable;
+                    proptest::prop_assert!(!error.to_string().is_empty());
+                    if !base64 || matches!(error, DecodeError::Base64(_)) {
+                        proptest::prop_assert_eq!(&kept.data[..], &data[..]);
+                    }
+                }
+            }
+        }
+
+        /// JSON text decodes exactly when it is an object, to the very value written.
+        #[test]
+        fn json_decodes_exactly_when_it_is_an_object(value in any_json()) {
+            let text = value.to_string();
+            match decode(raw(text.as_bytes(), Encoding::Raw)) {
+                Ok(record) => {
+                    proptest::prop_assert!(value.is_object());
+                    proptest::prop_assert_eq!(record.value, value);
+                }
+                Err(undecodable) => {
+                    proptest::prop_assert!(!value.is_object());
+                    proptest::prop_assert!(matches!(undecodable.0, DecodeError::NotAnObject(_)));
+                }
+            }
+        }
     }
 }

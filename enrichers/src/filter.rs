@@ -242,4 +242,53 @@ mod tests {
             assert!(build(bad.clone()).await.is_err(), "{bad}");
         }
     }
+
+    fn any_json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            "[a-z/]{0,6}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(2, 8, 3, |inner| {
+            proptest::collection::vec(inner, 0..3).prop_map(Value::Array)
+        })
+    }
+
+    proptest::proptest! {
+        /// Any condition on any record: a verdict, or (the field absent) the `if_missing`
+        /// answer; never a panic.
+        #[test]
+        fn any_condition_on_any_record_gives_a_verdict_or_names_the_missing_field(
+            test in 0..3usize,
+            keep in proptest::prelude::any::<bool>(),
+            wanted in any_json(),
+            fields in proptest::collection::btree_map("[ab]", any_json(), 0..3),
+        ) {
+            let condition = match test {
+                // A pipeline file (TOML) has no null to compare with.
+                0 if wanted.is_null() => json!({"field": "a", "equals": "x"}),
+                0 => json!({"field": "a", "equals": wanted}),
+                1 => json!({"field": "a", "starts_with": wanted.as_str().unwrap_or("x")}),
+                _ => json!({"field": "a", "exists": wanted.as_bool().unwrap_or(true)}),
+            };
+            let config = if keep { json!({"keep_if": condition}) } else { json!({"skip_if": condition}) };
+            let present = fields.contains_key("a");
+            let value = Value::Object(fields.into_iter().collect());
+            let runtime = tokio::runtime::Builder::new_current_thread().build().expect("a runtime");
+            let answer = runtime.block_on(async {
+                let filter = build(config).await.expect("a valid filter");
+                verdict(&filter, value).await
+            });
+            match answer {
+                Ok(_) => {}
+                Err(EnrichError::MissingField { field, .. }) => {
+                    proptest::prop_assert!(!present && test != 2);
+                    proptest::prop_assert_eq!(field, "a");
+                }
+                Err(other) => proptest::prop_assert!(false, "{other:?}"),
+            }
+        }
+    }
 }

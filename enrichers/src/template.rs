@@ -185,4 +185,29 @@ mod tests {
             assert!(Template::parse(bad).is_err(), "{bad}");
         }
     }
+
+    proptest::proptest! {
+        /// Any text parses or is refused with a reason; one that parses renders without panic.
+        #[test]
+        fn any_text_parses_or_is_refused_and_renders_without_panic(
+            template in ".{0,40}",
+            fields in proptest::collection::btree_map("[a-z$.{}]{0,6}", ".{0,8}", 0..4),
+        ) {
+            let value = Value::Object(fields.into_iter().map(|(k, v)| (k, Value::String(v))).collect());
+            match Template::parse(&template) {
+                Ok(t) => {
+                    let _ = t.render(&record(value));
+                }
+                Err(e) => proptest::prop_assert!(e.to_string().contains("template `")),
+            }
+        }
+
+        /// Text with its braces doubled renders as itself.
+        #[test]
+        fn escaped_text_renders_as_itself(text in ".{0,40}") {
+            let escaped = text.replace('{', "{{").replace('}', "}}");
+            let t = Template::parse(&escaped).expect("escaped text parses");
+            proptest::prop_assert_eq!(t.render(&record(json!({}))).expect("no fields"), text);
+        }
+    }
 }

@@ -111,3 +111,83 @@ fn sluice_double_underscore_variables_override_keys_and_others_are_ignored() {
         "{stderr}"
     );
 }
+
+/// Loads `text` as a pipeline file, with every `${VAR}` set, answering its error.
+fn load_text(dir: &std::path::Path, text: &[u8]) -> Result<(), sluice::sluice_core::ConfigError> {
+    let path = dir.join("fuzzed.toml");
+    std::fs::write(&path, text).expect("written");
+    sluice::sluice_core::Loader::new()
+        .variables(|name| Some(format!("value-of-{name}")))
+        .load(&path)
+        .map(|_| ())
+}
+
+/// Values a hand might write where another belongs.
+const ODD_VALUES: &[&str] = &[
+    "\"\"",
+    "\"0s\"",
+    "\"-1s\"",
+    "\"soon\"",
+    "0",
+    "-5",
+    "9223372036854775807",
+    "1e300",
+    "true",
+    "[]",
+    "[1, \"a\"]",
+    "{}",
+    "{ field = 1 }",
+    "\"${UNSET_VARIABLE\"",
+    "\"{unclosed\"",
+    "\"s3://{}\"",
+];
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+
+    /// Arbitrary bytes as a pipeline file: a configuration error naming the file, never a panic.
+    #[test]
+    fn arbitrary_bytes_are_a_clear_error_never_a_panic(
+        text in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400),
+    ) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        if let Err(e) = load_text(dir.path(), &text) {
+            proptest::prop_assert!(e.to_string().contains("fuzzed.toml"), "{e}");
+        }
+    }
+
+    /// A shipped pipeline file with one value replaced by an odd one, or one key misspelt:
+    /// accepted, or refused with an error that names the file and the key.
+    #[test]
+    fn a_wrong_value_or_key_in_a_real_file_is_named(
+        which_file in 0..2usize,
+        line in proptest::prelude::any::<proptest::sample::Index>(),
+        value in proptest::sample::select(ODD_VALUES),
+        misspell in proptest::prelude::any::<bool>(),
+    ) {
+        let file = ["pipelines/waze-persist.local.toml", "pipelines/waze-persist.toml"][which_file];
+        let text = std::fs::read_to_string(root().join(file)).expect("a shipped file");
+        let settings: Vec<usize> = text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.starts_with('#') && l.contains(" = "))
+            .map(|(i, _)| i)
+            .collect();
+        let chosen = settings[line.index(settings.len())];
+        let changed: Vec<String> = text
+            .lines()
+            .enumerate()
+            .map(|(i, l)| match (i == chosen, l.split_once(" = ")) {
+                (true, Some((key, _))) if misspell => format!("{key}x = 1"),
+                (true, Some((key, _))) => format!("{key} = {value}"),
+                _ => l.to_owned(),
+            })
+            .collect();
+        let dir = tempfile::tempdir().expect("tempdir");
+        if let Err(e) = load_text(dir.path(), changed.join("\n").as_bytes()) {
+            let shown = e.to_string();
+            proptest::prop_assert!(shown.contains("fuzzed.toml"), "{shown}");
+            proptest::prop_assert!(e.key.is_some(), "no key named: {shown}\n{}", changed[chosen]);
+        }
+    }
+}

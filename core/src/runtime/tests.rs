@@ -2,6 +2,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use proptest::strategy::Strategy as _;
 
 use super::*;
 use crate::component::Source;
@@ -588,4 +589,60 @@ async fn a_panicking_worker_fails_the_run_and_stops_the_source() {
         vec![Some(1.into()), Some(2.into())],
         "nothing at or after the panic is acknowledged"
     );
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// Whatever the payloads, every record gets one outcome: stored, or dead-lettered with its
+    /// reason and the payload exactly as received; the counts add up.
+    #[test]
+    fn every_payload_is_stored_or_dead_lettered_whole(
+        payloads in proptest::collection::vec(
+            proptest::prop_oneof![
+                proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+                crate::decode::tests::any_json().prop_map(|v| v.to_string().into_bytes()),
+            ],
+            1..40,
+        )
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("a runtime");
+        let (report, stored, dead) = runtime.block_on(async {
+            let sink = MemorySink::default();
+            let dlq = MemorySink::default();
+            let p = pipeline(vec![], Arc::new(sink.clone()), Arc::new(dlq.clone()), policy());
+            let raws: Vec<RawRecord> = payloads
+                .iter()
+                .enumerate()
+                .map(|(i, data)| RawRecord {
+                    data: bytes::Bytes::copy_from_slice(data),
+                    ..raw("s", i as u64 + 1, "")
+                })
+                .collect();
+            let report = p.process_batch("s".into(), raws).await;
+            (report, sink.records(), dlq.records())
+        });
+        proptest::prop_assert_eq!(report.outcomes.len(), payloads.len());
+        let mut letters = dead.iter();
+        for ((_, outcome), data) in report.outcomes.iter().zip(&payloads) {
+            match outcome {
+                Outcome::Stored => {}
+                Outcome::DeadLettered { .. } => {
+                    let letter = &letters.next().expect("a dead letter per such record").value;
+                    proptest::prop_assert!(!letter["error"]["message"].as_str().unwrap_or_default().is_empty());
+                    let kept = base64::Engine::decode(
+                        &base64::engine::general_purpose::STANDARD,
+                        letter["payload_base64"].as_str().unwrap_or_default(),
+                    ).expect("base64");
+                    proptest::prop_assert_eq!(&kept[..], &data[..]);
+                }
+                other => proptest::prop_assert!(false, "{other:?}"),
+            }
+        }
+        proptest::prop_assert!(letters.next().is_none());
+        proptest::prop_assert_eq!(stored.len() + dead.len(), payloads.len());
+    }
 }

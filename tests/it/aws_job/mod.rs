@@ -456,3 +456,74 @@ async fn the_aws_pipeline_files_validate_against_the_emulator_and_name_what_is_m
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_secret_value_or_credential_reaches_the_logs_or_the_dead_letters() {
+    let Some(moto) = moto_endpoint() else { return };
+    const SECRET: &str = "batch-SECRET-5f1e9c";
+    const SECRET_KEY: &str = "sluiceTestSecretAccessKey0c7d";
+    let world = World::create(&moto, 2).await;
+    let ssm: aws_sdk_ssm::Client = testing::client(&moto).await;
+    ssm.put_parameter()
+        .name(&world.parameter)
+        .value(SECRET)
+        .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+        .overwrite(true)
+        .send()
+        .await
+        .expect("a SecureString batch id");
+    let shipped = std::fs::read_to_string(root().join("pipelines/waze-persist.toml")).unwrap();
+    let text = shipped.replace(
+        "into = \"BatchId\"\n",
+        "into = \"BatchId\"\nwith_decryption = true\n",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = pipeline_file(dir.path(), "secure.toml", &text);
+    // Every way out of the pipeline: stored, skipped, dead-lettered at decode, at an enricher
+    // (a field the template needs is missing) and at the sink (an item over DynamoDB's 400 KB).
+    let mut missing = waze_payload(2);
+    missing.as_object_mut().unwrap().remove("bucket-name");
+    let mut skipped = waze_payload(3);
+    skipped["s3-key"] = json!("other/file.csv");
+    let mut oversize = waze_payload(4);
+    oversize["state"] = json!("M".repeat(420 * 1024));
+    let payloads = vec![
+        bytes(&waze_payload(1)),
+        b"{not json".to_vec(),
+        bytes(&missing),
+        bytes(&skipped),
+        bytes(&oversize),
+    ];
+    world.put(&payloads).await;
+
+    let mut cmd = sluice();
+    cmd.args(["--log-format", "json", "run"]).arg(&file).args([
+        "--until-caught-up",
+        "--summary",
+        "json",
+        "--no-progress",
+    ]);
+    for (name, value) in world.variables() {
+        cmd.env(name, value);
+    }
+    cmd.env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .env("SLUICE_LOG", "debug");
+    let (out, stdout, stderr) = run(&mut cmd);
+    assert!(out.status.success(), "{stderr}\n{stdout}");
+    let summary: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(count(&summary, "stored"), 1, "{summary}");
+    assert_eq!(count(&summary, "dead_lettered"), 3, "{summary}");
+    // The secret was read and used (so its absence below means something).
+    let items = world.items().await;
+    assert_eq!(s(&items[0], "BatchId"), SECRET);
+    let letters = world.dead_letters().await;
+    assert_eq!(letters.len(), 3);
+    for (what, text) in [
+        ("the logs", stderr.clone()),
+        ("the summary", stdout.clone()),
+        ("the dead letters", Value::from(letters).to_string()),
+    ] {
+        assert!(!text.contains(SECRET), "the parameter's value is in {what}");
+        assert!(!text.contains(SECRET_KEY), "the secret key is in {what}");
+    }
+}
