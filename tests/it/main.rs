@@ -2,6 +2,7 @@
 //! pipeline-file validation.
 
 mod aws_job;
+mod chaos;
 mod cli;
 mod custom_sink;
 mod daemon;

@@ -51,6 +51,18 @@ fn free_port() -> u16 {
 impl Daemon {
     /// Starts `sluice run FILE` as worker `name`, with `env`, logging JSON into `dir`.
     pub fn start(file: &Path, name: &str, env: &[(&str, String)], dir: &Path) -> Self {
+        Self::try_start(file, name, env, dir, Duration::from_secs(20))
+            .unwrap_or_else(|logs| panic!("{name} never became ready: {logs}"))
+    }
+
+    /// As [`Daemon::start`], answering its logs when it is not ready `within` (or exits first).
+    pub fn try_start(
+        file: &Path,
+        name: &str,
+        env: &[(&str, String)],
+        dir: &Path,
+        within: Duration,
+    ) -> Result<Self, String> {
         let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let log = dir.join(format!("{name}.log"));
         let mut cmd = sluice();
@@ -70,18 +82,24 @@ impl Daemon {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("sluice starts");
-        let daemon = Self {
+        let mut daemon = Self {
             name: name.to_owned(),
             child,
             metrics,
             log,
         };
-        assert!(
-            wait_until(Duration::from_secs(20), || daemon.get("/ready").0 == 200),
-            "{name} never became ready: {}",
-            daemon.logs()
-        );
-        daemon
+        let ready = wait_until(within, || {
+            daemon.get("/ready").0 == 200 || daemon.exited().is_some()
+        });
+        match (ready, daemon.exited()) {
+            (true, None) => Ok(daemon),
+            (_, exited) => Err(format!("{exited:?}: {}", daemon.logs())),
+        }
+    }
+
+    /// Its exit status, once it has exited.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("its status")
     }
 
     /// Sends a signal (`TERM`, `KILL`, `STOP`, `CONT`).
