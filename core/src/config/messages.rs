@@ -3,15 +3,25 @@
 use std::path::Path;
 
 use figment::error::Kind;
+use figment::providers::Serialized;
+use figment::value::Value;
+use figment::Figment;
+
+use crate::component::{EnricherConfig, SinkConfig, SourceConfig};
 
 use crate::error::ConfigError;
 
-pub(super) fn from_figment(file: &Path, err: figment::Error) -> ConfigError {
+/// The error, naming the file and the key; `figment` (what was read) helps name a key inside a
+/// component's table, which typetag's errors do not.
+pub(super) fn from_figment(file: &Path, err: figment::Error, figment: &Figment) -> ConfigError {
     let mut key = None;
     let messages: Vec<String> = err
         .into_iter()
         .map(|e| {
-            let path = key_path(&e.path);
+            let mut path = key_path(&e.path);
+            if let Some(field) = pinpoint(figment, &e.path, &e.kind) {
+                path = format!("{path}.{field}");
+            }
             if key.is_none() && !path.is_empty() {
                 key = Some(path.clone());
             }
@@ -31,6 +41,48 @@ pub(super) fn from_figment(file: &Path, err: figment::Error) -> ConfigError {
         key,
         message: messages.join("; "),
     }
+}
+
+/// A component's settings go through typetag, whose errors lose the key inside the component's
+/// table (`enrichers[2]`: invalid type: found sequence, expected a map). The key is found back as
+/// the one setting whose removal changes the error (settings are read in order, and a missing
+/// one is only noticed at the end, so removing another leaves the error as it was).
+fn pinpoint(figment: &Figment, path: &[String], kind: &Kind) -> Option<String> {
+    let Kind::Message(msg) = kind else {
+        return None;
+    };
+    if unknown_field_in(msg).is_some() {
+        return None;
+    }
+    let (first, rest) = path.split_first()?;
+    let mut table = figment.find_value(first).ok()?;
+    for part in rest {
+        table = match (table, part.parse::<usize>()) {
+            (Value::Array(_, mut items), Ok(i)) if i < items.len() => items.swap_remove(i),
+            (Value::Dict(_, mut dict), _) => dict.remove(part)?,
+            _ => return None,
+        };
+    }
+    let Value::Dict(_, settings) = table else {
+        return None;
+    };
+    let same_error = |without: &str| {
+        let mut rest = settings.clone();
+        rest.remove(without);
+        let figment = Figment::from(Serialized::defaults(Value::from(rest)));
+        let error = match first.as_str() {
+            "source" => figment.extract::<Box<dyn SourceConfig>>().err(),
+            "enrichers" => figment.extract::<Box<dyn EnricherConfig>>().err(),
+            "sink" | "error_sink" => figment.extract::<Box<dyn SinkConfig>>().err(),
+            _ => None,
+        };
+        error.is_some_and(|e| e.kind.to_string() == *msg)
+    };
+    let mut culprits = settings
+        .keys()
+        .filter(|k| *k != "type" && !same_error(k.as_str()));
+    let culprit = culprits.next()?;
+    culprits.next().is_none().then(|| culprit.clone())
 }
 
 /// `enrichers.1.keep_if` as `enrichers[1].keep_if`.

@@ -134,7 +134,7 @@ impl Loader {
             );
         let mut config: PipelineConfig = figment
             .extract()
-            .map_err(|e| messages::from_figment(path, e))?;
+            .map_err(|e| messages::from_figment(path, e, &figment))?;
         config.file = path.to_owned();
         if without_source {
             config.source = None;
