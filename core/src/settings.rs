@@ -116,6 +116,19 @@ impl RetryPolicy {
                 "must be at least 1 (the first attempt counts)".into(),
             ));
         }
+        for (key, value) in [
+            ("retry.initial_backoff", self.initial_backoff),
+            ("retry.max_elapsed", self.max_elapsed),
+        ] {
+            if value.is_zero() {
+                return Err((
+                    key.into(),
+                    "must be longer than zero, e.g. \"100ms\" (zero would retry without a pause, \
+                     or never)"
+                        .into(),
+                ));
+            }
+        }
         if self.max_backoff < self.initial_backoff {
             return Err((
                 "retry.max_backoff".into(),
@@ -132,6 +145,12 @@ impl BatchSettings {
         if self.max_records == 0 {
             return Err(("batch.max_records".into(), "must be at least 1".into()));
         }
+        if self.max_age.is_zero() {
+            return Err((
+                "batch.max_age".into(),
+                "must be longer than zero, e.g. \"1s\"".into(),
+            ));
+        }
         Ok(())
     }
 }
@@ -139,6 +158,39 @@ impl BatchSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zero_durations_that_make_no_sense_are_refused_naming_the_key() {
+        let zero = Duration::ZERO;
+        for (policy, key) in [
+            (
+                RetryPolicy {
+                    initial_backoff: zero,
+                    ..RetryPolicy::default()
+                },
+                "retry.initial_backoff",
+            ),
+            (
+                RetryPolicy {
+                    max_elapsed: zero,
+                    ..RetryPolicy::default()
+                },
+                "retry.max_elapsed",
+            ),
+        ] {
+            assert_eq!(policy.validate().map_err(|(k, _)| k), Err(key.into()));
+        }
+        let batch = BatchSettings {
+            max_age: zero,
+            ..BatchSettings::default()
+        };
+        assert_eq!(
+            batch.validate().map_err(|(k, _)| k),
+            Err("batch.max_age".into())
+        );
+        assert!(RetryPolicy::default().validate().is_ok());
+        assert!(BatchSettings::default().validate().is_ok());
+    }
 
     #[test]
     fn backoff_doubles_up_to_the_ceiling_and_stays_within_it() {
