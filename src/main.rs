@@ -142,7 +142,10 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("a tokio runtime starts");
-    match runtime.block_on(execute(cli.command)) {
+    let result = runtime.block_on(execute(cli.command));
+    // A read of a terminal's stdin cannot be cancelled: exit without waiting for it.
+    runtime.shutdown_background();
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -230,7 +233,13 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                      (a second Ctrl-C or SIGTERM exits at once)"
                 );
                 shutdown.trigger();
+                // One keypress can send two signals (the terminal's SIGINT and a wrapper's
+                // SIGTERM): only one a second or more later means "now".
+                let first = tokio::time::Instant::now();
                 signals.next().await;
+                while first.elapsed() < Duration::from_secs(1) {
+                    signals.next().await;
+                }
                 // Checkpoints only ever trail what is stored, so nothing is lost: records stored
                 // since the last checkpoint are read again by the next run.
                 tracing::error!(

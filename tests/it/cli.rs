@@ -203,12 +203,13 @@ max_backoff = "200ms"
 max_elapsed = "10m"
 "#,
     );
+    let log = dir.path().join("log");
     let mut child = sluice()
-        .args(["run", "--log-format", "json"])
+        .args(["--log-format", "json", "run"])
         .arg(&file)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(std::fs::File::create(&log).expect("a log file"))
         .spawn()
         .expect("spawns");
     let mut stdin = child.stdin.take().expect("stdin");
@@ -220,8 +221,8 @@ max_elapsed = "10m"
             .expect("kill runs");
         assert!(status.success());
     };
-    // Give the record time to be read and to start failing, then ask politely.
-    std::thread::sleep(std::time::Duration::from_secs(2));
+    // Once the record is read and failing, ask politely.
+    wait_for(&log, "retryable failure");
     term(&child);
     std::thread::sleep(std::time::Duration::from_secs(2));
     assert!(
@@ -242,7 +243,63 @@ max_elapsed = "10m"
     };
     drop(stdin);
     assert_eq!(status.code(), Some(130));
-    let out = child.wait_with_output().expect("output");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("a second stop signal"), "{stderr}");
+    let logs = std::fs::read_to_string(&log).expect("the log");
+    assert!(logs.contains("a second stop signal"), "{logs}");
+}
+
+/// Waits (up to 30 s) until `log` holds `needle`.
+fn wait_for(log: &std::path::Path, needle: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !std::fs::read_to_string(log).is_ok_and(|l| l.contains(needle)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never logged {needle}: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn one_stop_signal_ends_a_run_waiting_on_an_idle_stdin() {
+    // Found by review: the summary was printed, then the process waited for a line that never
+    // came (a blocking read of stdin cannot be cancelled), deaf to further signals.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out.jsonl");
+    let file = pipeline_file(
+        dir.path(),
+        "p.toml",
+        &format!(
+            "name = \"idle\"\n[source]\ntype = \"stdin\"\n[sink]\ntype = \"file\"\npath = \"{}\"\n[error_sink]\ntype = \"stdout\"\n",
+            out.display()
+        ),
+    );
+    let log = dir.path().join("log");
+    let mut child = sluice()
+        .args(["--log-format", "json", "run"])
+        .arg(&file)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).expect("a log file"))
+        .spawn()
+        .expect("spawns");
+    let _stdin = child.stdin.take().expect("stdin, held open and idle");
+    wait_for(&log, "running");
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("polls") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the run did not end after its summary");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(status.success(), "{status:?}");
 }

@@ -27,7 +27,11 @@ macro_rules! service_client {
             ) -> Self {
                 let mut config = $service::config::Builder::from(sdk);
                 if let Some(url) = endpoint_url {
-                    config = $at_endpoint(config.endpoint_url(url));
+                    config = config.endpoint_url(url);
+                }
+                // Also for an endpoint from the environment (`AWS_ENDPOINT_URL`).
+                if endpoint_url.is_some() || sdk.endpoint_url().is_some() {
+                    config = $at_endpoint(config);
                 }
                 if let Some(calls) = calls {
                     config = config.interceptor(calls);

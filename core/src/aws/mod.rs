@@ -215,6 +215,16 @@ pub fn is_retryable<E: ProvideErrorMetadata>(e: &SdkError<E, HttpResponse>) -> b
     }
 }
 
+/// Whether a start-up call failed for a passing reason: as [`is_retryable`], except that a
+/// failure before the request left (no credentials, no endpoint) is not passing, so a start
+/// without credentials fails at once instead of waiting.
+pub fn is_transient<E: ProvideErrorMetadata>(e: &SdkError<E, HttpResponse>) -> bool {
+    match e {
+        SdkError::DispatchFailure(d) => d.is_io() || d.is_timeout(),
+        _ => is_retryable(e),
+    }
+}
+
 /// A failed call's error code and message (`ResourceNotFoundException: Requested resource not
 /// found`), or the whole error chain when the service sent none.
 pub fn describe_error<E>(e: &SdkError<E, HttpResponse>) -> String
@@ -253,4 +263,31 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         source = s.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_smithy_runtime_api::client::result::ConnectorError;
+    use aws_smithy_types::error::ErrorMetadata;
+
+    use super::*;
+
+    fn dispatch(e: ConnectorError) -> SdkError<ErrorMetadata, HttpResponse> {
+        SdkError::dispatch_failure(e)
+    }
+
+    #[test]
+    fn a_failure_before_the_request_left_is_not_transient_though_retried() {
+        // Found by review: missing credentials surface as a dispatch failure, and a start
+        // waited five minutes for them before failing.
+        let no_credentials = dispatch(ConnectorError::other("no credentials".into(), None));
+        assert!(!is_transient(&no_credentials));
+        assert!(
+            is_retryable(&no_credentials),
+            "a record is never dead-lettered for it"
+        );
+        let reset = dispatch(ConnectorError::io("connection reset".into()));
+        let timeout = dispatch(ConnectorError::timeout("timed out".into()));
+        assert!(is_transient(&reset) && is_transient(&timeout));
+    }
 }

@@ -64,6 +64,12 @@ impl EnricherConfig for SsmParameterConfig {
                 return Err(BuildError::invalid(key, "must not be empty"));
             }
         }
+        if self.refresh.is_zero() {
+            return Err(BuildError::invalid(
+                "refresh",
+                "must be longer than zero, e.g. \"5s\" (zero would read the parameter for every record)",
+            ));
+        }
         if self.max_age < self.refresh {
             return Err(BuildError::invalid(
                 "max_age",
@@ -241,7 +247,7 @@ impl SsmParameter {
                     self.config.parameter,
                     aws::describe_error(&e)
                 ),
-                transient: aws::is_retryable(&e),
+                transient: aws::is_transient(&e),
             })?;
         let parameter = out.parameter().ok_or_else(|| Unreadable {
             message: format!("SSM returned no parameter for `{}`", self.config.parameter),

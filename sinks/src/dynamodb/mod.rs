@@ -138,7 +138,7 @@ async fn describe_key(
             };
             unavailable(
                 format!("DescribeTable failed: {}{hint}", aws::describe_error(&e)),
-                aws::is_retryable(&e),
+                aws::is_transient(&e),
             )
         })?;
     let description = out

@@ -245,8 +245,16 @@ impl Table {
             }
         };
         if let Err(e) = self.widen(config, batch, &mut results) {
-            whole(e, &mut results);
-            return results;
+            // The columns may have changed under it (another writer, or a widening that failed
+            // part way): read them again, and widen from what the table really has.
+            let widened = schema::columns(&self.conn, &config.table).and_then(|columns| {
+                self.columns = columns.iter().map(|(c, _)| schema::folded(c)).collect();
+                self.widen(config, batch, &mut results)
+            });
+            if widened.is_err() {
+                whole(e, &mut results);
+                return results;
+            }
         }
         let tx = match self.conn.transaction() {
             Ok(tx) => tx,

@@ -225,3 +225,21 @@ async fn a_record_past_sqlites_column_limit_is_refused_and_its_neighbours_stored
     assert!(results[3].is_ok(), "{:?}", results[3]);
     assert_eq!(rows(&path), 2);
 }
+
+#[tokio::test]
+async fn a_column_added_by_another_writer_is_found_not_fatal() {
+    // Found by review: a column the sink did not know of (another writer's, or one a widening
+    // that failed part way had added) failed every later batch with "duplicate column name".
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (sink, path) = sink(&dir).await;
+    let first = vec![record(json!({"Id": "a", "State": "MI"}))];
+    assert!(sink.write(&first).await.iter().all(Result::is_ok));
+    Connection::open(&path)
+        .expect("open")
+        .execute_batch("ALTER TABLE \"curated records\" ADD COLUMN Road TEXT")
+        .expect("another writer adds a column");
+    let second = vec![record(json!({"Id": "b", "Road": "I-94", "Lanes": 3}))];
+    let results = sink.write(&second).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(rows(&path), 2);
+}

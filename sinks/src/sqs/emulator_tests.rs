@@ -35,6 +35,7 @@ impl Queue {
             endpoint_url: Some(self.endpoint.clone()),
             overflow_s3_bucket: None,
             overflow_s3_prefix: None,
+            overflow_s3_endpoint_url: None,
         }
     }
 
@@ -181,6 +182,7 @@ async fn a_poison_record_too_big_for_the_queue_is_dead_lettered_through_the_over
     let config = SqsSinkConfig {
         overflow_s3_bucket: Some(bucket.name.clone()),
         overflow_s3_prefix: Some("dlq/".into()),
+        overflow_s3_endpoint_url: Some(endpoint.clone()),
         ..queue.config()
     };
     let ctx = testing::context("test", &FaultPlan::new());
@@ -226,7 +228,7 @@ async fn a_poison_record_too_big_for_the_queue_is_dead_lettered_through_the_over
     let key = url
         .strip_prefix(&format!("s3://{}/", bucket.name))
         .expect("an s3:// URL of the bucket");
-    assert!(key.starts_with("dlq/"), "{key}");
+    assert!(key.starts_with("dlq/waze-persist/"), "{key}");
     let whole = bucket.get(key).await;
     let payload = base64::Engine::decode(
         &base64::engine::general_purpose::STANDARD,
@@ -239,6 +241,10 @@ async fn a_poison_record_too_big_for_the_queue_is_dead_lettered_through_the_over
     let again = vec![raw("shardId-1", 2, &poison)];
     pipeline.process_batch("shardId-1".into(), again).await;
     assert_eq!(bucket.count().await, 1);
+    // Another record at the same position (a new input, found by review) keeps its own object.
+    let other = vec![raw("shardId-1", 2, &format!("{poison} but another"))];
+    pipeline.process_batch("shardId-1".into(), other).await;
+    assert_eq!(bucket.count().await, 2, "nothing is overwritten");
 
     // Without the bucket, it stays Failed (its shard's checkpoint held), and says what to do:
     // the daemon's /health reports this error for the stuck shard.
@@ -267,6 +273,7 @@ async fn a_missing_overflow_bucket_is_a_clear_error_at_start_up() {
     };
     let config = SqsSinkConfig {
         overflow_s3_bucket: Some("no-such-bucket-here".into()),
+        overflow_s3_endpoint_url: Some(endpoint.clone()),
         ..Queue::create(&endpoint, &[]).await.config()
     };
     let ctx = testing::context("test", &FaultPlan::new());
@@ -409,4 +416,34 @@ async fn a_queue_failing_at_start_up_is_told_apart_from_a_missing_one() {
         ),
         "{e:?}"
     );
+}
+
+#[tokio::test]
+async fn a_message_too_big_even_without_its_payload_is_refused_and_nothing_written() {
+    let Some(endpoint) = moto_endpoint() else {
+        return;
+    };
+    // Found by review: the object was written before the pointer was found too big.
+    let queue = Queue::create(
+        &endpoint,
+        &[(QueueAttributeName::MaximumMessageSize, "1024")],
+    )
+    .await;
+    let bucket = Bucket::create(&endpoint).await;
+    let config = SqsSinkConfig {
+        overflow_s3_bucket: Some(bucket.name.clone()),
+        overflow_s3_endpoint_url: Some(endpoint.clone()),
+        ..queue.config()
+    };
+    let ctx = testing::context("test", &FaultPlan::new());
+    let sink = config.build(&ctx).await.expect("the sink builds");
+    let mut huge = envelope(1);
+    huge["error"]["message"] = Value::String("m".repeat(2000));
+    let answers = sink.write(&[record("s", 1, huge)]).await;
+    let Err(SinkError::Permanent(message)) = &answers[0] else {
+        panic!("{answers:?}")
+    };
+    assert!(message.contains("even without its payload"), "{message}");
+    assert_eq!(bucket.count().await, 0);
+    assert!(queue.drain().await.is_empty());
 }

@@ -32,17 +32,21 @@ pub struct SqsSinkConfig {
     /// The region (see [`sluice_core::aws`], connection settings).
     #[serde(default)]
     pub region: Option<String>,
-    /// Another endpoint, such as an emulator (see [`sluice_core::aws`]); the overflow bucket is
-    /// reached there too.
+    /// Another endpoint, such as an emulator (see [`sluice_core::aws`]).
     #[serde(default)]
     pub endpoint_url: Option<String>,
     /// An S3 bucket for messages over the queue's size limit: each is written there whole and
     /// the queue gets it without its payload, plus `payload_s3 = "s3://bucket/key"`.
     #[serde(default)]
     pub overflow_s3_bucket: Option<String>,
-    /// The key prefix in the overflow bucket (keys go on `STREAM/SHARD/SEQUENCE.json`).
+    /// The key prefix in the overflow bucket (keys go on
+    /// `PIPELINE/STREAM/SHARD/SEQUENCE-DIGEST.json`).
     #[serde(default)]
     pub overflow_s3_prefix: Option<String>,
+    /// S3's endpoint, when not AWS's (an emulator, a VPC endpoint); `AWS_ENDPOINT_URL_S3` or
+    /// `AWS_ENDPOINT_URL` otherwise. The queue's `endpoint_url` is not used for S3.
+    #[serde(default)]
+    pub overflow_s3_endpoint_url: Option<String>,
 }
 
 #[typetag::serde(name = "sqs")]
@@ -69,6 +73,10 @@ impl SinkConfig for SqsSinkConfig {
                 "overflow_s3_prefix",
                 "is set without `overflow_s3_bucket`; name the bucket too, or remove it",
             )),
+            (None, None) if self.overflow_s3_endpoint_url.is_some() => Err(BuildError::invalid(
+                "overflow_s3_endpoint_url",
+                "is set without `overflow_s3_bucket`; name the bucket too, or remove it",
+            )),
             _ => Ok(()),
         }
     }
@@ -91,7 +99,7 @@ impl SinkConfig for SqsSinkConfig {
             .send()
             .await
             .map_err(|e| BuildError::Unavailable {
-                transient: aws::is_retryable(&e),
+                transient: aws::is_transient(&e),
                 what: format!("SQS queue {}", self.queue_url),
                 message: format!(
                     "GetQueueAttributes failed: {} (check the queue URL, region and endpoint)",
@@ -106,7 +114,11 @@ impl SinkConfig for SqsSinkConfig {
         let overflow = match &self.overflow_s3_bucket {
             Some(bucket) => {
                 let prefix = self.overflow_s3_prefix.as_deref().unwrap_or_default();
-                Some(Overflow::connect(ctx, connection, bucket, prefix).await?)
+                let s3 = Connection {
+                    endpoint_url: self.overflow_s3_endpoint_url.as_deref(),
+                    ..connection
+                };
+                Some(Overflow::connect(ctx, s3, bucket, prefix).await?)
             }
             None => None,
         };
@@ -224,18 +236,27 @@ impl SqsSink {
         let Some(overflow) = &self.overflow else {
             return messages;
         };
-        let offloaded: Vec<(usize, Result<Value, SinkError>)> = futures::stream::iter(oversize)
-            .map(
-                |(index, body)| async move { (index, overflow.offload(&batch[index], body).await) },
-            )
+        // The pointer must fit before anything is written, or the object would be orphaned.
+        let mut puts = Vec::new();
+        for (index, body) in oversize {
+            let (pointer, key) = overflow.pointer(&batch[index]);
+            match self.message(index, &pointer) {
+                Ok(m) => puts.push((m, key, body)),
+                Err(big) => answers[index] = Some(Err(self.refusal(big.size))),
+            }
+        }
+        let put: Vec<(Message, Result<(), SinkError>)> = futures::stream::iter(puts)
+            .map(|(m, key, body)| async move {
+                let written = overflow.put(&key, body).await;
+                (m, written)
+            })
             .buffer_unordered(CONCURRENT_CALLS)
             .collect()
             .await;
-        for (index, pointer) in offloaded {
-            match pointer.map(|p| self.message(index, &p)) {
-                Ok(Ok(m)) => messages.push(m),
-                Ok(Err(big)) => answers[index] = Some(Err(self.refusal(big.size))),
-                Err(e) => answers[index] = Some(Err(e)),
+        for (message, written) in put {
+            match written {
+                Ok(()) => messages.push(message),
+                Err(e) => answers[message.index] = Some(Err(e)),
             }
         }
         messages

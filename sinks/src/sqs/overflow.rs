@@ -34,7 +34,7 @@ impl Overflow {
             .send()
             .await
             .map_err(|e| BuildError::Unavailable {
-                transient: aws::is_retryable(&e),
+                transient: aws::is_transient(&e),
                 what: format!("S3 bucket {bucket} (`overflow_s3_bucket`)"),
                 message: format!(
                     "HeadBucket failed: {} (check the bucket name, region, endpoint and permissions)",
@@ -48,40 +48,37 @@ impl Overflow {
         })
     }
 
-    /// Where `record` goes: named by its source position, so a record delivered again
-    /// overwrites its own object instead of adding one.
-    fn key(&self, record: &Record) -> String {
+    /// Where `record` goes: under its pipeline and source position, and a digest of what it
+    /// carries (the envelope's payload, or the record), so a record delivered again overwrites
+    /// its own object, and another record at the same position (a new input file, another
+    /// pipeline) never overwrites it.
+    fn key(&self, pipeline: &str, record: &Record) -> String {
         let meta = &record.meta;
         let stream = meta.stream.trim_start_matches('/');
         let sub = meta
             .sub_sequence
             .map(|s| format!("-{s}"))
             .unwrap_or_default();
+        let carried = match record.value.get(PAYLOAD_FIELD) {
+            Some(Value::String(payload)) => payload.clone(),
+            _ => record.value.to_string(),
+        };
+        let digest = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, carried.as_bytes()).simple();
         format!(
-            "{}{stream}/{}/{}{sub}.json",
+            "{}{pipeline}/{stream}/{}/{}{sub}-{digest}.json",
             self.prefix, meta.shard_id, meta.sequence_number
         )
     }
 
-    /// Writes `body` (the whole message) to S3 and answers what the queue gets instead: the
-    /// record without its payload, and where the whole of it is.
-    pub(super) async fn offload(&self, record: &Record, body: String) -> Result<Value, SinkError> {
-        let key = self.key(record);
-        self.client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(&key)
-            .content_type("application/json")
-            .body(ByteStream::from(body.into_bytes()))
-            .send()
-            .await
-            .map_err(|e| {
-                SinkError::Retryable(format!(
-                    "PutObject to s3://{}/{key} failed: {}",
-                    self.bucket,
-                    aws::describe_error(&e)
-                ))
-            })?;
+    /// What the queue gets instead of `record`: the record without its payload, and where the
+    /// whole of it is (written by [`Overflow::put`]).
+    pub(super) fn pointer(&self, record: &Record) -> (Value, String) {
+        let pipeline = record
+            .value
+            .get("pipeline")
+            .and_then(Value::as_str)
+            .unwrap_or("records");
+        let key = self.key(pipeline, record);
         // An envelope keeps its reason and position (consumers filter on them); any other
         // record is all payload.
         let mut pointer = match &record.value {
@@ -96,6 +93,26 @@ impl Overflow {
             POINTER_FIELD.into(),
             Value::String(format!("s3://{}/{key}", self.bucket)),
         );
-        Ok(Value::Object(pointer))
+        (Value::Object(pointer), key)
+    }
+
+    /// Writes `body` (the whole message) at `key`.
+    pub(super) async fn put(&self, key: &str, body: String) -> Result<(), SinkError> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type("application/json")
+            .body(ByteStream::from(body.into_bytes()))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                SinkError::Retryable(format!(
+                    "PutObject to s3://{}/{key} failed: {}",
+                    self.bucket,
+                    aws::describe_error(&e)
+                ))
+            })
     }
 }

@@ -73,7 +73,7 @@ impl SourceConfig for KinesisSourceConfig {
                 _ => "",
             };
             BuildError::Unavailable {
-                transient: aws::is_retryable(&e),
+                transient: aws::is_transient(&e),
                 what: format!("Kinesis stream `{}`", self.stream_name()),
                 message: format!(
                     "DescribeStreamSummary failed: {}{hint}",

@@ -463,6 +463,18 @@ async fn no_secret_value_or_credential_reaches_the_logs_or_the_dead_letters() {
     const SECRET: &str = "batch-SECRET-5f1e9c";
     const SECRET_KEY: &str = "sluiceTestSecretAccessKey0c7d";
     let world = World::create(&moto, 2).await;
+    // The oversize record's envelope (base64 adds a third) needs SQS's largest messages.
+    world
+        .sqs
+        .set_queue_attributes()
+        .queue_url(&world.queue_url)
+        .attributes(
+            aws_sdk_sqs::types::QueueAttributeName::MaximumMessageSize,
+            "1048576",
+        )
+        .send()
+        .await
+        .expect("a 1 MiB queue");
     let ssm: aws_sdk_ssm::Client = testing::client(&moto).await;
     ssm.put_parameter()
         .name(&world.parameter)

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use futures::stream::{BoxStream, StreamExt};
 use sluice_core::health::Health;
-use sluice_core::{BatchSettings, Source, SourceBatch, SourceError};
+use sluice_core::{Backoff, BatchSettings, Source, SourceBatch, SourceError};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -25,6 +25,14 @@ use super::shards::{self, Listing};
 
 mod renew;
 mod take;
+
+/// How long the start tries the first listing and lease-table scan again while they fail.
+const START_PATIENCE: Duration = Duration::from_secs(300);
+/// Waits between those tries.
+const START_BACKOFF: Backoff = Backoff {
+    initial: Duration::from_secs(1),
+    max: Duration::from_secs(30),
+};
 
 /// How long a daemon waits before starting a failed shard reader again.
 const RESTART_DELAY: Duration = Duration::from_secs(5);
@@ -62,6 +70,35 @@ impl Source for KinesisSource {
             }
         });
         ReceiverStream::new(rx).boxed()
+    }
+}
+
+/// At the start, tries `call` again while it fails (a throttling burst, an outage), for up to
+/// [`START_PATIENCE`] or until a stop: the build proved the stream is there.
+async fn patiently<T, F>(
+    cx: &ReaderContext,
+    what: &str,
+    mut call: impl FnMut() -> F,
+) -> Result<T, SourceError>
+where
+    F: std::future::Future<Output = Result<T, SourceError>>,
+{
+    let until = Instant::now() + START_PATIENCE;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match call().await {
+            Ok(value) => return Ok(value),
+            Err(e) if !cx.shutdown.is_triggered() && Instant::now() < until => {
+                let wait = START_BACKOFF.delay(attempt);
+                tracing::warn!(error = %e, attempt, ?wait, "{what} failed at the start; trying again");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = cx.shutdown.triggered() => return Err(e),
+                }
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -146,10 +183,10 @@ impl Consumer {
     async fn consume(&self) -> Result<(), SourceError> {
         let cx = &*self.readers;
         let mut world = World {
-            listing: shards::list(cx).await?,
+            listing: patiently(cx, "listing the shards", || shards::list(cx)).await?,
             ..World::default()
         };
-        let leases = self.leases.scan().await?;
+        let leases = patiently(cx, "reading the lease table", || self.leases.scan()).await?;
         self.leases.check_stream(&leases)?;
         self.take_round(&mut world, Some(leases)).await;
         self.health.set_ready();

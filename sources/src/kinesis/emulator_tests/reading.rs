@@ -429,3 +429,21 @@ async fn a_panicking_consumer_fails_the_run_and_its_leases_are_released() {
     assert_eq!(plan.injected(), 1);
     assert_panic_reported_and_leases_released(&stream, &summary).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_listing_failing_at_the_start_is_waited_out() {
+    let Some(endpoint) = moto_endpoint() else {
+        return;
+    };
+    // Found by review: a throttling burst at the first ListShards (past the SDK's three
+    // attempts) ended the run with nothing read.
+    let stream = Stream::create(&endpoint, 2).await;
+    stream.put(0, 20).await;
+    let plan = FaultPlan::new();
+    plan.fail("ListShards", Fault::Throttle, 4)
+        .fail("Scan", Fault::ServerError, 4);
+    let (summary, sink) = stream.read("", &plan).await;
+    assert_eq!(plan.injected(), 8);
+    assert!(summary.is_success(), "{summary:?}");
+    assert_eq!(numbers(&sink), (0..20).collect::<Vec<_>>());
+}
