@@ -230,21 +230,27 @@ max_elapsed = "10m"
         "the first signal lets the record in flight finish its retries"
     );
     term(&child);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("polls") {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the second signal did not end the run");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
+    let status = exit_within(&mut child, 20, "the second signal did not end the run");
     drop(stdin);
     assert_eq!(status.code(), Some(130));
     let logs = std::fs::read_to_string(&log).expect("the log");
     assert!(logs.contains("a second stop signal"), "{logs}");
+}
+
+/// Its exit status once it exits, within `secs` seconds (else it is killed and `why` fails the
+/// test).
+fn exit_within(child: &mut std::process::Child, secs: u64, why: &str) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(status) = child.try_wait().expect("polls") {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{why}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 /// Waits (up to 30 s) until `log` holds `needle`.
@@ -290,16 +296,6 @@ fn one_stop_signal_ends_a_run_waiting_on_an_idle_stdin() {
         .status()
         .expect("kill runs");
     assert!(status.success());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("polls") {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the run did not end after its summary");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
+    let status = exit_within(&mut child, 20, "the run did not end after its summary");
     assert!(status.success(), "{status:?}");
 }

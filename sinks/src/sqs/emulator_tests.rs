@@ -166,6 +166,23 @@ impl Bucket {
     }
 }
 
+/// A queue that takes 1 KiB messages, a bucket, and a sink config overflowing into it.
+async fn overflowing(endpoint: &str) -> (Queue, Bucket, SqsSinkConfig) {
+    let queue = Queue::create(
+        endpoint,
+        &[(QueueAttributeName::MaximumMessageSize, "1024")],
+    )
+    .await;
+    let bucket = Bucket::create(endpoint).await;
+    let config = SqsSinkConfig {
+        overflow_s3_bucket: Some(bucket.name.clone()),
+        overflow_s3_prefix: Some("dlq/".into()),
+        overflow_s3_endpoint_url: Some(endpoint.to_owned()),
+        ..queue.config()
+    };
+    (queue, bucket, config)
+}
+
 #[tokio::test]
 async fn a_poison_record_too_big_for_the_queue_is_dead_lettered_through_the_overflow_bucket() {
     let Some(endpoint) = moto_endpoint() else {
@@ -173,18 +190,7 @@ async fn a_poison_record_too_big_for_the_queue_is_dead_lettered_through_the_over
     };
     // Found by review: a malformed payload near the queue's limit made an envelope (base64 adds
     // a third) the queue refused, so the record was Failed on every run and held its shard.
-    let queue = Queue::create(
-        &endpoint,
-        &[(QueueAttributeName::MaximumMessageSize, "1024")],
-    )
-    .await;
-    let bucket = Bucket::create(&endpoint).await;
-    let config = SqsSinkConfig {
-        overflow_s3_bucket: Some(bucket.name.clone()),
-        overflow_s3_prefix: Some("dlq/".into()),
-        overflow_s3_endpoint_url: Some(endpoint.clone()),
-        ..queue.config()
-    };
+    let (queue, bucket, config) = overflowing(&endpoint).await;
     let ctx = testing::context("test", &FaultPlan::new());
     let error_sink = config.build(&ctx).await.expect("the sink builds");
     let stored = sluice_core::testkit::MemorySink::default();
@@ -424,17 +430,7 @@ async fn a_message_too_big_even_without_its_payload_is_refused_and_nothing_writt
         return;
     };
     // Found by review: the object was written before the pointer was found too big.
-    let queue = Queue::create(
-        &endpoint,
-        &[(QueueAttributeName::MaximumMessageSize, "1024")],
-    )
-    .await;
-    let bucket = Bucket::create(&endpoint).await;
-    let config = SqsSinkConfig {
-        overflow_s3_bucket: Some(bucket.name.clone()),
-        overflow_s3_endpoint_url: Some(endpoint.clone()),
-        ..queue.config()
-    };
+    let (queue, bucket, config) = overflowing(&endpoint).await;
     let ctx = testing::context("test", &FaultPlan::new());
     let sink = config.build(&ctx).await.expect("the sink builds");
     let mut huge = envelope(1);

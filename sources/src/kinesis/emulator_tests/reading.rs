@@ -361,8 +361,27 @@ async fn a_daemon_reads_failed_records_again_until_the_sink_is_back_and_loses_no
     assert!(summary.counts.failed > 0, "{summary:?}");
 }
 
-/// What a panic leaves: the run fails saying so, and no lease stays held.
-async fn assert_panic_reported_and_leases_released(stream: &Stream, summary: &RunSummary) {
+/// A daemon on `stream` whose calls go through `plan`, and its sink.
+async fn daemon_under(stream: &Stream, plan: &FaultPlan) -> (Daemon, MemorySink) {
+    let sink = MemorySink::default();
+    let (pipeline, _) = sink_pipeline(Arc::new(sink.clone()));
+    let daemon = stream
+        .daemon_with(
+            "checkpoint_interval = \"200ms\"",
+            pipeline,
+            sink.clone(),
+            plan,
+        )
+        .await;
+    (daemon, sink)
+}
+
+/// The daemon ends by itself after a panic: the run fails saying so, and no lease stays held.
+async fn assert_the_panic_ends_the_run_and_releases_the_leases(stream: &Stream, daemon: Daemon) {
+    let summary = tokio::time::timeout(Duration::from_secs(30), daemon.running)
+        .await
+        .expect("the run stops by itself")
+        .expect("runs");
     assert!(!summary.is_success());
     assert!(
         summary.errors.iter().any(|e| e.contains("panicked")),
@@ -388,17 +407,9 @@ async fn a_panicking_reader_fails_the_run_and_its_leases_are_released() {
     stream.put(0, 10).await;
     let plan = FaultPlan::new();
     plan.fail("GetRecords", Fault::Panic, 1);
-    let sink = MemorySink::default();
-    let (pipeline, _) = sink_pipeline(Arc::new(sink.clone()));
-    let daemon = stream
-        .daemon_with("checkpoint_interval = \"200ms\"", pipeline, sink, &plan)
-        .await;
-    let summary = tokio::time::timeout(Duration::from_secs(30), daemon.running)
-        .await
-        .expect("the run stops by itself")
-        .expect("runs");
+    let (daemon, _) = daemon_under(&stream, &plan).await;
+    assert_the_panic_ends_the_run_and_releases_the_leases(&stream, daemon).await;
     assert_eq!(plan.injected(), 1);
-    assert_panic_reported_and_leases_released(&stream, &summary).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -409,25 +420,12 @@ async fn a_panicking_consumer_fails_the_run_and_its_leases_are_released() {
     let stream = Stream::create(&endpoint, 2).await;
     stream.put(0, 10).await;
     let plan = FaultPlan::new();
-    let sink = MemorySink::default();
-    let (pipeline, _) = sink_pipeline(Arc::new(sink.clone()));
-    let daemon = stream
-        .daemon_with(
-            "checkpoint_interval = \"200ms\"",
-            pipeline,
-            sink.clone(),
-            &plan,
-        )
-        .await;
+    let (daemon, sink) = daemon_under(&stream, &plan).await;
     assert!(eventually(Duration::from_secs(20), async || sink.records().len() == 10).await);
     // The next renewal panics inside the consumer's own task.
     plan.fail("TransactWriteItems", Fault::Panic, 1);
-    let summary = tokio::time::timeout(Duration::from_secs(30), daemon.running)
-        .await
-        .expect("the run stops by itself")
-        .expect("runs");
+    assert_the_panic_ends_the_run_and_releases_the_leases(&stream, daemon).await;
     assert_eq!(plan.injected(), 1);
-    assert_panic_reported_and_leases_released(&stream, &summary).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
