@@ -82,6 +82,7 @@ pub struct Metrics {
     lease_transitions: Family<TransitionLabels, Counter>,
     millis_behind: Family<ShardLabels, Gauge>,
     rewinds: Family<ShardLabels, Counter>,
+    expired: Family<PipelineLabels, Counter>,
     aws_calls: Family<CallLabels, Counter>,
     write_seconds: Family<WriteLabels, Histogram>,
 }
@@ -125,6 +126,12 @@ impl Metrics {
             "Times a shard was read again from its checkpoint after a failed record",
             rewinds.clone(),
         );
+        let expired = Family::default();
+        registry.register(
+            "records_expired",
+            "Records dead-lettered for being older than max_record_age (also in records{outcome=\"dead_lettered\"})",
+            expired.clone(),
+        );
         let aws_calls = Family::default();
         registry.register(
             "aws_calls",
@@ -146,6 +153,7 @@ impl Metrics {
             lease_transitions,
             millis_behind,
             rewinds,
+            expired,
             aws_calls,
             write_seconds,
         }
@@ -206,6 +214,14 @@ impl Metrics {
         self.rewinds
             .get_or_create(&shard_labels(pipeline, shard))
             .inc();
+    }
+
+    /// Records dead-lettered for their age.
+    pub fn expired(&self, pipeline: &str, n: u64) {
+        let labels = PipelineLabels {
+            pipeline: pipeline.to_owned(),
+        };
+        self.expired.get_or_create(&labels).inc_by(n);
     }
 
     /// A shard this worker no longer holds: its per-shard series go.

@@ -208,3 +208,42 @@ async fn a_resource_missing_at_a_cold_start_is_tried_again_at_the_next_invocatio
     );
     drop(function);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn records_older_than_max_record_age_are_dead_lettered_as_expired_with_their_payload() {
+    let Some(endpoint) = moto_endpoint() else {
+        return;
+    };
+    let world = World::create(&endpoint, 1).await;
+    let api = RuntimeApi::start().await;
+    let mut variables = world.variables();
+    variables.push(("SLUICE_PIPELINE", "pipelines/waze-persist.toml".to_owned()));
+    variables.push(("SLUICE__MAX_RECORD_AGE", "1h".to_owned()));
+    let function = start_function(&api, &variables);
+    let a = "shardId-000000000000";
+    let mut invocation = event(&[
+        (a, "101", waze_payload(1).to_string().into_bytes()),
+        (a, "102", waze_payload(2).to_string().into_bytes()),
+    ]);
+    // The first arrived a minute ago; the second (the fixture's time) a year ago.
+    let now = chrono::Utc::now().timestamp() as f64;
+    invocation["Records"][0]["kinesis"]["approximateArrivalTimestamp"] = json!(now - 60.0);
+    let answer = api.invoke(invocation, Duration::from_secs(20));
+    assert!(failures(&api.answer(&answer).await).is_empty());
+    assert_eq!(world.items().await.len(), 1);
+    let letters = world.dead_letters().await;
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0]["stage"], "age");
+    assert_eq!(letters[0]["error"]["kind"], "expired");
+    assert_eq!(letters[0]["source"]["sequence_number"], "102");
+    let payload = base64::engine::general_purpose::STANDARD
+        .decode(letters[0]["payload_base64"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(payload, waze_payload(2).to_string().into_bytes());
+    let lines = logs(function).await;
+    let invocation = lines
+        .iter()
+        .find(|l| l["message"] == "invocation")
+        .expect("a summary line");
+    assert_eq!(invocation["dead_lettered"], 1);
+}

@@ -47,6 +47,10 @@ pub struct PipelineConfig {
     /// How retryable failures are retried.
     #[serde(default)]
     pub retry: RetryPolicy,
+    /// Records that arrived longer ago than this when processed are dead-lettered as `expired`
+    /// (with their payload) instead of written; off when absent.
+    #[serde(default, with = "humantime_serde")]
+    pub max_record_age: Option<std::time::Duration>,
     /// The file this was loaded from.
     #[serde(skip)]
     pub file: PathBuf,
@@ -171,6 +175,12 @@ impl PipelineConfig {
         if self.name.trim().is_empty() {
             return Err(self.error("name", "must not be empty; name the pipeline"));
         }
+        if self.max_record_age.is_some_and(|d| d.is_zero()) {
+            return Err(self.error(
+                "max_record_age",
+                "must be longer than zero, e.g. \"24h\" (or leave it out: no limit)",
+            ));
+        }
         self.batch
             .validate()
             .and_then(|()| self.retry.validate())
@@ -263,7 +273,8 @@ impl PipelineConfig {
             self.retry,
         )
         .with_api_calls(ctx.api_calls.clone())
-        .with_stop(ctx.shutdown.clone());
+        .with_stop(ctx.shutdown.clone())
+        .with_max_record_age(self.max_record_age);
         Ok(Built { pipeline, source })
     }
 

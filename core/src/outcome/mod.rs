@@ -77,6 +77,8 @@ impl Serialize for SkippedBy {
 pub enum Stage {
     /// The payload is not a JSON object (empty, bad base64, not UTF-8, not JSON, not an object).
     Decode,
+    /// The record arrived longer ago than the pipeline's `max_record_age` when it was processed.
+    Age,
     /// An enricher rejected the record; holds the enricher's name (`filter`, `fields#2`).
     Enrich(String),
     /// The sink rejected the record.
@@ -87,6 +89,7 @@ impl fmt::Display for Stage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Stage::Decode => f.write_str("decode"),
+            Stage::Age => f.write_str("age"),
             Stage::Enrich(name) => write!(f, "enrich:{name}"),
             Stage::Sink => f.write_str("sink"),
         }
@@ -99,11 +102,12 @@ impl FromStr for Stage {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "decode" => Ok(Stage::Decode),
+            "age" => Ok(Stage::Age),
             "sink" => Ok(Stage::Sink),
             _ => match s.strip_prefix("enrich:") {
                 Some(name) if !name.is_empty() => Ok(Stage::Enrich(name.to_owned())),
                 _ => Err(format!(
-                    "unknown stage `{s}`: expected `decode`, `enrich:<name>` or `sink`"
+                    "unknown stage `{s}`: expected `decode`, `age`, `enrich:<name>` or `sink`"
                 )),
             },
         }
@@ -137,15 +141,18 @@ pub enum ErrorKind {
     Retryable,
     /// A failure that might have passed, still failing when the retry policy ran out.
     RetriesExhausted,
+    /// Older than the pipeline's `max_record_age`: stale data is not written over fresh.
+    Expired,
 }
 
 impl ErrorKind {
-    const ALL: [ErrorKind; 5] = [
+    const ALL: [ErrorKind; 6] = [
         ErrorKind::Decode,
         ErrorKind::MissingField,
         ErrorKind::Permanent,
         ErrorKind::Retryable,
         ErrorKind::RetriesExhausted,
+        ErrorKind::Expired,
     ];
 
     /// The name in envelopes (`missing_field`).
@@ -156,6 +163,7 @@ impl ErrorKind {
             ErrorKind::Permanent => "permanent",
             ErrorKind::Retryable => "retryable",
             ErrorKind::RetriesExhausted => "retries_exhausted",
+            ErrorKind::Expired => "expired",
         }
     }
 }

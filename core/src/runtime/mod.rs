@@ -46,6 +46,8 @@ pub struct Pipeline {
     api_calls: Arc<ApiCalls>,
     /// Triggered when a shard worker panics, so the source stops reading and lets go.
     stop: Shutdown,
+    /// Records that arrived longer ago than this are dead-lettered as expired.
+    max_record_age: Option<std::time::Duration>,
 }
 
 impl Pipeline {
@@ -67,7 +69,14 @@ impl Pipeline {
             retry,
             api_calls: Arc::default(),
             stop: Shutdown::default(),
+            max_record_age: None,
         }
+    }
+
+    /// Dead-letters (as `expired`) records that arrived longer ago than `age` when processed.
+    pub fn with_max_record_age(mut self, age: Option<std::time::Duration>) -> Self {
+        self.max_record_age = age;
+        self
     }
 
     /// Stops the source through `stop` (the build context's) if a shard worker panics.
@@ -123,12 +132,58 @@ impl Pipeline {
         let positions = raw.iter().map(|r| r.meta.position()).collect();
         let mut ledger = Ledger::new(&self.name, self.retry.on_exhausted, raw.len());
         let mut live = decode_all(raw, &mut ledger);
+        live = self.expire(live, &mut ledger);
         for enricher in &self.enrichers {
             live = self.enrich(enricher, live, deadline, &mut ledger).await;
         }
         self.store(live, deadline, &mut ledger).await;
         self.write_dead_letters(deadline, &mut ledger).await;
         ledger.into_report(shard_id, positions)
+    }
+
+    /// Dead-letters the records older than `max_record_age` (by their arrival time; a record
+    /// that has none never expires): after a long outage, stale data must not be written over
+    /// fresh. The payload goes to the error sink, unlike with a Lambda mapping's own limit.
+    fn expire(&self, live: Vec<(usize, Record)>, ledger: &mut Ledger<'_>) -> Vec<(usize, Record)> {
+        let Some(max) = self.max_record_age else {
+            return live;
+        };
+        let now = chrono::Utc::now();
+        let mut fresh = Vec::with_capacity(live.len());
+        let mut expired = 0;
+        for (index, record) in live {
+            let age = record
+                .meta
+                .arrival_time
+                .and_then(|t| (now - t).to_std().ok());
+            match age {
+                Some(age) if age > max => {
+                    let show = |d: std::time::Duration| {
+                        humantime_serde::re::humantime::format_duration(
+                            std::time::Duration::from_secs(d.as_secs()),
+                        )
+                        .to_string()
+                    };
+                    let reason = Reason {
+                        stage: Stage::Age,
+                        kind: ErrorKind::Expired,
+                        message: format!(
+                            "the record arrived {} ago, longer than max_record_age ({})",
+                            show(age),
+                            show(max)
+                        ),
+                        attempts: 1,
+                    };
+                    ledger.dead_letter(index, reason, &record.data, &record.meta);
+                    expired += 1;
+                }
+                _ => fresh.push((index, record)),
+            }
+        }
+        if expired > 0 {
+            metrics().expired(&self.name, expired);
+        }
+        fresh
     }
 
     async fn enrich(

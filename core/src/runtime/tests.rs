@@ -646,3 +646,58 @@ proptest::proptest! {
         proptest::prop_assert_eq!(stored.len() + dead.len(), payloads.len());
     }
 }
+
+#[tokio::test]
+async fn records_older_than_max_record_age_are_dead_lettered_as_expired() {
+    let sink = MemorySink::default();
+    let dlq = MemorySink::default();
+    let p = pipeline(
+        vec![],
+        Arc::new(sink.clone()),
+        Arc::new(dlq.clone()),
+        policy(),
+    )
+    .with_max_record_age(Some(Duration::from_secs(3600)));
+    let arrived = |minutes_ago: i64, seq: u64| {
+        let mut r = raw("s", seq, &format!(r#"{{"n":{seq}}}"#));
+        r.meta.arrival_time = Some(chrono::Utc::now() - chrono::Duration::minutes(minutes_ago));
+        r
+    };
+    let no_time = raw("s", 4, r#"{"n":4}"#);
+    let report = p
+        .process_batch(
+            "s".into(),
+            vec![arrived(1, 1), arrived(61, 2), arrived(59, 3), no_time],
+        )
+        .await;
+    assert_eq!(*outcome(&report, 1), Outcome::Stored);
+    assert_eq!(
+        *outcome(&report, 2),
+        Outcome::DeadLettered { stage: Stage::Age }
+    );
+    assert_eq!(*outcome(&report, 3), Outcome::Stored);
+    assert_eq!(
+        *outcome(&report, 4),
+        Outcome::Stored,
+        "no arrival time: never expires"
+    );
+    let letter = &dlq.values()[0];
+    assert_eq!(letter["error"]["kind"], "expired");
+    assert!(
+        letter["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("longer than max_record_age (1h)"),
+        "{letter}"
+    );
+    assert_eq!(
+        report.checkpoint(),
+        Some(&4.into()),
+        "an expired record is done"
+    );
+    let exported = crate::metrics::metrics().encode();
+    assert!(
+        exported.contains("sluice_records_expired_total{pipeline=\"test\"}"),
+        "{exported}"
+    );
+}
