@@ -97,6 +97,13 @@ install_kcl_rs() {
     export SLUICE_TEST_KCL_PYTHON=$PWD/.venv/bin/python
 }
 
+# aws-kinesis-agg, AWS's KPL aggregation library for Python, makes the tests' aggregated records
+# (an encoder independent of sluice's decoder).
+install_kpl_aggregation() {
+    install_into_venv aws-kinesis-agg 1.2.3
+    export SLUICE_TEST_KPL_PYTHON=$PWD/.venv/bin/python
+}
+
 # cfn-lint checks deploy/template.yaml and deploy/fleet.yaml in the tests.
 install_cfn_lint() {
     install_into_venv cfn-lint 1.58.0

@@ -81,7 +81,7 @@ value = "batch-2026-11-24-0007"
 [[enrichers]]
 type = "fields"
 set = { S3Key = "s3://{bucket-name}/{s3-key}" }
-uuid_v5 = { CurationRecordId = "{$meta.stream}/{$meta.shard_id}/{$meta.sequence_number}" }
+uuid_v5 = { CurationRecordId = "{$meta.stream}/{$meta.shard_id}/{$meta.position}" }
 rename = { "state" = "State", "table-name" = "DataTableName", "num-records" = "TotalNumCuratedRecords", "is-historical" = "IsHistorical", "year" = "Year", "month" = "Month" }
 keep_only = ["CurationRecordId", "BatchId", "DataTableName", "S3Key", "State", "TotalNumCuratedRecords", "IsHistorical", "Year", "Month"]
 "#;

@@ -23,6 +23,17 @@ pub enum DecodeError {
     /// The JSON is not an object.
     #[error("the payload is a JSON {0}, not an object")]
     NotAnObject(&'static str),
+    /// A KPL aggregated record that cannot be split into its user records.
+    #[error("{0}")]
+    Aggregate(String),
+}
+
+/// A base64 payload's bytes (surrounding whitespace ignored), if it is valid base64.
+pub(crate) fn base64_payload(data: &[u8]) -> Option<Bytes> {
+    base64::engine::general_purpose::STANDARD
+        .decode(data.trim_ascii())
+        .ok()
+        .map(Bytes::from)
 }
 
 /// A payload that did not decode, with the record as received, so nothing is lost.
@@ -39,7 +50,16 @@ pub fn decode(raw: RawRecord) -> Result<Record, Undecodable> {
             }
         }
     };
-    match parse_object(&data) {
+    let parsed = match crate::kpl::split(&data) {
+        Some(Err(e)) => Err(DecodeError::Aggregate(e.to_string())),
+        Some(Ok(users)) => Err(DecodeError::Aggregate(format!(
+            "a KPL aggregated record of {} user records reached the pipeline whole (only Kinesis \
+             sources split them)",
+            users.len()
+        ))),
+        None => parse_object(&data),
+    };
+    match parsed {
         Ok(value) => Ok(Record {
             data,
             value,

@@ -82,14 +82,17 @@ impl KinesisEventRecord {
 }
 
 impl KinesisEvent {
-    /// The event's records grouped by shard, shards in order of first appearance, records in order.
+    /// The event's records grouped by shard, shards in order of first appearance, records in
+    /// order; a KPL aggregate (Lambda passes them through whole) split into its user records.
     pub fn into_shard_batches(self, source: &str) -> Vec<(String, Vec<RawRecord>)> {
         let mut shards: Vec<(String, Vec<RawRecord>)> = Vec::new();
         for record in self.records {
             let raw = record.into_raw(source);
-            match shards.iter_mut().find(|(id, _)| *id == raw.meta.shard_id) {
-                Some((_, records)) => records.push(raw),
-                None => shards.push((raw.meta.shard_id.clone(), vec![raw])),
+            let shard = raw.meta.shard_id.clone();
+            let users = raw.deaggregated();
+            match shards.iter_mut().find(|(id, _)| *id == shard) {
+                Some((_, records)) => records.extend(users),
+                None => shards.push((shard, users)),
             }
         }
         shards

@@ -15,6 +15,7 @@ pub mod decode;
 pub mod error;
 pub mod health;
 pub mod kinesis_event;
+pub mod kpl;
 #[cfg(feature = "lambda")]
 pub mod lambda;
 pub mod metrics;

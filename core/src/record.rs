@@ -75,6 +75,12 @@ impl Meta {
             "shard_id" => Some(self.shard_id.clone()),
             "sequence_number" => Some(self.sequence_number.to_string()),
             "sub_sequence" => self.sub_sequence.map(|s| s.to_string()),
+            // The sequence number, and `.N` for user record N of a KPL aggregate: unique per
+            // record, and for a record that is not aggregated its sequence number alone.
+            "position" => Some(match self.sub_sequence {
+                Some(sub) => format!("{}.{sub}", self.sequence_number),
+                None => self.sequence_number.to_string(),
+            }),
             "partition_key" => self.partition_key.clone(),
             "arrival_time" => self.arrival_time.map(|t| t.to_rfc3339()),
             other => self.extra.get(other).cloned(),
@@ -96,6 +102,7 @@ impl Meta {
         "shard_id",
         "sequence_number",
         "sub_sequence",
+        "position",
         "partition_key",
         "arrival_time",
     ];

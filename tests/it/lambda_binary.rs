@@ -247,3 +247,61 @@ async fn records_older_than_max_record_age_are_dead_lettered_as_expired_with_the
         .expect("a summary line");
     assert_eq!(invocation["dead_lettered"], 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn aggregated_records_in_an_event_are_split_and_a_failure_names_the_aggregate() {
+    let Some(endpoint) = moto_endpoint() else {
+        return;
+    };
+    use crate::aws_job::{expected_id, expected_sub_id, kpl_aggregate, Put};
+    let world = World::create(&endpoint, 1).await;
+    let api = RuntimeApi::start().await;
+    let mut variables = world.variables();
+    variables.push(("SLUICE_PIPELINE", "pipelines/waze-persist.toml".to_owned()));
+    let function = start_function(&api, &variables);
+    let a = "shardId-000000000000";
+    let valid = |i: usize| waze_payload(i).to_string().into_bytes();
+    let pair = kpl_aggregate(&[("u1".into(), valid(1)), ("u2".into(), valid(2))]);
+    let answer = api.invoke(
+        event(&[(a, "101", pair), (a, "102", valid(3))]),
+        Duration::from_secs(20),
+    );
+    assert!(failures(&api.answer(&answer).await).is_empty());
+    let ids: Vec<String> = world
+        .items()
+        .await
+        .iter()
+        .map(|i| i["CurationRecordId"].as_s().unwrap().clone())
+        .collect();
+    let at = |seq: &str| Put {
+        payload: Vec::new(),
+        shard_id: a.into(),
+        sequence_number: seq.into(),
+    };
+    let mut expected = vec![
+        expected_sub_id("waze-curated", &at("101"), 0),
+        expected_sub_id("waze-curated", &at("101"), 1),
+        expected_id("waze-curated", &at("102")),
+    ];
+    let mut ids = ids;
+    ids.sort();
+    expected.sort();
+    assert_eq!(ids, expected, "the ids the daemon gives the same records");
+
+    // A user record that cannot be dead-lettered (the DLQ is gone) fails: Lambda is told the
+    // aggregate's sequence number, the only one it knows.
+    world
+        .sqs
+        .delete_queue()
+        .queue_url(&world.queue_url)
+        .send()
+        .await
+        .expect("delete the DLQ");
+    let broken = kpl_aggregate(&[("u4".into(), valid(4)), ("u5".into(), b"not json".to_vec())]);
+    let answer = api.invoke(
+        event(&[(a, "201", broken), (a, "202", valid(6))]),
+        Duration::from_secs(20),
+    );
+    assert_eq!(failures(&api.answer(&answer).await), vec!["201"]);
+    drop(function);
+}

@@ -17,6 +17,44 @@ use crate::outcome::BatchReport;
 use crate::record::{Encoding, Meta, RawRecord, Record, SequenceNumber};
 use crate::settings::BatchSettings;
 
+/// A KPL aggregated record's data, made by an encoder written from the protobuf wire format,
+/// independent of sluice's decoder: `keys` is the partition key table, `users` the user records
+/// as (partition key index, data).
+pub fn kpl_aggregate(keys: &[&str], users: &[(u64, &[u8])]) -> Vec<u8> {
+    use md5::{Digest, Md5};
+    fn varint(mut n: u64, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    fn field(tag: u64, bytes: &[u8], out: &mut Vec<u8>) {
+        varint(tag << 3 | 2, out);
+        varint(bytes.len() as u64, out);
+        out.extend_from_slice(bytes);
+    }
+    let mut message = Vec::new();
+    for key in keys {
+        field(1, key.as_bytes(), &mut message);
+    }
+    for (index, data) in users {
+        let mut record = Vec::new();
+        varint(1 << 3, &mut record);
+        varint(*index, &mut record);
+        field(3, data, &mut record);
+        field(3, &record, &mut message);
+    }
+    let mut out = crate::kpl::MAGIC.to_vec();
+    out.extend_from_slice(&message);
+    out.extend_from_slice(&Md5::digest(&message));
+    out
+}
+
 /// A raw JSON record at `shard`/`seq` of stream `test`.
 pub fn raw(shard: &str, seq: u64, payload: &str) -> RawRecord {
     RawRecord {

@@ -1,6 +1,7 @@
 //! The Waze persist job on AWS (`pipelines/waze-persist.toml`), end to end against the emulator:
 //! Kinesis → SSM batch id → DynamoDB, malformed records → SQS.
 
+mod aggregated;
 mod world;
 
 use std::collections::{BTreeSet, HashMap};
@@ -13,7 +14,9 @@ use sluice_core::aws::testing::{self, kinesis_local_endpoint, moto_endpoint};
 use sluice_core::{Loader, Progress};
 use tokio::sync::OnceCell;
 
-pub use world::{bytes, expected_id, waze_payload, Put, World, BATCH_ID};
+pub use world::{
+    bytes, expected_id, expected_sub_id, kpl_aggregate, waze_payload, Put, World, BATCH_ID,
+};
 
 use crate::{pipeline_file, root, run, sluice};
 

@@ -200,3 +200,51 @@ pub fn waze_payload(i: usize) -> Value {
 pub fn bytes(v: &Value) -> Vec<u8> {
     v.to_string().into_bytes()
 }
+
+/// A KPL aggregated record's data holding `users` (partition key, data), made by AWS's own
+/// aggregation library for Python (`aws-kinesis-agg`, installed by `scripts/test`): an encoder
+/// independent of sluice's decoder.
+pub fn kpl_aggregate(users: &[(String, Vec<u8>)]) -> Vec<u8> {
+    use base64::Engine;
+    use std::io::Write;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let python = match std::env::var("SLUICE_TEST_KPL_PYTHON") {
+        Ok(p) if !p.is_empty() => p,
+        _ => panic!("SLUICE_TEST_KPL_PYTHON is not set; run the tests with `bash scripts/test`"),
+    };
+    let input: Vec<Value> = users
+        .iter()
+        .map(|(key, data)| json!([key, b64.encode(data)]))
+        .collect();
+    let script = r#"
+import base64, json, sys
+import aws_kinesis_agg.aggregator as agg
+a = agg.RecordAggregator()
+for key, data in json.load(sys.stdin):
+    assert a.add_user_record(key, base64.b64decode(data)) is None, "more than one record's worth"
+print(base64.b64encode(a.clear_and_get().get_contents()[2]).decode())
+"#;
+    let mut child = Command::new(&python)
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{python} runs: {e}"));
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(Value::from(input).to_string().as_bytes())
+        .expect("written");
+    let out = child.wait_with_output().expect("aggregated");
+    assert!(out.status.success(), "aws-kinesis-agg failed");
+    b64.decode(String::from_utf8_lossy(&out.stdout).trim())
+        .expect("base64 from the aggregator")
+}
+
+/// The item id sluice must give user record `sub` of a KPL aggregate at `put`'s position.
+pub fn expected_sub_id(stream: &str, put: &Put, sub: usize) -> String {
+    let namespace = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, b"urn:sluice:record");
+    let name = format!("{stream}/{}/{}.{sub}", put.shard_id, put.sequence_number);
+    uuid::Uuid::new_v5(&namespace, name.as_bytes()).to_string()
+}

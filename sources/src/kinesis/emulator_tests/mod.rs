@@ -2,6 +2,7 @@
 //! reading (`reading`) and sharing a stream through the lease table (`leases`). The helpers here
 //! make streams, run the source in the background and play another worker.
 
+mod aggregated;
 mod leases;
 mod reading;
 

@@ -40,10 +40,24 @@ pub enum ReadEnd {
 enum Resume {
     /// The shard's start position (no checkpoint, nothing read yet).
     Start,
-    /// After the checkpoint (or the last record read).
+    /// After the last record read (all of it handed out).
     After(SequenceNumber),
     /// At a record: the first one read when there is no checkpoint to resume after.
     At(SequenceNumber),
+    /// Past the checkpoint: at its record, whose user records up to the checkpoint's
+    /// sub-sequence are done (as KCL resumes: the checkpoint's record is read again, and what
+    /// the checkpoint covers is dropped, so a run stopped inside a KPL aggregate goes on there).
+    Past(Position),
+}
+
+impl Resume {
+    /// What a reader resuming here has done already: records up to this position are dropped.
+    fn done_through(&self) -> Option<Position> {
+        match self {
+            Resume::Past(done) => Some(done.clone()),
+            _ => None,
+        }
+    }
 }
 
 /// What every shard reader of one consumer shares.
@@ -114,6 +128,9 @@ impl ShardReader {
             (Resume::At(seq), _, _) => call
                 .shard_iterator_type(ShardIteratorType::AtSequenceNumber)
                 .starting_sequence_number(seq.as_str()),
+            (Resume::Past(done), _, _) => call
+                .shard_iterator_type(ShardIteratorType::AtSequenceNumber)
+                .starting_sequence_number(done.sequence.as_str()),
             (Resume::Start, true, _) | (Resume::Start, false, StartPosition::TrimHorizon) => {
                 call.shard_iterator_type(ShardIteratorType::TrimHorizon)
             }
@@ -143,7 +160,7 @@ impl ShardReader {
     fn resume(&self, first_read: Option<&SequenceNumber>) -> Resume {
         let checkpoint = self.progress.checkpoint();
         match (checkpoint.as_ref().and_then(|c| c.position()), first_read) {
-            (Some(p), _) => Resume::After(p.sequence.clone()),
+            (Some(p), _) => Resume::Past(p.clone()),
             (None, Some(first)) => Resume::At(first.clone()),
             (None, None) => Resume::Start,
         }
@@ -157,7 +174,9 @@ impl ShardReader {
         let mut healing = Healing::new(self.progress.freezes());
         let mut last_read: Option<SequenceNumber> = None;
         let mut first_read: Option<SequenceNumber> = None;
-        let mut iterator = self.iterator(&self.resume(None)).await?;
+        let from = self.resume(None);
+        let mut done_through = from.done_through();
+        let mut iterator = self.iterator(&from).await?;
         let mut pacer = Pacer::default();
         loop {
             if cx.shutdown.is_triggered() {
@@ -176,7 +195,9 @@ impl ShardReader {
                     .await
                 {
                     last_read = None;
-                    iterator = self.iterator(&self.resume(first_read.as_ref())).await?;
+                    let from = self.resume(first_read.as_ref());
+                    done_through = from.done_through();
+                    iterator = self.iterator(&from).await?;
                 }
                 continue;
             }
@@ -196,6 +217,7 @@ impl ShardReader {
                         Some(seq) => Resume::After(seq.clone()),
                         None => self.resume(first_read.as_ref()),
                     };
+                    done_through = from.done_through();
                     iterator = self.iterator(&from).await?;
                     continue;
                 }
@@ -244,6 +266,12 @@ impl ShardReader {
             if let Some(behind) = out.millis_behind_latest() {
                 metrics().millis_behind(&cx.pipeline, &self.shard.id, behind);
             }
+            // KPL aggregates become their user records; what the checkpoint covers is dropped.
+            let records: Vec<RawRecord> = records
+                .into_iter()
+                .flat_map(RawRecord::deaggregated)
+                .filter(|r| done_through.as_ref().is_none_or(|d| r.meta.position() > *d))
+                .collect();
             if !self.hand_out(records).await? {
                 self.progress.settled().await;
                 return Ok(ReadEnd::Lost);
