@@ -31,6 +31,9 @@ pub enum Fault {
     LostAnswer,
     /// The code awaiting the call panics (a stand-in for a bug anywhere on that task's path).
     Panic,
+    /// The answer starts (a streaming one: an enhanced fan-out subscription), then the
+    /// connection drops after this many body frames.
+    CutStream { frames: u32 },
 }
 
 #[derive(Debug)]
@@ -184,6 +187,18 @@ impl HttpConnector for FaultyConnector {
                     ))
                 })
             }
+            Some(Fault::CutStream { frames }) => {
+                let sent = self.inner.call(request);
+                HttpConnectorFuture::new(async move {
+                    let mut answer = sent.await?;
+                    let body = std::mem::replace(answer.body_mut(), SdkBody::empty());
+                    *answer.body_mut() = SdkBody::from_body_1_x(CutBody {
+                        inner: body,
+                        frames,
+                    });
+                    Ok(answer)
+                })
+            }
             Some(Fault::Panic) => {
                 let call = format!("{service}.{operation}");
                 HttpConnectorFuture::new(
@@ -192,6 +207,33 @@ impl HttpConnector for FaultyConnector {
             }
             Some(fault) => HttpConnectorFuture::ready(Ok(error_response(&service, fault))),
         }
+    }
+}
+
+/// A body that ends in an error after `frames` frames of the real one.
+struct CutBody {
+    inner: SdkBody,
+    frames: u32,
+}
+
+impl http_body::Body for CutBody {
+    type Data = bytes::Bytes;
+    type Error = aws_smithy_runtime_api::box_error::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        if self.frames == 0 {
+            return std::task::Poll::Ready(Some(Err(
+                "injected: the connection dropped mid-stream".into(),
+            )));
+        }
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(_))) = &polled {
+            self.frames -= 1;
+        }
+        polled
     }
 }
 

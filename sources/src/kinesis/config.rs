@@ -20,6 +20,18 @@ pub enum Start {
     AtTimestamp,
 }
 
+/// How records reach the reader.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// GetRecords, sharing each shard's 2 MB/s and five calls a second with other consumers.
+    #[default]
+    Polling,
+    /// Enhanced fan-out: a registered consumer with its own 2 MB/s per shard, pushed over
+    /// SubscribeToShard.
+    EnhancedFanOut,
+}
+
 /// `start` resolved with its timestamp.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StartPosition {
@@ -81,6 +93,12 @@ pub struct KinesisSourceConfig {
     /// Another endpoint for the lease table's DynamoDB; default: as `endpoint_url`.
     #[serde(default)]
     pub checkpoint_endpoint_url: Option<String>,
+    /// `polling` (default) or `enhanced_fan_out`.
+    #[serde(default)]
+    pub mode: Mode,
+    /// With enhanced fan-out: the stream consumer's name (registered when missing).
+    #[serde(default)]
+    pub consumer_name: Option<String>,
 }
 
 impl KinesisSourceConfig {
@@ -132,6 +150,33 @@ impl KinesisSourceConfig {
                 "stream",
                 "must name a stream or give its ARN",
             ));
+        }
+        match (self.mode, self.consumer_name.as_deref()) {
+            (Mode::EnhancedFanOut, None) => {
+                return Err(BuildError::invalid(
+                    "consumer_name",
+                    "`mode = \"enhanced_fan_out\"` needs the consumer's name, e.g. consumer_name = \"waze-persist\" (registered when missing)",
+                ))
+            }
+            (Mode::EnhancedFanOut, Some(name))
+                if name.is_empty()
+                    || name.len() > 128
+                    || !name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)) =>
+            {
+                return Err(BuildError::invalid(
+                    "consumer_name",
+                    format!("`{name}` is not a consumer name: 1 to 128 letters, digits, `_`, `.` or `-`"),
+                ))
+            }
+            (Mode::Polling, Some(_)) => {
+                return Err(BuildError::invalid(
+                    "consumer_name",
+                    "is only read with `mode = \"enhanced_fan_out\"`; add that, or remove it",
+                ))
+            }
+            _ => {}
         }
         if !(1..=10_000).contains(&self.limit) {
             return Err(BuildError::invalid(
@@ -195,6 +240,17 @@ mod tests {
                 "checkpoint_interval",
                 "longer than zero",
             ),
+            (
+                "mode = \"enhanced_fan_out\"",
+                "consumer_name",
+                "needs the consumer's name",
+            ),
+            (
+                "mode = \"enhanced_fan_out\"\nconsumer_name = \"a b\"",
+                "consumer_name",
+                "not a consumer name",
+            ),
+            ("consumer_name = \"x\"", "consumer_name", "only read with"),
             (
                 "poll_interval = \"0s\"",
                 "poll_interval",

@@ -11,6 +11,7 @@
 mod balance;
 mod config;
 mod consumer;
+mod fan_out;
 mod lease_table;
 mod progress;
 mod reader;
@@ -22,7 +23,7 @@ use async_trait::async_trait;
 use sluice_core::aws::{self, Connection, Retries};
 use sluice_core::{BuildContext, BuildError, Source, SourceConfig};
 
-pub use config::{KinesisSourceConfig, Start};
+pub use config::{KinesisSourceConfig, Mode, Start};
 use consumer::KinesisSource;
 use lease_table::LeaseTable;
 use reader::ReaderContext;
@@ -65,7 +66,7 @@ impl SourceConfig for KinesisSourceConfig {
             Some(arn) => describe.stream_arn(arn),
             None => describe.stream_name(self.stream_name()),
         };
-        describe.send().await.map_err(|e| {
+        let summary = describe.send().await.map_err(|e| {
             let hint = match aws::error_code(&e) {
                 Some("ResourceNotFoundException") => {
                     " (create it, or check the stream name, region and endpoint)"
@@ -81,6 +82,22 @@ impl SourceConfig for KinesisSourceConfig {
                 ),
             }
         })?;
+        // Enhanced fan-out reads as a registered consumer (validation registers nothing).
+        let consumer_arn = match (&self.mode, &self.consumer_name) {
+            (Mode::EnhancedFanOut, Some(name)) if !ctx.validate_only => {
+                let stream_arn = summary
+                    .stream_description_summary()
+                    .map(|s| s.stream_arn().to_owned())
+                    .or_else(|| self.stream_arn().map(str::to_owned))
+                    .ok_or_else(|| BuildError::Unavailable {
+                        what: format!("Kinesis stream `{}`", self.stream_name()),
+                        message: "DescribeStreamSummary gave no ARN".into(),
+                        transient: false,
+                    })?;
+                Some(fan_out::consumer_arn(&kinesis, &stream_arn, name).await?)
+            }
+            _ => None,
+        };
         ctx.health.set_lease_duration(self.lease_duration);
         Ok(Box::new(KinesisSource {
             readers: ReaderContext {
@@ -93,6 +110,7 @@ impl SourceConfig for KinesisSourceConfig {
                 poll_interval: self.poll_interval,
                 max_records: 0,
                 until_caught_up: ctx.until_caught_up,
+                consumer_arn,
                 shutdown: ctx.shutdown.clone(),
                 batches: None,
             },

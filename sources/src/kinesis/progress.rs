@@ -23,6 +23,8 @@ pub struct ShardProgress {
     outstanding: AtomicUsize,
     acked: Notify,
     lease: watch::Sender<Lease>,
+    /// A listing shows the shard closed (a split or merge): once caught up, it is finished.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 /// This worker's hold on the shard's lease.
@@ -72,6 +74,16 @@ impl ShardProgress {
     /// Another worker took the lease: nothing more is handed out or written for this shard.
     pub fn lease_lost(&self) {
         self.lease.send_modify(|l| l.lost = true);
+    }
+
+    /// A listing shows the shard closed.
+    pub fn mark_closed(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a listing showed the shard closed.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
     }
 
     /// Whether another worker took the lease.

@@ -29,6 +29,11 @@ impl Listing {
             })
     }
 
+    /// Whether the listing shows `id` closed (it has an ending sequence number).
+    pub fn is_closed(&self, id: &str) -> bool {
+        self.shards.iter().any(|s| s.id == id && s.ending.is_some())
+    }
+
     /// The listed shards that `id` gave way to (a split's two, a merge's one).
     pub fn children(&self, id: &str) -> Vec<String> {
         self.shards

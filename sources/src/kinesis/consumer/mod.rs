@@ -158,6 +158,18 @@ enum State {
 /// How a reader ended: its shard, the progress of the tenure it read for, and why.
 type Ended = (String, Arc<ShardProgress>, Result<ReadEnd, SourceError>);
 
+impl World {
+    /// Tells the readers of held shards the listing shows closed (an enhanced fan-out
+    /// subscription may not say so itself).
+    fn note_closed(&self) {
+        for held in self.held.values() {
+            if self.listing.is_closed(&held.shard.id) {
+                held.progress.mark_closed();
+            }
+        }
+    }
+}
+
 /// What the loop knows.
 #[derive(Default)]
 struct World {
@@ -219,6 +231,7 @@ impl Consumer {
                     Ok(listing) => {
                         world.listing = listing;
                         world.list_now = false;
+                        world.note_closed();
                     }
                     Err(e) => tracing::warn!(error = %e, "listing shards failed; trying again at the next round"),
                 },

@@ -87,6 +87,32 @@ impl Stream {
         }
     }
 
+    /// The same stream, read by another pipeline: its own lease table.
+    fn with_own_checkpoints(&self) -> Self {
+        Self {
+            kinesis: self.kinesis.clone(),
+            dynamodb: self.dynamodb.clone(),
+            name: self.name.clone(),
+            checkpoints: unique("checkpoints"),
+            endpoint: self.endpoint.clone(),
+            checkpoint_endpoint: self.checkpoint_endpoint.clone(),
+        }
+    }
+
+    /// The stream's ARN.
+    async fn arn(&self) -> String {
+        self.kinesis
+            .describe_stream_summary()
+            .stream_name(&self.name)
+            .send()
+            .await
+            .expect("describe the stream")
+            .stream_description_summary()
+            .expect("a summary")
+            .stream_arn()
+            .to_owned()
+    }
+
     /// Splits `shard` at `hash_key` and waits until the stream is active again.
     async fn split(&self, shard: &str, hash_key: &str) {
         self.kinesis

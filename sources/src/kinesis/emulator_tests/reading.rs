@@ -241,6 +241,22 @@ async fn after_a_split_and_a_merge_every_record_is_stored_parents_before_childre
 
 #[tokio::test]
 async fn a_running_daemon_follows_a_split_to_the_children() {
+    follows_a_split("").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_daemon_on_enhanced_fan_out_follows_a_split_to_the_children() {
+    // kinesis-local's subscriptions do not name a closed shard's children: the consumer's
+    // listing (every few take rounds: short leases here) tells the reader.
+    follows_a_split(
+        "mode = \"enhanced_fan_out\"\nconsumer_name = \"split-follower\"\nlease_duration = \"3s\"",
+    )
+    .await;
+}
+
+/// A daemon (with settings `extra`) reads a shard split while it runs: every record, parents
+/// finished before children, leases released.
+async fn follows_a_split(extra: &str) {
     let Some(moto) = moto_endpoint() else { return };
     let Some(kinesis_local) = kinesis_local_endpoint() else {
         return;
@@ -249,7 +265,9 @@ async fn a_running_daemon_follows_a_split_to_the_children() {
     let key = |i: usize| format!("key-{}", i % 8);
     stream.put_keyed(0, 20, key).await;
     let daemon = stream
-        .daemon("poll_interval = \"100ms\"\ncheckpoint_interval = \"1s\"")
+        .daemon(&format!(
+            "poll_interval = \"100ms\"\ncheckpoint_interval = \"1s\"\n{extra}"
+        ))
         .await;
     let sink = daemon.sink.clone();
     let until_stored = |n: usize| {
@@ -444,4 +462,89 @@ async fn a_listing_failing_at_the_start_is_waited_out() {
     assert_eq!(plan.injected(), 8);
     assert!(summary.is_success(), "{summary:?}");
     assert_eq!(numbers(&sink), (0..20).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_consumers_read_a_stream_at_once_by_enhanced_fan_out() {
+    let Some(moto) = moto_endpoint() else { return };
+    let Some(kinesis_local) = kinesis_local_endpoint() else {
+        return;
+    };
+    let stream = Stream::create_on(&kinesis_local, &moto, 2).await;
+    stream.put(0, 200).await;
+    // Two pipelines, each its own consumer and lease table, read at the same time.
+    let other = stream.with_own_checkpoints();
+    let efo = |name: &str| format!("mode = \"enhanced_fan_out\"\nconsumer_name = \"{name}\"");
+    let (a, b) = (efo("consumer-a"), efo("consumer-b"));
+    let plan = FaultPlan::new();
+    let (first, second) = tokio::join!(stream.read(&a, &plan), other.read(&b, &plan));
+    for (summary, sink) in [&first, &second] {
+        assert!(summary.is_success(), "{summary:?}");
+        assert_eq!(numbers(sink), (0..200).collect::<Vec<_>>());
+        assert!(
+            summary
+                .api_calls
+                .get("Kinesis.SubscribeToShard")
+                .is_some_and(|n| *n >= 2),
+            "{:?}",
+            summary.api_calls
+        );
+        assert_eq!(summary.api_calls.get("Kinesis.GetRecords"), None);
+    }
+    let consumers = stream
+        .kinesis
+        .list_stream_consumers()
+        .stream_arn(stream.arn().await)
+        .send()
+        .await
+        .expect("consumers");
+    let mut names: Vec<&str> = consumers
+        .consumers()
+        .iter()
+        .map(|c| c.consumer_name())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, ["consumer-a", "consumer-b"], "registered once each");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_subscription_dropped_mid_run_resumes_without_loss() {
+    let Some(moto) = moto_endpoint() else { return };
+    let Some(kinesis_local) = kinesis_local_endpoint() else {
+        return;
+    };
+    let stream = Stream::create_on(&kinesis_local, &moto, 2).await;
+    stream.put(0, 100).await;
+    // The first two subscriptions drop after their first frames.
+    let plan = FaultPlan::new();
+    plan.fail("SubscribeToShard", Fault::CutStream { frames: 2 }, 2);
+    let sink = MemorySink::default();
+    let (pipeline, _) = sink_pipeline(Arc::new(sink.clone()));
+    let daemon = stream
+        .daemon_with(
+            "mode = \"enhanced_fan_out\"\nconsumer_name = \"dropped\"\ncheckpoint_interval = \"1s\"",
+            pipeline,
+            sink.clone(),
+            &plan,
+        )
+        .await;
+    assert!(
+        eventually(Duration::from_secs(30), async || sink.records().len()
+            >= 100)
+        .await
+    );
+    stream.put(100, 200).await;
+    assert!(
+        eventually(Duration::from_secs(30), async || sink.records().len()
+            >= 200)
+        .await
+    );
+    let (summary, sink) = daemon.stop().await;
+    assert!(summary.is_success(), "{summary:?}");
+    assert_eq!(plan.injected(), 2);
+    assert_eq!(
+        numbers(&sink),
+        (0..200).collect::<Vec<_>>(),
+        "every record once"
+    );
 }

@@ -7,18 +7,19 @@ use std::time::Duration;
 
 use aws_sdk_kinesis::types::ShardIteratorType;
 use bytes::Bytes;
-use sluice_core::aws;
 use sluice_core::metrics::metrics;
 use sluice_core::{
     Encoding, Meta, Position, RawRecord, SequenceNumber, Shutdown, SourceBatch, SourceError,
 };
 use tokio::sync::mpsc;
 
+mod feed;
 mod pacing;
 
 use super::config::StartPosition;
 use super::lease_table::Initial;
 use super::progress::ShardProgress;
+use feed::{Fetch, Starting};
 use pacing::{Healing, Pacer};
 
 /// How a shard reader ended.
@@ -36,7 +37,8 @@ pub enum ReadEnd {
     Lost,
 }
 
-/// Where a reader asks for its shard iterator.
+/// Where a reader asks for its shard iterator (or subscription).
+#[derive(Debug, Clone)]
 enum Resume {
     /// The shard's start position (no checkpoint, nothing read yet).
     Start,
@@ -72,6 +74,8 @@ pub struct ReaderContext {
     pub poll_interval: Duration,
     pub max_records: usize,
     pub until_caught_up: bool,
+    /// With enhanced fan-out: the registered consumer records are pushed to.
+    pub consumer_arn: Option<String>,
     pub shutdown: Shutdown,
     /// Where batches go; set when the source starts.
     pub batches: Option<mpsc::Sender<Result<SourceBatch, SourceError>>>,
@@ -96,13 +100,9 @@ pub struct ShardReader {
 }
 
 impl ShardReader {
-    async fn iterator(&self, from: &Resume) -> Result<String, SourceError> {
+    /// Where `from` starts, as GetShardIterator and SubscribeToShard both take it.
+    fn starting(&self, from: &Resume) -> Starting {
         let cx = &*self.context;
-        let mut call = cx.client.get_shard_iterator().shard_id(&self.shard.id);
-        call = match &cx.stream_arn {
-            Some(arn) => call.stream_arn(arn),
-            None => call.stream_name(&cx.stream_name),
-        };
         // A child of a finished parent starts at its beginning, unless its lease says where.
         let has_parents = !self.shard.parents.is_empty() && self.initial.is_none();
         let start = match self.initial {
@@ -121,38 +121,32 @@ impl ShardReader {
                 _ => StartPosition::TrimHorizon,
             },
         };
-        call = match (from, has_parents, &start) {
-            (Resume::After(seq), _, _) => call
-                .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
-                .starting_sequence_number(seq.as_str()),
-            (Resume::At(seq), _, _) => call
-                .shard_iterator_type(ShardIteratorType::AtSequenceNumber)
-                .starting_sequence_number(seq.as_str()),
-            (Resume::Past(done), _, _) => call
-                .shard_iterator_type(ShardIteratorType::AtSequenceNumber)
-                .starting_sequence_number(done.sequence.as_str()),
+        let at = |kind, seq: &SequenceNumber| Starting {
+            kind,
+            sequence: Some(seq.as_str().to_owned()),
+            timestamp: None,
+        };
+        let plain = |kind| Starting {
+            kind,
+            sequence: None,
+            timestamp: None,
+        };
+        match (from, has_parents, &start) {
+            (Resume::After(seq), _, _) => at(ShardIteratorType::AfterSequenceNumber, seq),
+            (Resume::At(seq), _, _) => at(ShardIteratorType::AtSequenceNumber, seq),
+            (Resume::Past(done), _, _) => at(ShardIteratorType::AtSequenceNumber, &done.sequence),
             (Resume::Start, true, _) | (Resume::Start, false, StartPosition::TrimHorizon) => {
-                call.shard_iterator_type(ShardIteratorType::TrimHorizon)
+                plain(ShardIteratorType::TrimHorizon)
             }
-            (Resume::Start, false, StartPosition::Latest) => {
-                call.shard_iterator_type(ShardIteratorType::Latest)
-            }
-            (Resume::Start, false, StartPosition::AtTimestamp(t)) => call
-                .shard_iterator_type(ShardIteratorType::AtTimestamp)
-                .timestamp(aws_smithy_types::DateTime::from_millis(
+            (Resume::Start, false, StartPosition::Latest) => plain(ShardIteratorType::Latest),
+            (Resume::Start, false, StartPosition::AtTimestamp(t)) => Starting {
+                kind: ShardIteratorType::AtTimestamp,
+                sequence: None,
+                timestamp: Some(aws_smithy_types::DateTime::from_millis(
                     t.timestamp_millis(),
                 )),
-        };
-        let out = call.send().await.map_err(|e| {
-            SourceError::Service(format!(
-                "GetShardIterator for shard {} failed: {}",
-                self.shard.id,
-                aws::describe_error(&e)
-            ))
-        })?;
-        out.shard_iterator().map(str::to_owned).ok_or_else(|| {
-            SourceError::Service(format!("no shard iterator for shard {}", self.shard.id))
-        })
+            },
+        }
     }
 
     /// Where to read again from: after the checkpoint; with none yet, at the first record this
@@ -176,7 +170,7 @@ impl ShardReader {
         let mut first_read: Option<SequenceNumber> = None;
         let from = self.resume(None);
         let mut done_through = from.done_through();
-        let mut iterator = self.iterator(&from).await?;
+        let mut feed = self.open(&from).await?;
         let mut pacer = Pacer::default();
         loop {
             if cx.shutdown.is_triggered() {
@@ -197,47 +191,26 @@ impl ShardReader {
                     last_read = None;
                     let from = self.resume(first_read.as_ref());
                     done_through = from.done_through();
-                    iterator = self.iterator(&from).await?;
+                    feed = self.open(&from).await?;
                 }
                 continue;
             }
             healing.note_recovery(&self.shard.id, &self.progress);
-            pacer.pace().await;
-            let out = match cx
-                .client
-                .get_records()
-                .shard_iterator(&iterator)
-                .limit(cx.limit)
-                .send()
-                .await
-            {
-                Ok(out) => out,
-                Err(e) if aws::error_code(&e) == Some("ExpiredIteratorException") => {
+            let fetched = match self.fetch(&mut feed, &mut pacer).await? {
+                Fetch::Got(fetched) => fetched,
+                Fetch::Again => continue,
+                Fetch::Expired => {
                     let from = match &last_read {
                         Some(seq) => Resume::After(seq.clone()),
                         None => self.resume(first_read.as_ref()),
                     };
                     done_through = from.done_through();
-                    iterator = self.iterator(&from).await?;
+                    feed = self.open(&from).await?;
                     continue;
-                }
-                Err(e) if aws::is_retryable(&e) => {
-                    pacer
-                        .failed(&self.shard.id, &aws::describe_error(&e))
-                        .await?;
-                    continue;
-                }
-                Err(e) => {
-                    return Err(SourceError::Service(format!(
-                        "GetRecords on shard {} failed: {}",
-                        self.shard.id,
-                        aws::describe_error(&e)
-                    )))
                 }
             };
-            pacer.succeeded();
-            let records: Vec<RawRecord> = out
-                .records()
+            let records: Vec<RawRecord> = fetched
+                .records
                 .iter()
                 .map(|r| RawRecord {
                     data: Bytes::copy_from_slice(r.data().as_ref()),
@@ -263,7 +236,7 @@ impl ShardReader {
             if let Some(r) = records.first() {
                 first_read.get_or_insert_with(|| r.meta.sequence_number.clone());
             }
-            if let Some(behind) = out.millis_behind_latest() {
+            if let Some(behind) = fetched.millis_behind {
                 metrics().millis_behind(&cx.pipeline, &self.shard.id, behind);
             }
             // KPL aggregates become their user records; what the checkpoint covers is dropped.
@@ -278,35 +251,40 @@ impl ShardReader {
             }
             let past_end =
                 matches!((&self.shard.ending, &last_read), (Some(end), Some(read)) if read >= end);
-            match out.next_shard_iterator() {
-                Some(next) if !(empty && past_end) => iterator = next.to_owned(),
-                _ => {
-                    // Closed: everything it will ever hold has been read.
-                    self.progress.settled().await;
-                    if !cx.until_caught_up && self.progress.freezes() > healing.rewound_for {
-                        continue;
-                    }
-                    let last = last_read.clone().map(Position::new).or_else(|| {
-                        let checkpoint = self.progress.checkpoint();
-                        checkpoint.as_ref().and_then(|c| c.position()).cloned()
-                    });
-                    return Ok(if self.progress.finish(last.as_ref()) {
-                        ReadEnd::Finished
-                    } else {
-                        ReadEnd::Unfinished
-                    });
+            let caught_up = empty && matches!(fetched.millis_behind, Some(0) | None);
+            // A subscription to a closed shard may not name its children (kinesis-local): a
+            // listing that shows it closed, and nothing more to deliver, end it too.
+            let known_closed = self.shard.ending.is_some() || self.progress.is_closed();
+            let pushed_out = !feed.is_polling() && caught_up && known_closed;
+            if fetched.closed || (empty && past_end) || pushed_out {
+                // Closed: everything it will ever hold has been read.
+                self.progress.settled().await;
+                if !cx.until_caught_up && self.progress.freezes() > healing.rewound_for {
+                    continue;
                 }
+                let last = last_read.clone().map(Position::new).or_else(|| {
+                    let checkpoint = self.progress.checkpoint();
+                    checkpoint.as_ref().and_then(|c| c.position()).cloned()
+                });
+                return Ok(if self.progress.finish(last.as_ref()) {
+                    ReadEnd::Finished
+                } else {
+                    ReadEnd::Unfinished
+                });
             }
             // An endpoint that does not report how far behind it is counts as caught up when empty.
-            if empty && matches!(out.millis_behind_latest(), Some(0) | None) {
+            if caught_up {
                 if cx.until_caught_up {
                     self.progress.settled().await;
                     return Ok(ReadEnd::CaughtUp);
                 }
-                tokio::select! {
-                    _ = tokio::time::sleep(cx.poll_interval) => {}
-                    _ = cx.shutdown.triggered() => {}
-                    _ = self.progress.lost() => {}
+                // A subscription waits for Kinesis's next push by itself.
+                if feed.is_polling() {
+                    tokio::select! {
+                        _ = tokio::time::sleep(cx.poll_interval) => {}
+                        _ = cx.shutdown.triggered() => {}
+                        _ = self.progress.lost() => {}
+                    }
                 }
             }
         }

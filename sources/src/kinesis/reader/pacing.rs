@@ -48,11 +48,11 @@ impl Pacer {
         self.failures += 1;
         if self.failures > MAX_CONSECUTIVE_FAILURES {
             return Err(SourceError::Service(format!(
-                "GetRecords on shard {shard} kept failing: {error}"
+                "reading shard {shard} kept failing: {error}"
             )));
         }
         let wait = THROTTLE_BACKOFF.delay(self.failures);
-        tracing::debug!(%shard, ?wait, %error, "GetRecords backing off");
+        tracing::debug!(%shard, ?wait, %error, "reading backing off");
         tokio::time::sleep(wait).await;
         Ok(())
     }

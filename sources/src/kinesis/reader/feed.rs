@@ -1,0 +1,240 @@
+//! Where a shard reader's records come from: GetRecords with a shard iterator (polling), or an
+//! enhanced fan-out subscription over which Kinesis pushes them. Everything after the fetch
+//! (handing out, checkpoints, resharding, the rewind of failed records) is the same for both.
+
+use aws_sdk_kinesis::operation::subscribe_to_shard::SubscribeToShardOutput;
+use aws_sdk_kinesis::types::{
+    Record, ShardIteratorType, StartingPosition, SubscribeToShardEventStream,
+};
+use sluice_core::aws;
+use sluice_core::{SequenceNumber, SourceError};
+
+use super::pacing::Pacer;
+use super::{Resume, ShardReader};
+
+/// An open subscription (its event stream).
+type Events = SubscribeToShardOutput;
+
+/// Where a read starts, as both GetShardIterator and SubscribeToShard take it.
+pub(super) struct Starting {
+    pub kind: ShardIteratorType,
+    pub sequence: Option<String>,
+    pub timestamp: Option<aws_smithy_types::DateTime>,
+}
+
+/// An open source of one shard's records.
+pub(super) enum Feed {
+    /// GetRecords from this shard iterator.
+    Poll { iterator: String },
+    /// A subscription (opened at the first fetch, and again when it ends) from this position.
+    Push {
+        consumer_arn: String,
+        from: Resume,
+        events: Option<Box<Events>>,
+    },
+}
+
+impl Feed {
+    pub(super) fn is_polling(&self) -> bool {
+        matches!(self, Feed::Poll { .. })
+    }
+}
+
+/// What one fetch brought.
+pub(super) struct Fetched {
+    pub records: Vec<Record>,
+    pub millis_behind: Option<i64>,
+    /// The shard is closed and everything in it is delivered.
+    pub closed: bool,
+}
+
+/// The outcome of one fetch.
+pub(super) enum Fetch {
+    Got(Fetched),
+    /// Nothing this time (a wait after a failure, a subscription that ended): fetch again.
+    Again,
+    /// The shard iterator expired: open the feed again where reading got to.
+    Expired,
+}
+
+impl ShardReader {
+    /// Opens a feed from `from`: a shard iterator, or (enhanced fan-out) a subscription to come.
+    pub(super) async fn open(&self, from: &Resume) -> Result<Feed, SourceError> {
+        let cx = &*self.context;
+        if let Some(consumer_arn) = &cx.consumer_arn {
+            return Ok(Feed::Push {
+                consumer_arn: consumer_arn.clone(),
+                from: from.clone(),
+                events: None,
+            });
+        }
+        let start = self.starting(from);
+        let mut call = cx
+            .client
+            .get_shard_iterator()
+            .shard_id(&self.shard.id)
+            .shard_iterator_type(start.kind)
+            .set_starting_sequence_number(start.sequence)
+            .set_timestamp(start.timestamp);
+        call = match &cx.stream_arn {
+            Some(arn) => call.stream_arn(arn),
+            None => call.stream_name(&cx.stream_name),
+        };
+        let out = call.send().await.map_err(|e| {
+            SourceError::Service(format!(
+                "GetShardIterator for shard {} failed: {}",
+                self.shard.id,
+                aws::describe_error(&e)
+            ))
+        })?;
+        let iterator = out.shard_iterator().map(str::to_owned).ok_or_else(|| {
+            SourceError::Service(format!("no shard iterator for shard {}", self.shard.id))
+        })?;
+        Ok(Feed::Poll { iterator })
+    }
+
+    /// The next records from `feed`.
+    pub(super) async fn fetch(
+        &self,
+        feed: &mut Feed,
+        pacer: &mut Pacer,
+    ) -> Result<Fetch, SourceError> {
+        match feed {
+            Feed::Poll { iterator } => self.poll(iterator, pacer).await,
+            Feed::Push {
+                consumer_arn,
+                from,
+                events,
+            } => self.receive(consumer_arn, from, events, pacer).await,
+        }
+    }
+
+    async fn poll(&self, iterator: &mut String, pacer: &mut Pacer) -> Result<Fetch, SourceError> {
+        let cx = &*self.context;
+        pacer.pace().await;
+        let out = match cx
+            .client
+            .get_records()
+            .shard_iterator(iterator.as_str())
+            .limit(cx.limit)
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) if aws::error_code(&e) == Some("ExpiredIteratorException") => {
+                return Ok(Fetch::Expired)
+            }
+            Err(e) if aws::is_retryable(&e) => {
+                pacer
+                    .failed(&self.shard.id, &aws::describe_error(&e))
+                    .await?;
+                return Ok(Fetch::Again);
+            }
+            Err(e) => {
+                return Err(SourceError::Service(format!(
+                    "GetRecords on shard {} failed: {}",
+                    self.shard.id,
+                    aws::describe_error(&e)
+                )))
+            }
+        };
+        pacer.succeeded();
+        let closed = match out.next_shard_iterator() {
+            Some(next) => {
+                *iterator = next.to_owned();
+                false
+            }
+            None => true,
+        };
+        Ok(Fetch::Got(Fetched {
+            millis_behind: out.millis_behind_latest(),
+            records: out.records,
+            closed,
+        }))
+    }
+
+    /// The next event of the subscription, subscribing first when there is none (at the start,
+    /// after one ended, which Kinesis does every five minutes, and after an error).
+    async fn receive(
+        &self,
+        consumer_arn: &str,
+        from: &mut Resume,
+        events: &mut Option<Box<Events>>,
+        pacer: &mut Pacer,
+    ) -> Result<Fetch, SourceError> {
+        let cx = &*self.context;
+        let subscription = match events {
+            Some(events) => events,
+            None => {
+                let start = self.starting(from);
+                let position = StartingPosition::builder()
+                    .r#type(start.kind)
+                    .set_sequence_number(start.sequence)
+                    .set_timestamp(start.timestamp)
+                    .build()
+                    .map_err(|e| SourceError::Service(format!("a starting position: {e}")))?;
+                let subscribed = cx
+                    .client
+                    .subscribe_to_shard()
+                    .consumer_arn(consumer_arn)
+                    .shard_id(&self.shard.id)
+                    .starting_position(position)
+                    .send()
+                    .await;
+                match subscribed {
+                    Ok(out) => events.insert(Box::new(out)),
+                    // Another subscription to the shard is still open (its worker just lost the
+                    // lease), throttling, an outage: wait, and subscribe again.
+                    Err(e)
+                        if aws::is_retryable(&e)
+                            || aws::error_code(&e) == Some("ResourceInUseException") =>
+                    {
+                        pacer
+                            .failed(&self.shard.id, &aws::describe_error(&e))
+                            .await?;
+                        return Ok(Fetch::Again);
+                    }
+                    Err(e) => {
+                        return Err(SourceError::Service(format!(
+                            "SubscribeToShard on shard {} failed: {}",
+                            self.shard.id,
+                            aws::describe_error(&e)
+                        )))
+                    }
+                }
+            }
+        };
+        let received = tokio::select! {
+            received = subscription.event_stream.recv() => received,
+            // The loop sees these and stops; the subscription closes with the feed.
+            _ = cx.shutdown.triggered() => return Ok(Fetch::Again),
+            _ = self.progress.lost() => return Ok(Fetch::Again),
+        };
+        match received {
+            Ok(Some(SubscribeToShardEventStream::SubscribeToShardEvent(event))) => {
+                pacer.succeeded();
+                let continuation = event.continuation_sequence_number();
+                if !continuation.is_empty() {
+                    // A new subscription goes on after what this one delivered.
+                    *from = Resume::After(SequenceNumber::new(continuation));
+                }
+                Ok(Fetch::Got(Fetched {
+                    millis_behind: Some(event.millis_behind_latest()),
+                    // A closed shard's last event names its children (and no continuation).
+                    closed: !event.child_shards().is_empty() || continuation.is_empty(),
+                    records: event.records,
+                }))
+            }
+            Ok(Some(_)) => Ok(Fetch::Again),
+            Ok(None) => {
+                *events = None;
+                Ok(Fetch::Again)
+            }
+            Err(e) => {
+                *events = None;
+                pacer.failed(&self.shard.id, &e.to_string()).await?;
+                Ok(Fetch::Again)
+            }
+        }
+    }
+}
