@@ -261,13 +261,26 @@ async fn aggregated_records_in_an_event_are_split_and_a_failure_names_the_aggreg
     let function = start_function(&api, &variables);
     let a = "shardId-000000000000";
     let valid = |i: usize| waze_payload(i).to_string().into_bytes();
-    let pair = kpl_aggregate(&[("u1".into(), valid(1)), ("u2".into(), valid(2))]);
+    let users = |from: usize, n: usize| -> Vec<(String, Vec<u8>)> {
+        (from..from + n)
+            .map(|i| (format!("u{i}"), valid(i)))
+            .collect()
+    };
+    let mut corrupt = kpl_aggregate(&users(900, 3));
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 0x5a;
     let answer = api.invoke(
-        event(&[(a, "101", pair), (a, "102", valid(3))]),
-        Duration::from_secs(20),
+        event(&[
+            (a, "101", kpl_aggregate(&users(1, 1))),
+            (a, "102", kpl_aggregate(&users(10, 2))),
+            (a, "103", valid(3)),
+            (a, "104", kpl_aggregate(&users(100, 500))),
+            (a, "105", corrupt),
+        ]),
+        Duration::from_secs(30),
     );
     assert!(failures(&api.answer(&answer).await).is_empty());
-    let ids: Vec<String> = world
+    let mut ids: Vec<String> = world
         .items()
         .await
         .iter()
@@ -278,15 +291,20 @@ async fn aggregated_records_in_an_event_are_split_and_a_failure_names_the_aggreg
         shard_id: a.into(),
         sequence_number: seq.into(),
     };
-    let mut expected = vec![
-        expected_sub_id("waze-curated", &at("101"), 0),
-        expected_sub_id("waze-curated", &at("101"), 1),
-        expected_id("waze-curated", &at("102")),
-    ];
-    let mut ids = ids;
+    let mut expected = vec![expected_id("waze-curated", &at("103"))];
+    for (seq, n) in [("101", 1), ("102", 2), ("104", 500)] {
+        expected.extend((0..n).map(|sub| expected_sub_id("waze-curated", &at(seq), sub)));
+    }
     ids.sort();
     expected.sort();
     assert_eq!(ids, expected, "the ids the daemon gives the same records");
+    let letters = world.dead_letters().await;
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0]["source"]["sequence_number"], "105");
+    assert!(letters[0]["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("MD5 digest"));
 
     // A user record that cannot be dead-lettered (the DLQ is gone) fails: Lambda is told the
     // aggregate's sequence number, the only one it knows.
