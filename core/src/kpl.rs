@@ -57,6 +57,9 @@ pub enum AggregateError {
     /// The protobuf does not parse.
     #[error("a KPL aggregated record whose protobuf does not parse: {0}")]
     Protobuf(String),
+    /// It holds no user records (nothing to store, nothing to skip silently).
+    #[error("a KPL aggregated record that holds no user records")]
+    Empty,
     /// A user record names a partition key the table does not have.
     #[error(
         "a KPL aggregated record whose user record {record} names partition key {index} of {keys}"
@@ -90,6 +93,9 @@ pub fn split(data: &[u8]) -> Option<Result<Vec<(String, Bytes)>, AggregateError>
         Ok(a) => a,
         Err(e) => return Some(Err(AggregateError::Protobuf(e.to_string()))),
     };
+    if aggregated.records.is_empty() {
+        return Some(Err(AggregateError::Empty));
+    }
     let keys = &aggregated.partition_key_table;
     let users = aggregated
         .records
@@ -203,6 +209,10 @@ mod tests {
             split(&bad_key),
             Some(Err(AggregateError::PartitionKey { index: 3, .. }))
         ));
+        assert_eq!(
+            split(&aggregate(&["a"], &[])),
+            Some(Err(AggregateError::Empty))
+        );
         let mut garbage = MAGIC.to_vec();
         garbage.extend_from_slice(&[0xff; 8]);
         garbage.extend_from_slice(&Md5::digest([0xff; 8]));

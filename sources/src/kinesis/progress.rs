@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use sluice_core::{
-    Acknowledge, BatchReport, Checkpoint, Failure, Position, ShardTracker, SourceError,
+    Acknowledge, BatchReport, Checkpoint, Failure, Position, SequenceNumber, ShardTracker,
+    SourceError,
 };
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
@@ -23,8 +24,8 @@ pub struct ShardProgress {
     outstanding: AtomicUsize,
     acked: Notify,
     lease: watch::Sender<Lease>,
-    /// A listing shows the shard closed (a split or merge): once caught up, it is finished.
-    closed: std::sync::atomic::AtomicBool,
+    /// A listing shows the shard closed (a split or merge) at this sequence number.
+    ending: Mutex<Option<SequenceNumber>>,
 }
 
 /// This worker's hold on the shard's lease.
@@ -76,14 +77,20 @@ impl ShardProgress {
         self.lease.send_modify(|l| l.lost = true);
     }
 
-    /// A listing shows the shard closed.
-    pub fn mark_closed(&self) {
-        self.closed.store(true, Ordering::Relaxed);
+    /// A listing shows the shard closed, ending at `ending`.
+    pub fn mark_closed(&self, ending: SequenceNumber) {
+        *self
+            .ending
+            .lock()
+            .expect("no panic while holding the ending") = Some(ending);
     }
 
-    /// Whether a listing showed the shard closed.
-    pub fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Relaxed)
+    /// Where a listing showed the shard to end, if one did.
+    pub fn ending(&self) -> Option<SequenceNumber> {
+        self.ending
+            .lock()
+            .expect("no panic while holding the ending")
+            .clone()
     }
 
     /// Whether another worker took the lease.

@@ -29,9 +29,12 @@ impl Listing {
             })
     }
 
-    /// Whether the listing shows `id` closed (it has an ending sequence number).
-    pub fn is_closed(&self, id: &str) -> bool {
-        self.shards.iter().any(|s| s.id == id && s.ending.is_some())
+    /// Where the listing shows `id` to end, when it is closed.
+    pub fn ending(&self, id: &str) -> Option<SequenceNumber> {
+        self.shards
+            .iter()
+            .find(|s| s.id == id)
+            .and_then(|s| s.ending.clone())
     }
 
     /// The listed shards that `id` gave way to (a split's two, a merge's one).

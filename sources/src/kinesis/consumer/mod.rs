@@ -159,12 +159,12 @@ enum State {
 type Ended = (String, Arc<ShardProgress>, Result<ReadEnd, SourceError>);
 
 impl World {
-    /// Tells the readers of held shards the listing shows closed (an enhanced fan-out
-    /// subscription may not say so itself).
+    /// Tells the readers of held shards the listing shows closed where they end (an enhanced
+    /// fan-out subscription may not say so itself).
     fn note_closed(&self) {
         for held in self.held.values() {
-            if self.listing.is_closed(&held.shard.id) {
-                held.progress.mark_closed();
+            if let Some(ending) = self.listing.ending(&held.shard.id) {
+                held.progress.mark_closed(ending);
             }
         }
     }

@@ -90,3 +90,41 @@ async fn a_run_stopped_inside_an_aggregate_goes_on_there_and_stores_nothing_twic
         .all(|r| r.meta.partition_key == Some(format!("user-{}", r.value["n"]))));
     assert_eq!(users[0].meta.sub_sequence, Some(190));
 }
+
+/// A shard closed by a split whose last record is an aggregate: read to its end (SHARD_END),
+/// then its children, by a one-pass run with settings `extra`.
+async fn closes_on_an_aggregate(extra: &str) {
+    let Some(moto) = moto_endpoint() else { return };
+    let Some(kinesis_local) = kinesis_local_endpoint() else {
+        return;
+    };
+    // Found by review: the reader's end was the aggregate's first user record, not its last, so
+    // the shard never finished and its children were never read.
+    let stream = Stream::create_on(&kinesis_local, &moto, 1).await;
+    stream.put(0, 5).await;
+    put_aggregate(&stream, 5, 10).await;
+    let parent = stream.shards().await.into_keys().next().unwrap();
+    stream
+        .split(&parent, "170141183460469231731687303715884105728")
+        .await;
+    stream.put(10, 20).await;
+    let (summary, sink) = stream.read(extra, &FaultPlan::new()).await;
+    assert!(summary.is_success(), "{summary:?}");
+    assert_eq!(numbers(&sink), (0..20).collect::<Vec<_>>());
+    let leases = stream.leases().await;
+    assert_eq!(
+        leases[&parent]["checkpoint"].as_s().unwrap(),
+        "SHARD_END",
+        "{leases:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shard_closed_on_an_aggregate_is_finished_and_its_children_read() {
+    closes_on_an_aggregate("").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shard_closed_on_an_aggregate_is_finished_by_enhanced_fan_out_too() {
+    closes_on_an_aggregate("mode = \"enhanced_fan_out\"\nconsumer_name = \"closing\"").await;
+}

@@ -12,6 +12,9 @@ use sluice_core::{SequenceNumber, SourceError};
 use super::pacing::Pacer;
 use super::{Resume, ShardReader};
 
+/// How long a subscription may stay silent before it is given up.
+const SILENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// An open subscription (its event stream).
 type Events = SubscribeToShardOutput;
 
@@ -209,6 +212,13 @@ impl ShardReader {
             // The loop sees these and stops; the subscription closes with the feed.
             _ = cx.shutdown.triggered() => return Ok(Fetch::Again),
             _ = self.progress.lost() => return Ok(Fetch::Again),
+            // Kinesis pushes an event every few seconds, records or not: a silent connection
+            // (a NAT that dropped it) is given up and subscribed again where it was.
+            _ = tokio::time::sleep(SILENCE) => {
+                tracing::warn!(shard = %self.shard.id, "the subscription went silent; subscribing again");
+                *events = None;
+                return Ok(Fetch::Again);
+            }
         };
         match received {
             Ok(Some(SubscribeToShardEventStream::SubscribeToShardEvent(event))) => {
@@ -220,8 +230,8 @@ impl ShardReader {
                 }
                 Ok(Fetch::Got(Fetched {
                     millis_behind: Some(event.millis_behind_latest()),
-                    // A closed shard's last event names its children (and no continuation).
-                    closed: !event.child_shards().is_empty() || continuation.is_empty(),
+                    // A closed shard's last event names its children.
+                    closed: !event.child_shards().is_empty(),
                     records: event.records,
                 }))
             }

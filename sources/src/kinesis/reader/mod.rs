@@ -166,7 +166,8 @@ impl ShardReader {
     pub async fn run(self) -> Result<ReadEnd, SourceError> {
         let cx = &*self.context;
         let mut healing = Healing::new(self.progress.freezes());
-        let mut last_read: Option<SequenceNumber> = None;
+        // The position of the last (user) record read, whether handed out or already done.
+        let mut last_read: Option<Position> = None;
         let mut first_read: Option<SequenceNumber> = None;
         let from = self.resume(None);
         let mut done_through = from.done_through();
@@ -201,7 +202,7 @@ impl ShardReader {
                 Fetch::Again => continue,
                 Fetch::Expired => {
                     let from = match &last_read {
-                        Some(seq) => Resume::After(seq.clone()),
+                        Some(read) => Resume::After(read.sequence.clone()),
                         None => self.resume(first_read.as_ref()),
                     };
                     done_through = from.done_through();
@@ -230,9 +231,6 @@ impl ShardReader {
                 })
                 .collect();
             let empty = records.is_empty();
-            if let Some(r) = records.last() {
-                last_read = Some(r.meta.sequence_number.clone());
-            }
             if let Some(r) = records.first() {
                 first_read.get_or_insert_with(|| r.meta.sequence_number.clone());
             }
@@ -243,26 +241,31 @@ impl ShardReader {
             let records: Vec<RawRecord> = records
                 .into_iter()
                 .flat_map(RawRecord::deaggregated)
+                .collect();
+            if let Some(r) = records.last() {
+                last_read = Some(r.meta.position());
+            }
+            let records: Vec<RawRecord> = records
+                .into_iter()
                 .filter(|r| done_through.as_ref().is_none_or(|d| r.meta.position() > *d))
                 .collect();
             if !self.hand_out(records).await? {
                 self.progress.settled().await;
                 return Ok(ReadEnd::Lost);
             }
+            // The shard's end, as the listing it was taken from shows it, or a later listing (a
+            // subscription may not name a closed shard's children: kinesis-local's do not).
+            let ending = self.shard.ending.clone().or_else(|| self.progress.ending());
             let past_end =
-                matches!((&self.shard.ending, &last_read), (Some(end), Some(read)) if read >= end);
+                matches!((&ending, &last_read), (Some(end), Some(read)) if read.sequence >= *end);
             let caught_up = empty && matches!(fetched.millis_behind, Some(0) | None);
-            // A subscription to a closed shard may not name its children (kinesis-local): a
-            // listing that shows it closed, and nothing more to deliver, end it too.
-            let known_closed = self.shard.ending.is_some() || self.progress.is_closed();
-            let pushed_out = !feed.is_polling() && caught_up && known_closed;
-            if fetched.closed || (empty && past_end) || pushed_out {
+            if fetched.closed || (empty && past_end) {
                 // Closed: everything it will ever hold has been read.
                 self.progress.settled().await;
                 if !cx.until_caught_up && self.progress.freezes() > healing.rewound_for {
                     continue;
                 }
-                let last = last_read.clone().map(Position::new).or_else(|| {
+                let last = last_read.clone().or_else(|| {
                     let checkpoint = self.progress.checkpoint();
                     checkpoint.as_ref().and_then(|c| c.position()).cloned()
                 });
