@@ -26,6 +26,9 @@ pub enum DecodeError {
     /// A KPL aggregated record that cannot be split into its user records.
     #[error("{0}")]
     Aggregate(String),
+    /// The source could not make a record of the bytes (see [`Encoding::Refused`]).
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// A base64 payload's bytes (surrounding whitespace ignored), if it is valid base64.
@@ -41,8 +44,11 @@ pub type Undecodable = Box<(DecodeError, RawRecord)>;
 
 /// Decodes a raw record; on failure returns the error with the raw record.
 pub fn decode(raw: RawRecord) -> Result<Record, Undecodable> {
-    let data = match raw.encoding {
+    let data = match &raw.encoding {
         Encoding::Raw => raw.data.clone(),
+        Encoding::Refused(reason) => {
+            return Err(Box::new((DecodeError::Refused(reason.to_string()), raw)))
+        }
         Encoding::Base64 => {
             match base64::engine::general_purpose::STANDARD.decode(raw.data.trim_ascii()) {
                 Ok(bytes) => Bytes::from(bytes),

@@ -73,7 +73,7 @@ impl KinesisEventRecord {
                 sub_sequence: None,
                 partition_key: self.kinesis.partition_key,
                 arrival_time,
-                extra: Default::default(),
+                ..Meta::default()
             },
             data: Bytes::from(self.kinesis.data),
             encoding: Encoding::Base64,

@@ -123,6 +123,7 @@ impl RawRecord {
     pub fn deaggregated(self) -> Vec<RawRecord> {
         let data = match self.encoding {
             Encoding::Raw => self.data.clone(),
+            Encoding::Refused(_) => return vec![self],
             Encoding::Base64 => match crate::decode::base64_payload(&self.data) {
                 Some(bytes) if is_aggregated(&bytes) => bytes,
                 _ => return vec![self],

@@ -26,6 +26,7 @@ pub mod position;
 pub mod record;
 pub mod runtime;
 pub mod settings;
+pub mod template;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 

@@ -21,12 +21,15 @@ pub struct RawRecord {
 }
 
 /// How a source's payload is encoded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Encoding {
     /// The bytes are the JSON document itself.
     Raw,
     /// The bytes are base64 text of the JSON document (Lambda Kinesis events).
     Base64,
+    /// The source could not make a record of these bytes, for this reason (a feed document that
+    /// is not JSON or has none of the arrays named): they are dead-lettered whole at decoding.
+    Refused(std::sync::Arc<str>),
 }
 
 /// A decoded record flowing through enrichers into a sink.
@@ -54,6 +57,13 @@ pub struct Meta {
     /// The position within an aggregated Kinesis record, when there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sub_sequence: Option<u64>,
+    /// The array of a JSON document the record is an element of (`file`/`s3` sources with
+    /// `records`), as named there; `None` for other records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record_path: Option<String>,
+    /// The record's index within that array (from 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record_index: Option<u64>,
     /// The Kinesis partition key, when there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partition_key: Option<String>,
@@ -82,6 +92,8 @@ impl Meta {
                 None => self.sequence_number.to_string(),
             }),
             "partition_key" => self.partition_key.clone(),
+            "record_path" => self.record_path.clone(),
+            "record_index" => self.record_index.map(|i| i.to_string()),
             "arrival_time" => self.arrival_time.map(|t| t.to_rfc3339()),
             other => self.extra.get(other).cloned(),
         }
@@ -105,6 +117,8 @@ impl Meta {
         "position",
         "partition_key",
         "arrival_time",
+        "record_path",
+        "record_index",
     ];
 }
 

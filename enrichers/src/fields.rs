@@ -14,7 +14,7 @@ use sluice_core::{
 use uuid::Uuid;
 
 use crate::missing::IfMissing;
-use crate::template::{Missing, Template};
+use sluice_core::template::{Missing, Template};
 
 /// The default namespace of `uuid_v5` ids: uuid v5 of the URL `urn:sluice:record` in the URL namespace.
 pub fn default_namespace() -> Uuid {

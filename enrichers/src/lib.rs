@@ -7,11 +7,10 @@ mod filter;
 mod missing;
 mod ssm_parameter;
 mod static_value;
-mod template;
 
 pub use fields::FieldsConfig;
 pub use filter::{Condition, FilterConfig};
 pub use missing::IfMissing;
+pub use sluice_core::template::{Template, TemplateError};
 pub use ssm_parameter::SsmParameterConfig;
 pub use static_value::StaticConfig;
-pub use template::{Template, TemplateError};

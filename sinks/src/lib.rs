@@ -5,6 +5,7 @@
 
 mod dynamodb;
 mod file;
+mod route;
 mod sqlite;
 mod sqs;
 mod stdout;

@@ -1,13 +1,16 @@
-//! sluice sources: `kinesis` (a polling consumer with a lease table), `file` (JSON lines, or a
-//! Lambda Kinesis event file) and `stdin`.
+//! sluice sources: `kinesis` (a consumer with a lease table, polling or by enhanced fan-out),
+//! `s3` (objects under a prefix, in key order), `file` (JSON lines, a Lambda Kinesis event file,
+//! or JSON documents with arrays of records) and `stdin`.
 //!
 //! Each registers its `type` with typetag; linking this crate makes them available to pipeline files.
 
+mod document;
 mod file;
 mod kinesis;
 mod lines;
 mod stdin;
 
-pub use file::{FileFormat, FileSourceConfig};
+pub use document::FileFormat;
+pub use file::FileSourceConfig;
 pub use kinesis::{KinesisSourceConfig, Start};
 pub use stdin::StdinSourceConfig;

@@ -7,6 +7,7 @@ mod cli;
 mod custom_sink;
 mod daemon;
 mod deploy;
+mod feed_job;
 mod lambda;
 mod lambda_binary;
 mod local_job;

@@ -380,3 +380,102 @@ async fn a_throttled_or_failing_start_up_call_is_tried_again() {
     table.pipeline("", &plan).await;
     assert_eq!(plan.injected(), 2);
 }
+
+#[tokio::test]
+async fn records_routed_to_several_tables_share_calls_of_25() {
+    let Some(endpoint) = moto_endpoint() else {
+        return;
+    };
+    let client: aws_sdk_dynamodb::Client = testing::client(&endpoint).await;
+    let prefix = unique("routed");
+    for kind in ["alerts", "jams"] {
+        testing::create_table(
+            &client,
+            &format!("{prefix}_{kind}"),
+            &[("uuid", ScalarAttributeType::S)],
+        )
+        .await;
+    }
+    let config = |tables: &str| -> DynamoDbSinkConfig {
+        use figment::providers::{Format, Toml};
+        let text = format!(
+            "table = \"{prefix}_{{kind}}\"\ntables = [{tables}]\nendpoint_url = \"{endpoint}\""
+        );
+        figment::Figment::from(Toml::string(&text))
+            .extract()
+            .expect("a valid sink config")
+    };
+    let plan = FaultPlan::new();
+    let ctx = testing::context("test", &plan);
+    let missing = config(&format!("\"{prefix}_alerts\", \"{prefix}_roads\""))
+        .build(&ctx)
+        .await
+        .err()
+        .expect("every listed table is described at start-up");
+    assert!(
+        missing.to_string().contains(&format!("{prefix}_roads")),
+        "{missing}"
+    );
+
+    let sink = config(&format!("\"{prefix}_alerts\", \"{prefix}_jams\""))
+        .build(&ctx)
+        .await
+        .expect("the sink builds");
+    let (pipeline, dead) = sink_pipeline(sink);
+    // 30 alerts and 30 jams, interleaved, one jam twice, and one record naming no listed table.
+    let mut values: Vec<Value> = (0..60)
+        .map(|i| {
+            let kind = if i % 2 == 0 { "alerts" } else { "jams" };
+            json!({"kind": kind, "uuid": format!("{kind}-{i}"), "level": i, "location": {"x": -74.1, "y": 40.6}})
+        })
+        .collect();
+    values.push(json!({"kind": "jams", "uuid": "jams-1", "level": 100}));
+    values.push(json!({"kind": "roads", "uuid": "r"}));
+    let report = pipeline
+        .process_batch("shard-0".into(), records(&values))
+        .await;
+    let stored = report
+        .outcomes
+        .iter()
+        .filter(|(_, o)| *o == Outcome::Stored)
+        .count();
+    assert_eq!(stored, 61, "{:?}", report.outcomes);
+    let letters = dead.records();
+    assert_eq!(letters.len(), 1);
+    assert!(
+        letters[0].value["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("not among `tables`")),
+        "{:?}",
+        letters[0].value
+    );
+    // 60 distinct items in three calls: batched by count, not by table.
+    assert_eq!(
+        ctx.api_calls.snapshot()["DynamoDB.BatchWriteItem"],
+        3,
+        "{:?}",
+        ctx.api_calls.snapshot()
+    );
+    for (kind, expected) in [("alerts", 30), ("jams", 30)] {
+        let out = client
+            .scan()
+            .table_name(format!("{prefix}_{kind}"))
+            .send()
+            .await
+            .expect("scan");
+        assert_eq!(out.items().len(), expected, "{kind}");
+        if kind == "jams" {
+            let jam = out
+                .items()
+                .iter()
+                .find(|i| i["uuid"] == s("jams-1"))
+                .expect("jams-1");
+            assert_eq!(
+                jam["level"],
+                AttributeValue::N("100".into()),
+                "the last wins"
+            );
+            assert!(matches!(jam["location"], AttributeValue::M(_)));
+        }
+    }
+}

@@ -1,5 +1,6 @@
 //! `type = "dynamodb"`: writes records as items with BatchWriteItem, 25 at a time, keyed by the
-//! table's own key so a redelivered record overwrites itself.
+//! table's own key so a redelivered record overwrites itself; `table` may be a template that
+//! routes each record to its own table.
 
 pub mod encode;
 mod key;
@@ -14,8 +15,9 @@ use serde::{Deserialize, Serialize};
 use sluice_core::aws::{self, Connection, Retries};
 use sluice_core::{BuildContext, BuildError, Sink, SinkConfig};
 
+use crate::route::Routes;
 use encode::KeyAttribute;
-use writer::BatchWriter;
+use writer::{BatchWriter, Keys};
 
 fn default_concurrency() -> usize {
     4
@@ -29,8 +31,14 @@ fn default_true() -> bool {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DynamoDbSinkConfig {
-    /// The table's name or ARN.
+    /// The table's name or ARN. A template (`waze_{$meta.record_path}`) sends each record to the
+    /// table it names.
     pub table: String,
+    /// Every table a templated `table` can name: each is described (and its key checked) before
+    /// any record is read, and a record naming another is dead-lettered. Without it, a table is
+    /// described on first use.
+    #[serde(default)]
+    pub tables: Option<Vec<String>>,
     /// Store numbers and booleans as strings, as the seed Lambda did (default false).
     #[serde(default)]
     pub all_strings: bool,
@@ -56,6 +64,10 @@ impl DynamoDbSinkConfig {
         aws::name_from_arn(&self.table, "table")
     }
 
+    fn routes(&self) -> Result<Routes, BuildError> {
+        Routes::new(&self.table, self.tables.as_deref())
+    }
+
     /// The region named by the setting, else by the table's ARN.
     fn region(&self) -> Option<&str> {
         self.region
@@ -74,6 +86,7 @@ impl SinkConfig for DynamoDbSinkConfig {
                 "must name a table or give its ARN",
             ));
         }
+        self.routes()?;
         if !(1..=64).contains(&self.max_concurrency) {
             return Err(BuildError::invalid(
                 "max_concurrency",
@@ -94,16 +107,30 @@ impl SinkConfig for DynamoDbSinkConfig {
         let client = aws::client(ctx, connection).await?;
         // Start-up calls get the SDK's retries (nothing else would retry them).
         let starting = aws::client(ctx, connection.retried_by_sdk()).await?;
-        let key = describe_key(&starting, self.table_name()).await?;
-        check_key_types(&key, self.all_strings)?;
-        if let Some(fields) = &ctx.record_fields {
-            check_key_fields(&key, fields)?;
+        let routes = self.routes()?;
+        let mut keys = Keys::new();
+        for table in routes.known() {
+            let table = aws::name_from_arn(&table, "table");
+            let key = describe_key(&starting, table).await?;
+            check_key_types(&key, self.all_strings)?;
+            if let Some(fields) = &ctx.record_fields {
+                check_key_fields(&key, fields)?;
+            }
+            keys.insert(table.to_owned(), Arc::new(key));
         }
-        Ok(Arc::new(BatchWriter::new(client, self.clone(), key)))
+        Ok(Arc::new(BatchWriter::new(
+            client,
+            self.clone(),
+            routes,
+            keys,
+        )))
     }
 
     fn describe(&self) -> String {
-        let mut text = format!("dynamodb table {}", self.table_name());
+        let mut text = match self.routes() {
+            Ok(routes) if routes.fixed().is_none() => format!("dynamodb {}", routes.describe()),
+            _ => format!("dynamodb table {}", self.table_name()),
+        };
         if self.all_strings {
             text.push_str(", every scalar as a string");
         }

@@ -1,7 +1,10 @@
-//! The DynamoDB sink's write path: items merged by key, chunks of 25 written concurrently,
-//! unprocessed items handed back for retry, and a rejected chunk split to find the bad item.
+//! The DynamoDB sink's write path: each record's table from the routes, items merged by table
+//! and key, chunks of 25 (from any tables: BatchWriteItem takes several in one call) written
+//! concurrently, unprocessed items handed back for retry, and a rejected chunk split to find the
+//! bad item.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::WriteRequest;
@@ -9,10 +12,12 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use sluice_core::aws;
 use sluice_core::{Record, Sink, SinkError};
+use tokio::sync::RwLock;
 
 use super::encode::write_request;
 use super::key::{item_key, ItemKey, KeyAttribute};
 use super::DynamoDbSinkConfig;
+use crate::route::Routes;
 
 /// BatchWriteItem's limit on requests per call.
 pub const MAX_BATCH_ITEMS: usize = 25;
@@ -20,6 +25,7 @@ pub const MAX_BATCH_ITEMS: usize = 25;
 /// One record's item, ready to send.
 struct Pending {
     index: usize,
+    table: Arc<str>,
     key: ItemKey,
     request: WriteRequest,
 }
@@ -27,58 +33,120 @@ struct Pending {
 /// Each record's answer, by its index in the batch.
 type Answers = Vec<(usize, Result<(), SinkError>)>;
 
-/// Writes batches of records to one table.
+/// Each table's key attributes, by table name.
+pub type Keys = HashMap<String, Arc<Vec<KeyAttribute>>>;
+
+/// Writes batches of records to their tables.
 pub struct BatchWriter {
     client: aws_sdk_dynamodb::Client,
     config: DynamoDbSinkConfig,
-    table: String,
-    key: Vec<KeyAttribute>,
+    routes: Routes,
+    /// Tables described so far: those known at start-up, then each a template named.
+    keys: RwLock<Keys>,
 }
 
 impl BatchWriter {
     pub fn new(
         client: aws_sdk_dynamodb::Client,
         config: DynamoDbSinkConfig,
-        key: Vec<KeyAttribute>,
+        routes: Routes,
+        keys: Keys,
     ) -> Self {
         Self {
-            table: config.table_name().to_owned(),
             client,
             config,
-            key,
+            routes,
+            keys: RwLock::new(keys),
         }
     }
 
-    /// The record's item and key, or why it can never be written.
-    fn prepare(&self, record: &Record) -> Result<(ItemKey, WriteRequest), String> {
-        write_request(&record.value, self.config.all_strings, &self.key)
+    /// The table's key attributes, described on first use.
+    async fn key_of(&self, table: &str) -> Result<Arc<Vec<KeyAttribute>>, SinkError> {
+        if let Some(key) = self.keys.read().await.get(table) {
+            return Ok(key.clone());
+        }
+        // A table a template named that the file did not list: not the record's fault when it
+        // is missing or unreachable, so retried (and in the end Failed, not dead-lettered).
+        let key = super::describe_key(&self.client, table)
+            .await
+            .and_then(|key| super::check_key_types(&key, self.config.all_strings).map(|()| key))
+            .map_err(|e| SinkError::Retryable(e.to_string()))?;
+        let key = Arc::new(key);
+        self.keys
+            .write()
+            .await
+            .insert(table.to_owned(), key.clone());
+        Ok(key)
+    }
+
+    /// Each record's item, or its answer when it has none.
+    async fn prepare(
+        &self,
+        batch: &[Record],
+        answers: &mut [Result<(), SinkError>],
+    ) -> Vec<Pending> {
+        let mut prepared = Vec::with_capacity(batch.len());
+        for (table, members) in self.routes.group(batch, answers) {
+            let table: Arc<str> = aws::name_from_arn(&table, "table").into();
+            let key = match self.key_of(&table).await {
+                Ok(key) => key,
+                Err(e) => {
+                    for i in members {
+                        answers[i] = Err(e.clone());
+                    }
+                    continue;
+                }
+            };
+            for index in members {
+                match write_request(&batch[index].value, self.config.all_strings, &key) {
+                    Ok((key, request)) => prepared.push(Pending {
+                        index,
+                        table: table.clone(),
+                        key,
+                        request,
+                    }),
+                    Err(e) => answers[index] = Err(SinkError::Permanent(e)),
+                }
+            }
+        }
+        // The batch's order, so chunks hold records in the order they came.
+        prepared.sort_by_key(|p| p.index);
+        prepared
     }
 
     /// Writes one chunk of at most 25 items; a chunk DynamoDB rejects as invalid is split in
     /// halves until the invalid items are alone, so their neighbours are still written.
     fn write_chunk(&self, chunk: Vec<Pending>) -> BoxFuture<'_, Answers> {
         async move {
-            let requests = chunk.iter().map(|p| p.request.clone()).collect();
+            let mut requests: HashMap<String, Vec<WriteRequest>> = HashMap::new();
+            for p in &chunk {
+                requests
+                    .entry(p.table.to_string())
+                    .or_default()
+                    .push(p.request.clone());
+            }
             let call = self
                 .client
                 .batch_write_item()
-                .request_items(&self.table, requests)
+                .set_request_items(Some(requests))
                 .send()
                 .await;
             match call {
                 Ok(out) => {
-                    let unprocessed: HashSet<ItemKey> = out
-                        .unprocessed_items()
-                        .and_then(|m| m.get(&self.table))
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|w| w.put_request())
-                        .filter_map(|p| item_key(p.item(), &self.key).ok())
-                        .collect();
+                    let keys = self.keys.read().await;
+                    let mut unprocessed: HashSet<(&str, ItemKey)> = HashSet::new();
+                    for (table, writes) in out.unprocessed_items().into_iter().flatten() {
+                        let Some(key) = keys.get(table) else { continue };
+                        for put in writes.iter().filter_map(|w| w.put_request()) {
+                            if let Ok(k) = item_key(put.item(), key) {
+                                unprocessed.insert((table.as_str(), k));
+                            }
+                        }
+                    }
                     chunk
-                        .into_iter()
+                        .iter()
                         .map(|p| {
-                            let answer = if unprocessed.contains(&p.key) {
+                            let answer = if unprocessed.contains(&(&*p.table, p.key.clone())) {
                                 Err(SinkError::Retryable(
                                     "DynamoDB returned the item unprocessed (throughput exceeded)"
                                         .into(),
@@ -124,25 +192,17 @@ impl BatchWriter {
 #[async_trait]
 impl Sink for BatchWriter {
     async fn write(&self, batch: &[Record]) -> Vec<Result<(), SinkError>> {
-        let mut answers: Vec<Option<Result<(), SinkError>>> = vec![None; batch.len()];
-        let mut prepared = Vec::with_capacity(batch.len());
-        for (index, record) in batch.iter().enumerate() {
-            match self.prepare(record) {
-                Ok((key, request)) => prepared.push(Pending {
-                    index,
-                    key,
-                    request,
-                }),
-                Err(e) => answers[index] = Some(Err(SinkError::Permanent(e))),
-            }
-        }
-        // DynamoDB rejects a call that names a key twice: the last record with a key wins, and
+        let mut answers: Vec<Result<(), SinkError>> = vec![Ok(()); batch.len()];
+        let prepared = self.prepare(batch, &mut answers).await;
+        // DynamoDB rejects a call that names an item twice: the last record with a key wins, and
         // the ones it replaces share its answer.
-        let winner: HashMap<ItemKey, usize> =
-            prepared.iter().map(|p| (p.key.clone(), p.index)).collect();
+        let winner: HashMap<(Arc<str>, ItemKey), usize> = prepared
+            .iter()
+            .map(|p| ((p.table.clone(), p.key.clone()), p.index))
+            .collect();
         let (unique, replaced): (Vec<_>, Vec<_>) = prepared
             .into_iter()
-            .partition(|p| winner[&p.key] == p.index);
+            .partition(|p| winner[&(p.table.clone(), p.key.clone())] == p.index);
         let mut chunks = Vec::with_capacity(unique.len().div_ceil(MAX_BATCH_ITEMS));
         let mut rest = unique.into_iter().peekable();
         while rest.peek().is_some() {
@@ -154,15 +214,12 @@ impl Sink for BatchWriter {
             .collect()
             .await;
         for (index, answer) in written.into_iter().flatten() {
-            answers[index] = Some(answer);
+            answers[index] = answer;
         }
         for p in replaced {
-            answers[p.index] = answers[winner[&p.key]].clone();
+            answers[p.index] = answers[winner[&(p.table, p.key)]].clone();
         }
         answers
-            .into_iter()
-            .map(|a| a.expect("every record is answered: invalid, written or replaced"))
-            .collect()
     }
 
     fn enabled(&self) -> bool {

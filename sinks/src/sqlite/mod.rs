@@ -1,5 +1,6 @@
-//! `type = "sqlite"`: the embedded default store. Upserts records into a table keyed by one field,
-//! so a rerun or a redelivery overwrites instead of duplicating.
+//! `type = "sqlite"`: the embedded default store. Writes each record as a whole row of a table
+//! keyed by one field, so a rerun or a redelivery replaces the row instead of duplicating it; `table` may be a template that
+//! routes each record to its own table (`{$meta.record_path}`).
 
 mod schema;
 
@@ -13,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sluice_core::{BuildContext, BuildError, Record, Sink, SinkConfig, SinkError};
 
+use crate::route::Routes;
 use schema::quote;
 
 /// Upserts records into an SQLite table.
@@ -21,9 +23,14 @@ use schema::quote;
 pub struct SqliteSinkConfig {
     /// The database file; created if missing.
     pub path: String,
-    /// The table; created on the first write if missing, one column per top-level field.
+    /// The table; created on the first write if missing, one column per top-level field. A
+    /// template (`waze_{$meta.record_path}`, `{kind}`) sends each record to the table it names.
     pub table: String,
-    /// The field whose value is the primary key.
+    /// Every table a templated `table` can name: each is checked before any record is read, and
+    /// a record naming another is dead-lettered. Without it, tables are checked on first use.
+    #[serde(default)]
+    pub tables: Option<Vec<String>>,
+    /// The field whose value is the primary key (in every table).
     pub key: String,
 }
 
@@ -31,16 +38,12 @@ pub struct SqliteSinkConfig {
 #[async_trait]
 impl SinkConfig for SqliteSinkConfig {
     fn validate(&self) -> Result<(), BuildError> {
-        for (key, value) in [
-            ("path", &self.path),
-            ("table", &self.table),
-            ("key", &self.key),
-        ] {
+        for (key, value) in [("path", &self.path), ("key", &self.key)] {
             if value.is_empty() {
                 return Err(BuildError::invalid(key, "must not be empty"));
             }
         }
-        Ok(())
+        self.routes().map(drop)
     }
 
     async fn build(&self, ctx: &BuildContext) -> Result<Arc<dyn Sink>, BuildError> {
@@ -48,7 +51,7 @@ impl SinkConfig for SqliteSinkConfig {
         self.validate()?;
         crate::file::check_parent(&self.path)?;
         if ctx.validate_only && !Path::new(&self.path).exists() {
-            return Ok(Arc::new(SqliteSink::unopened(self.clone())));
+            return Ok(Arc::new(SqliteSink::unopened(self.clone())?));
         }
         let (config, validate_only) = (self.clone(), ctx.validate_only);
         tokio::task::spawn_blocking(move || SqliteSink::open(config, validate_only))
@@ -62,33 +65,42 @@ impl SinkConfig for SqliteSinkConfig {
     }
 
     fn describe(&self) -> String {
-        format!(
-            "sqlite {} table `{}` (upsert on `{}`)",
-            self.path, self.table, self.key
-        )
+        let routes = self
+            .routes()
+            .map_or_else(|_| self.table.clone(), |r| r.describe());
+        format!("sqlite {} {routes} (a row per `{}`)", self.path, self.key)
+    }
+}
+
+impl SqliteSinkConfig {
+    fn routes(&self) -> Result<Routes, BuildError> {
+        Routes::new(&self.table, self.tables.as_deref())
     }
 }
 
 /// SQLite's most columns in a table (`SQLITE_MAX_COLUMN` of the bundled build).
 const MAX_COLUMNS: usize = 2000;
 
-struct Table {
+struct Db {
     conn: Connection,
-    /// The table's columns, by [`schema::folded`] name (SQLite matches names ignoring ASCII case).
-    columns: HashSet<String>,
+    /// The columns of each table seen, by [`schema::folded`] name (SQLite matches names ignoring
+    /// ASCII case); an empty set for a table not made yet.
+    columns: HashMap<String, HashSet<String>>,
 }
 
 struct SqliteSink {
-    config: SqliteSinkConfig,
-    table: Arc<Mutex<Option<Table>>>,
+    config: Arc<SqliteSinkConfig>,
+    routes: Arc<Routes>,
+    db: Arc<Mutex<Option<Db>>>,
 }
 
 impl SqliteSink {
-    fn unopened(config: SqliteSinkConfig) -> Self {
-        Self {
-            config,
-            table: Arc::new(Mutex::new(None)),
-        }
+    fn unopened(config: SqliteSinkConfig) -> Result<Self, BuildError> {
+        Ok(Self {
+            routes: Arc::new(config.routes()?),
+            config: Arc::new(config),
+            db: Arc::new(Mutex::new(None)),
+        })
     }
 
     /// Opens the database and checks an existing table's key; validation opens it read-only.
@@ -109,21 +121,19 @@ impl SqliteSink {
             .map_err(unavailable)?;
             conn
         };
-        let existing = schema::columns(&conn, &config.table).map_err(unavailable)?;
-        let is_key = |c: &str| schema::folded(c) == schema::folded(&config.key);
-        if !existing.is_empty() && !existing.iter().any(|(c, pk)| is_key(c) && *pk) {
-            return Err(BuildError::invalid(
-                "key",
-                format!(
-                    "table `{}` in {} exists but `{}` is not its primary key; use its key column or a new table",
-                    config.table, config.path, config.key
-                ),
-            ));
+        let mut db = Db {
+            conn,
+            columns: HashMap::new(),
+        };
+        let routes = config.routes()?;
+        for table in routes.known() {
+            db.columns_of(&table, &config)
+                .map_err(|e| BuildError::invalid("key", e.to_string()))?;
         }
-        let columns = existing.iter().map(|(c, _)| schema::folded(c)).collect();
         Ok(Self {
-            table: Arc::new(Mutex::new(Some(Table { conn, columns }))),
-            config,
+            db: Arc::new(Mutex::new(Some(db))),
+            routes: Arc::new(routes),
+            config: Arc::new(config),
         })
     }
 }
@@ -170,17 +180,64 @@ fn retryable_or_permanent(e: &rusqlite::Error) -> SinkError {
     }
 }
 
-impl Table {
+impl Db {
+    /// The columns of `table`, read once; an existing table must have the key as its primary key.
+    fn columns_of(
+        &mut self,
+        table: &str,
+        config: &SqliteSinkConfig,
+    ) -> Result<&mut HashSet<String>, SinkError> {
+        if !self.columns.contains_key(table) {
+            let existing = schema::columns(&self.conn, table).map_err(|e| {
+                SinkError::Retryable(format!("reading table `{table}`'s columns: {e}"))
+            })?;
+            let is_key = |c: &str| schema::folded(c) == schema::folded(&config.key);
+            if !existing.is_empty() && !existing.iter().any(|(c, pk)| is_key(c) && *pk) {
+                return Err(SinkError::Permanent(format!(
+                    "table `{table}` in {} exists but `{}` is not its primary key; use its key column or a new table",
+                    config.path, config.key
+                )));
+            }
+            let columns = existing.iter().map(|(c, _)| schema::folded(c)).collect();
+            self.columns.insert(table.to_owned(), columns);
+        }
+        Ok(self.columns.get_mut(table).expect("inserted above"))
+    }
+
+    /// Writes each group of records into its table; one answer per record of `batch`.
+    fn write(
+        &mut self,
+        config: &SqliteSinkConfig,
+        routes: &Routes,
+        batch: &[Record],
+    ) -> Vec<Result<(), SinkError>> {
+        let mut results: Vec<Result<(), SinkError>> =
+            batch.iter().map(|r| check(r, &config.key)).collect();
+        for (table, members) in routes.group(batch, &mut results) {
+            let records: Vec<&Record> = members.iter().map(|&i| &batch[i]).collect();
+            let answers = match self.columns_of(&table, config) {
+                Ok(_) => self.upsert(config, &table, &records),
+                Err(e) => vec![Err(e); records.len()],
+            };
+            for (i, answer) in members.into_iter().zip(answers) {
+                results[i] = answer;
+            }
+        }
+        results
+    }
+
     /// Creates the table or adds columns so every field of the records still `Ok` in `results`
     /// has one; a record whose new fields would pass SQLite's column limit is refused instead.
     fn widen(
         &mut self,
         config: &SqliteSinkConfig,
-        batch: &[Record],
+        table: &str,
+        batch: &[&Record],
         results: &mut [Result<(), SinkError>],
     ) -> rusqlite::Result<()> {
         let mut new: Vec<(String, &'static str)> = Vec::new();
         let mut adding = HashSet::new();
+        let columns = self.columns.entry(table.to_owned()).or_default();
         for (record, result) in batch.iter().zip(results.iter_mut()) {
             if result.is_err() {
                 continue;
@@ -192,15 +249,14 @@ impl Table {
                 .flatten()
                 .filter(|(f, _)| {
                     let f = schema::folded(f);
-                    !self.columns.contains(&f) && !adding.contains(&f)
+                    !columns.contains(&f) && !adding.contains(&f)
                 })
                 .collect();
-            let width = self.columns.len() + new.len() + fields.len();
+            let width = columns.len() + new.len() + fields.len();
             if width > MAX_COLUMNS {
                 *result = Err(SinkError::Permanent(format!(
-                    "its {} new fields would give table `{}` {width} columns; SQLite holds at most {MAX_COLUMNS}",
+                    "its {} new fields would give table `{table}` {width} columns; SQLite holds at most {MAX_COLUMNS}",
                     fields.len(),
-                    config.table
                 )));
                 continue;
             }
@@ -212,27 +268,25 @@ impl Table {
         if new.is_empty() {
             return Ok(());
         }
-        if self.columns.is_empty() {
-            schema::create(&self.conn, &config.table, &config.key, &new)?;
+        if columns.is_empty() {
+            schema::create(&self.conn, table, &config.key, &new)?;
         } else {
             for (name, ty) in &new {
-                schema::add_column(&self.conn, &config.table, name, ty)?;
+                schema::add_column(&self.conn, table, name, ty)?;
             }
         }
-        self.columns.extend(adding);
+        columns.extend(adding);
         Ok(())
     }
 
+    /// Upserts records that passed [`check`] into `table`, in one transaction.
     fn upsert(
         &mut self,
         config: &SqliteSinkConfig,
-        batch: &[Record],
+        table: &str,
+        batch: &[&Record],
     ) -> Vec<Result<(), SinkError>> {
-        let mut results: Vec<Result<(), SinkError>> =
-            batch.iter().map(|r| check(r, &config.key)).collect();
-        if results.iter().all(Result::is_err) {
-            return results;
-        }
+        let mut results: Vec<Result<(), SinkError>> = vec![Ok(()); batch.len()];
         let whole = |e: rusqlite::Error, results: &mut Vec<Result<(), SinkError>>| {
             let err = retryable_or_permanent(&e);
             let err = match err {
@@ -244,12 +298,13 @@ impl Table {
                 *r = Err(err.clone());
             }
         };
-        if let Err(e) = self.widen(config, batch, &mut results) {
+        if let Err(e) = self.widen(config, table, batch, &mut results) {
             // The columns may have changed under it (another writer, or a widening that failed
             // part way): read them again, and widen from what the table really has.
-            let widened = schema::columns(&self.conn, &config.table).and_then(|columns| {
-                self.columns = columns.iter().map(|(c, _)| schema::folded(c)).collect();
-                self.widen(config, batch, &mut results)
+            let widened = schema::columns(&self.conn, table).and_then(|columns| {
+                let columns = columns.iter().map(|(c, _)| schema::folded(c)).collect();
+                self.columns.insert(table.to_owned(), columns);
+                self.widen(config, table, batch, &mut results)
             });
             if widened.is_err() {
                 whole(e, &mut results);
@@ -269,17 +324,13 @@ impl Table {
             }
             let object = record.value.as_object().expect("checked to be an object");
             let names: Vec<String> = object.keys().map(|k| quote(k)).collect();
-            let updates: Vec<String> = names
-                .iter()
-                .map(|n| format!("{n} = excluded.{n}"))
-                .collect();
+            // The row becomes the record as a whole (as DynamoDB's PutItem): a column the record
+            // lacks is NULL, not what an earlier record left there.
             let sql = format!(
-                "INSERT INTO {} ({}) VALUES ({}) ON CONFLICT({}) DO UPDATE SET {}",
-                quote(&config.table),
+                "INSERT OR REPLACE INTO {} ({}) VALUES ({})",
+                quote(table),
                 names.join(", "),
                 vec!["?"; names.len()].join(", "),
-                quote(&config.key),
-                updates.join(", ")
             );
             let values: Vec<rusqlite::types::Value> = object.values().map(schema::to_sql).collect();
             let executed = tx
@@ -299,10 +350,11 @@ impl Table {
 #[async_trait]
 impl Sink for SqliteSink {
     async fn write(&self, batch: &[Record]) -> Vec<Result<(), SinkError>> {
-        let (table, config, batch) = (self.table.clone(), self.config.clone(), batch.to_vec());
+        let (db, config, routes) = (self.db.clone(), self.config.clone(), self.routes.clone());
+        let batch = batch.to_vec();
         let n = batch.len();
         tokio::task::spawn_blocking(move || {
-            let mut guard = match table.lock() {
+            let mut guard = match db.lock() {
                 Ok(g) => g,
                 Err(_) => {
                     return vec![
@@ -312,7 +364,7 @@ impl Sink for SqliteSink {
                 }
             };
             match guard.as_mut() {
-                Some(table) => table.upsert(&config, &batch),
+                Some(db) => db.write(&config, &routes, &batch),
                 None => vec![
                     Err(SinkError::Permanent(
                         "the sink was built for validation only".into()

@@ -16,13 +16,14 @@ async fn sink(dir: &tempfile::TempDir) -> (Arc<dyn Sink>, String) {
         path: path.clone(),
         table: "curated records".into(),
         key: "Id".into(),
+        tables: None,
     };
     let ctx = BuildContext::new("t", false);
     (config.build(&ctx).await.expect("opens"), path)
 }
 
 #[tokio::test]
-async fn creates_typed_columns_and_upserts_on_the_key() {
+async fn creates_typed_columns_and_replaces_rows_on_the_key() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (sink, path) = sink(&dir).await;
     let batch = vec![
@@ -30,7 +31,8 @@ async fn creates_typed_columns_and_upserts_on_the_key() {
         record(json!({"Id": "b", "State": "OH", "n": 4, "x": 2.5, "ok": false, "tags": []})),
     ];
     assert!(sink.write(&batch).await.iter().all(Result::is_ok));
-    // Rerun with a changed value and a new field: same rows, updated, column added.
+    // Rerun with a changed value, a new field and fields left out: same rows, the row replaced
+    // whole (as DynamoDB's PutItem does), column added.
     let again = vec![record(
         json!({"Id": "a", "State": "WI", "n": 3, "extra": "e"}),
     )];
@@ -41,9 +43,19 @@ async fn creates_typed_columns_and_upserts_on_the_key() {
         .query_row("SELECT COUNT(*) FROM \"curated records\"", [], |r| r.get(0))
         .expect("count");
     assert_eq!(count, 2);
-    let (state, n, x, ok, tags, extra): (String, i64, f64, i64, String, String) = conn
-        .query_row(
-            "SELECT State, n, x, ok, tags, extra FROM \"curated records\" WHERE Id = 'a'",
+    type Row = (
+        String,
+        i64,
+        Option<f64>,
+        Option<i64>,
+        Option<String>,
+        Option<String>,
+    );
+    let row = |id: &str| -> Row {
+        conn.query_row(
+            &format!(
+                "SELECT State, n, x, ok, tags, extra FROM \"curated records\" WHERE Id = '{id}'"
+            ),
             [],
             |r| {
                 Ok((
@@ -56,10 +68,15 @@ async fn creates_typed_columns_and_upserts_on_the_key() {
                 ))
             },
         )
-        .expect("row a");
+        .expect("row")
+    };
     assert_eq!(
-        (state.as_str(), n, x, ok, tags.as_str(), extra.as_str()),
-        ("WI", 3, 1.5, 1, "[\"t\"]", "e")
+        row("a"),
+        ("WI".into(), 3, None, None, None, Some("e".into()))
+    );
+    assert_eq!(
+        row("b"),
+        ("OH".into(), 4, Some(2.5), Some(0), Some("[]".into()), None)
     );
     let types: Vec<(String, String, i64)> = conn
         .prepare("SELECT name, type, pk FROM pragma_table_info('curated records')")
@@ -111,6 +128,7 @@ async fn an_existing_table_keyed_otherwise_is_a_build_error() {
         path,
         table: "t".into(),
         key: "Id".into(),
+        tables: None,
     };
     let ctx = BuildContext::new("t", false);
     let err = config.build(&ctx).await.err().expect("wrong key");
@@ -129,6 +147,7 @@ async fn validation_checks_an_existing_table_without_changing_the_database() {
         path: path.clone(),
         table: "t".into(),
         key: "Id".into(),
+        tables: None,
     };
     let ctx = BuildContext::new("t", true);
     let err = config
@@ -152,6 +171,7 @@ async fn an_empty_path_is_refused_even_when_built_directly() {
         path: String::new(),
         table: "t".into(),
         key: "id".into(),
+        tables: None,
     };
     let ctx = BuildContext::new("test", false);
     let e = config.build(&ctx).await.err().expect("refused");
@@ -242,4 +262,70 @@ async fn a_column_added_by_another_writer_is_found_not_fatal() {
     let results = sink.write(&second).await;
     assert!(results.iter().all(Result::is_ok), "{results:?}");
     assert_eq!(rows(&path), 2);
+}
+
+#[tokio::test]
+async fn records_are_routed_to_the_table_their_template_names() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("t.db").to_string_lossy().into_owned();
+    {
+        // An existing listed table with another key is found before any record is read.
+        let conn = Connection::open(&path).expect("open");
+        conn.execute_batch("CREATE TABLE waze_roads (name TEXT PRIMARY KEY, uuid TEXT)")
+            .expect("create");
+    }
+    let config = |tables: &[&str]| SqliteSinkConfig {
+        path: path.clone(),
+        table: "waze_{$meta.record_path}".into(),
+        key: "uuid".into(),
+        tables: Some(tables.iter().map(|t| t.to_string()).collect()),
+    };
+    let ctx = BuildContext::new("t", false);
+    let e = config(&["waze_alerts", "waze_roads"])
+        .build(&ctx)
+        .await
+        .err()
+        .expect("the key is checked in every listed table");
+    assert!(e.to_string().contains("waze_roads"), "{e}");
+
+    let sink = config(&["waze_alerts", "waze_jams"])
+        .build(&ctx)
+        .await
+        .expect("opens");
+    let routed = |path: Option<&str>, value: Value| Record {
+        meta: sluice_core::Meta {
+            record_path: path.map(str::to_owned),
+            ..Default::default()
+        },
+        ..record(value)
+    };
+    let batch = vec![
+        routed(Some("alerts"), json!({"uuid": "a1", "type": "HAZARD"})),
+        routed(Some("jams"), json!({"uuid": "7", "level": 3})),
+        routed(Some("alerts"), json!({"uuid": "a2", "type": "JAM"})),
+        routed(Some("roads"), json!({"uuid": "r1"})),
+        routed(None, json!({"uuid": "n1"})),
+    ];
+    let results = sink.write(&batch).await;
+    assert!(results[..3].iter().all(Result::is_ok), "{results:?}");
+    assert!(
+        matches!(&results[3], Err(SinkError::Permanent(m)) if m.contains("not among `tables`")),
+        "{results:?}"
+    );
+    assert!(
+        matches!(&results[4], Err(SinkError::Permanent(m)) if m.contains("$meta.record_path")),
+        "{results:?}"
+    );
+    let conn = Connection::open(&path).expect("open");
+    let count = |table: &str| -> i64 {
+        conn.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
+            .expect("count")
+    };
+    assert_eq!((count("waze_alerts"), count("waze_jams")), (2, 1));
+    let level: i64 = conn
+        .query_row("SELECT level FROM waze_jams WHERE uuid = '7'", [], |r| {
+            r.get(0)
+        })
+        .expect("jam");
+    assert_eq!(level, 3);
 }

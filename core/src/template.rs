@@ -1,7 +1,13 @@
-//! Templates such as `s3://{bucket-name}/{s3-key}` or `{$meta.stream}/{$meta.sequence_number}`.
+//! Templates such as `s3://{bucket-name}/{s3-key}` or `{$meta.stream}/{$meta.sequence_number}`:
+//! the one template syntax of pipeline files, used by enrichers (`fields.set`, `uuid_v5`) and by
+//! sinks that choose a table or an object key per record.
+//!
+//! `{a|b}` takes the first of `a`, `b` that the record has (not null): one key for records whose
+//! id field differs by kind, such as `{uuid|id}`.
 
 use serde_json::Value;
-use sluice_core::Record;
+
+use crate::record::{Meta, Record};
 
 /// A template parsed once at build time.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -12,8 +18,35 @@ pub struct Template {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Part {
     Text(String),
+    /// The first of these that the record has.
+    Value(Vec<Name>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Name {
     Field(String),
     Meta(String),
+}
+
+impl Name {
+    fn parse(name: &str) -> Result<Self, String> {
+        match name.strip_prefix("$meta.") {
+            Some(m) if !m.is_empty() => Ok(Name::Meta(m.to_owned())),
+            _ if name.starts_with('$') => Err(format!(
+                "`{{{name}}}`: meta fields are read as `{{$meta.NAME}}`, NAME one of {}",
+                Meta::FIELDS.join(", ")
+            )),
+            _ if name.is_empty() => Err("an empty name; write `{field}` or `{a|b}`".into()),
+            _ => Ok(Name::Field(name.to_owned())),
+        }
+    }
+
+    fn display(&self) -> String {
+        match self {
+            Name::Field(f) => f.clone(),
+            Name::Meta(m) => format!("$meta.{m}"),
+        }
+    }
 }
 
 /// A template that cannot be parsed.
@@ -74,17 +107,12 @@ impl Template {
                     if !text.is_empty() {
                         parts.push(Part::Text(std::mem::take(&mut text)));
                     }
-                    parts.push(match name.strip_prefix("$meta.") {
-                        Some(m) if !m.is_empty() => Part::Meta(m.to_owned()),
-                        _ if name.starts_with('$') => {
-                            return Err(syntax(&format!(
-                                "`{{{name}}}`: meta fields are read as `{{$meta.NAME}}`, NAME one of {}",
-                                sluice_core::Meta::FIELDS.join(", ")
-                            )))
-                        }
-                        _ if name.is_empty() => return Err(syntax("an empty `{}`; name a field")),
-                        _ => Part::Field(name),
-                    });
+                    let names = name
+                        .split('|')
+                        .map(|n| Name::parse(n.trim()))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|problem| syntax(&problem))?;
+                    parts.push(Part::Value(names));
                 }
                 c => text.push(c),
             }
@@ -95,32 +123,81 @@ impl Template {
         Ok(Self { parts })
     }
 
-    /// The record fields the template reads.
+    /// The record fields the template reads (each alternative of `{a|b}`).
     pub fn fields(&self) -> impl Iterator<Item = &str> {
-        self.parts.iter().filter_map(|p| match p {
-            Part::Field(f) => Some(f.as_str()),
-            _ => None,
+        self.names().filter_map(|n| match n {
+            Name::Field(f) => Some(f.as_str()),
+            Name::Meta(_) => None,
         })
     }
 
-    /// Renders the template for a record; a field that is absent or null is `Missing`.
+    /// The meta fields the template reads.
+    pub fn meta_fields(&self) -> impl Iterator<Item = &str> {
+        self.names().filter_map(|n| match n {
+            Name::Meta(m) => Some(m.as_str()),
+            Name::Field(_) => None,
+        })
+    }
+
+    fn names(&self) -> impl Iterator<Item = &Name> {
+        self.parts.iter().flat_map(|p| match p {
+            Part::Value(names) => names.as_slice(),
+            Part::Text(_) => &[],
+        })
+    }
+
+    /// The text when the template reads nothing from records (a fixed table name).
+    pub fn as_fixed(&self) -> Option<String> {
+        let mut out = String::new();
+        for part in &self.parts {
+            match part {
+                Part::Text(t) => out.push_str(t),
+                Part::Value(_) => return None,
+            }
+        }
+        Some(out)
+    }
+
+    /// Renders the template for a record; a value that is absent or null (every alternative of
+    /// `{a|b}`) is `Missing`, named as written.
     pub fn render(&self, record: &Record) -> Result<String, Missing> {
         let mut out = String::new();
         for part in &self.parts {
             match part {
                 Part::Text(t) => out.push_str(t),
-                Part::Field(f) => match record.value.get(f) {
-                    None | Some(Value::Null) => return Err(Missing(f.clone())),
-                    Some(Value::String(s)) => out.push_str(s),
-                    Some(other) => out.push_str(&other.to_string()),
-                },
-                Part::Meta(m) => match record.meta.get(m) {
-                    Some(v) => out.push_str(&v),
-                    None => return Err(Missing(format!("$meta.{m}"))),
-                },
+                Part::Value(names) => {
+                    if !names.iter().any(|n| render_name(n, record, &mut out)) {
+                        let names: Vec<_> = names.iter().map(Name::display).collect();
+                        return Err(Missing(names.join("|")));
+                    }
+                }
             }
         }
         Ok(out)
+    }
+}
+
+/// Appends the value of `name` to `out`; false when the record does not have it.
+fn render_name(name: &Name, record: &Record, out: &mut String) -> bool {
+    match name {
+        Name::Field(f) => match record.value.get(f) {
+            None | Some(Value::Null) => false,
+            Some(Value::String(s)) => {
+                out.push_str(s);
+                true
+            }
+            Some(other) => {
+                out.push_str(&other.to_string());
+                true
+            }
+        },
+        Name::Meta(m) => match record.meta.get(m) {
+            Some(v) => {
+                out.push_str(&v);
+                true
+            }
+            None => false,
+        },
     }
 }
 
@@ -129,7 +206,6 @@ mod tests {
     use super::*;
     use bytes::Bytes;
     use serde_json::json;
-    use sluice_core::Meta;
 
     fn record(value: Value) -> Record {
         Record {
@@ -163,6 +239,37 @@ mod tests {
     }
 
     #[test]
+    fn the_first_present_alternative_is_rendered() {
+        let t = Template::parse("{uuid|id}").unwrap();
+        assert_eq!(t.render(&record(json!({"id": 7}))).unwrap(), "7");
+        assert_eq!(
+            t.render(&record(json!({"uuid": "u", "id": 7}))).unwrap(),
+            "u"
+        );
+        assert_eq!(
+            t.render(&record(json!({"uuid": null, "id": "i"}))).unwrap(),
+            "i"
+        );
+        assert_eq!(t.render(&record(json!({}))), Err(Missing("uuid|id".into())));
+        assert_eq!(
+            Template::parse("{a | $meta.stream}")
+                .unwrap()
+                .render(&record(json!({})))
+                .unwrap(),
+            "waze"
+        );
+        assert_eq!(t.fields().collect::<Vec<_>>(), ["uuid", "id"]);
+        assert_eq!(
+            Template::parse("t_{$meta.record_path}").unwrap().as_fixed(),
+            None
+        );
+        assert_eq!(
+            Template::parse("t{{x}}").unwrap().as_fixed().as_deref(),
+            Some("t{x}")
+        );
+    }
+
+    #[test]
     fn absent_or_null_fields_and_unset_meta_are_missing() {
         let r = record(json!({"a": null}));
         assert_eq!(
@@ -181,7 +288,15 @@ mod tests {
 
     #[test]
     fn malformed_templates_are_rejected() {
-        for bad in ["{open", "close}", "{}", "{$stream}", "{a{b}}"] {
+        for bad in [
+            "{open",
+            "close}",
+            "{}",
+            "{$stream}",
+            "{a{b}}",
+            "{a|}",
+            "{|b}",
+        ] {
             assert!(Template::parse(bad).is_err(), "{bad}");
         }
     }
