@@ -3,7 +3,8 @@
 //! sinks that choose a table or an object key per record.
 //!
 //! `{a|b}` takes the first of `a`, `b` that the record has (not null): one key for records whose
-//! id field differs by kind, such as `{uuid|id}`.
+//! id field differs by kind, such as `{uuid|id}`. `{$meta.arrival_time:%Y/%m/%d}` writes the
+//! arrival time in a strftime format (chrono's), for date-partitioned object keys.
 
 use serde_json::Value;
 
@@ -26,10 +27,24 @@ enum Part {
 enum Name {
     Field(String),
     Meta(String),
+    /// The arrival time in a strftime format.
+    ArrivalTime(String),
 }
 
 impl Name {
     fn parse(name: &str) -> Result<Self, String> {
+        if let Some(format) = name.strip_prefix("$meta.arrival_time:") {
+            use std::fmt::Write;
+            // An invalid format is an error when written, not a panic: try it once here.
+            let mut probe = String::new();
+            let at = chrono::DateTime::<chrono::Utc>::UNIX_EPOCH;
+            if format.is_empty() || write!(probe, "{}", at.format(format)).is_err() {
+                return Err(format!(
+                    "`{{{name}}}`: `{format}` is not a strftime format such as `%Y/%m/%d/%H`"
+                ));
+            }
+            return Ok(Name::ArrivalTime(format.to_owned()));
+        }
         match name.strip_prefix("$meta.") {
             Some(m) if !m.is_empty() => Ok(Name::Meta(m.to_owned())),
             _ if name.starts_with('$') => Err(format!(
@@ -45,6 +60,7 @@ impl Name {
         match self {
             Name::Field(f) => f.clone(),
             Name::Meta(m) => format!("$meta.{m}"),
+            Name::ArrivalTime(_) => "$meta.arrival_time".into(),
         }
     }
 }
@@ -127,7 +143,7 @@ impl Template {
     pub fn fields(&self) -> impl Iterator<Item = &str> {
         self.names().filter_map(|n| match n {
             Name::Field(f) => Some(f.as_str()),
-            Name::Meta(_) => None,
+            Name::Meta(_) | Name::ArrivalTime(_) => None,
         })
     }
 
@@ -135,6 +151,7 @@ impl Template {
     pub fn meta_fields(&self) -> impl Iterator<Item = &str> {
         self.names().filter_map(|n| match n {
             Name::Meta(m) => Some(m.as_str()),
+            Name::ArrivalTime(_) => Some("arrival_time"),
             Name::Field(_) => None,
         })
     }
@@ -194,6 +211,15 @@ fn render_name(name: &Name, record: &Record, out: &mut String) -> bool {
         Name::Meta(m) => match record.meta.get(m) {
             Some(v) => {
                 out.push_str(&v);
+                true
+            }
+            None => false,
+        },
+        Name::ArrivalTime(format) => match record.meta.arrival_time {
+            Some(t) => {
+                use std::fmt::Write;
+                // Checked when parsed, so writing cannot fail.
+                let _ = write!(out, "{}", t.format(format));
                 true
             }
             None => false,

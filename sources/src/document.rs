@@ -172,6 +172,36 @@ impl Documents {
     }
 }
 
+/// The lines of `data` as records numbered by line from 1; blank lines are not records but keep
+/// their number, and a line's `\r\n` or `\n` is not part of it (as `file` reads lines).
+pub fn lines(data: &Bytes, base: &Meta) -> Vec<RawRecord> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut line_no = 0u64;
+    while start < data.len() {
+        let end = data[start..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(data.len(), |at| start + at);
+        line_no += 1;
+        let mut line = &data[start..end];
+        if line.last() == Some(&b'\r') {
+            line = &line[..line.len() - 1];
+        }
+        if !line.iter().all(u8::is_ascii_whitespace) {
+            let mut meta = base.clone();
+            meta.sequence_number = SequenceNumber::from(line_no);
+            out.push(RawRecord {
+                data: data.slice_ref(line),
+                encoding: Encoding::Raw,
+                meta,
+            });
+        }
+        start = end + 1;
+    }
+    out
+}
+
 /// Takes the value at `steps` out of `doc`.
 fn take(doc: &mut Value, steps: &[String]) -> Option<Value> {
     let (last, parents) = steps.split_last()?;
@@ -355,6 +385,26 @@ mod tests {
             Documents::from_settings(FileFormat::Jsonl, &[], &none).unwrap(),
             None
         );
+    }
+
+    #[test]
+    fn lines_in_memory_are_numbered_as_file_lines_are() {
+        let data = Bytes::from_static(b"{\"a\":1}\n\n  \r\n{\"a\":2}\r\nx\n{\"a\":3}");
+        let records = lines(&data, &Meta::default());
+        let seen: Vec<(String, &[u8])> = records
+            .iter()
+            .map(|r| (r.meta.sequence_number.to_string(), &r.data[..]))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("1".to_owned(), &b"{\"a\":1}"[..]),
+                ("4".to_owned(), b"{\"a\":2}"),
+                ("5".to_owned(), b"x"),
+                ("6".to_owned(), b"{\"a\":3}"),
+            ]
+        );
+        assert!(lines(&Bytes::new(), &Meta::default()).is_empty());
     }
 
     #[test]

@@ -8,9 +8,11 @@ mod document;
 mod file;
 mod kinesis;
 mod lines;
+mod s3;
 mod stdin;
 
 pub use document::FileFormat;
 pub use file::FileSourceConfig;
 pub use kinesis::{KinesisSourceConfig, Start};
+pub use s3::S3SourceConfig;
 pub use stdin::StdinSourceConfig;

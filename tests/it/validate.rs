@@ -3,7 +3,11 @@
 use crate::{pipeline_file, root, run, sluice};
 
 /// Pipeline files that need AWS resources; `aws_job` validates them against the emulator.
-pub const AWS_PIPELINES: [&str; 1] = ["waze-persist.toml"];
+pub const AWS_PIPELINES: [&str; 3] = [
+    "waze-persist.toml",
+    "waze-feed.toml",
+    "kinesis-archive.toml",
+];
 
 #[test]
 fn every_shipped_pipeline_file_is_valid() {

@@ -63,6 +63,19 @@ impl Daemon {
         dir: &Path,
         within: Duration,
     ) -> Result<Self, String> {
+        Self::try_start_with(file, name, QUICK_LEASES, env, dir, within)
+    }
+
+    /// As [`Daemon::try_start`], with `quick` overrides instead of [`QUICK_LEASES`] (a source
+    /// without leases has none of their keys).
+    pub fn try_start_with(
+        file: &Path,
+        name: &str,
+        quick: &[(&str, &str)],
+        env: &[(&str, String)],
+        dir: &Path,
+        within: Duration,
+    ) -> Result<Self, String> {
         let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let log = dir.join(format!("{name}.log"));
         let mut cmd = sluice();
@@ -75,7 +88,7 @@ impl Daemon {
             .arg(metrics.to_string())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).expect("a log file"));
-        for (k, v) in QUICK_LEASES {
+        for (k, v) in quick {
             cmd.env(k, v);
         }
         for (k, v) in env {

@@ -1,0 +1,252 @@
+//! `type = "s3"`: records as JSON lines (gzip by default) in objects under a key template, the
+//! classic archive of a stream. Each batch's records go to one object per prefix they render,
+//! named by the first record's position and a digest of its stream and shard:
+//! `PREFIX POSITION-DIGEST.jsonl.gz`. A batch delivered again from the same position writes the
+//! same key, so it overwrites its object rather than adding one; a batch cut differently (after a
+//! restart) may repeat records in a second object: the archive is at-least-once, and each line
+//! carries nothing to deduplicate by but its content.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use aws_sdk_s3::primitives::ByteStream;
+use chrono::Utc;
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use serde::{Deserialize, Serialize};
+use sluice_core::aws::{self, Connection, Retries};
+use sluice_core::template::Template;
+use sluice_core::{BuildContext, BuildError, Record, Sink, SinkConfig, SinkError};
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_concurrency() -> usize {
+    4
+}
+
+/// Writes records as JSON lines into S3 objects.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3SinkConfig {
+    /// The bucket.
+    pub bucket: String,
+    /// The key prefix of each record's object, a template: `archive/{$meta.stream}/
+    /// {$meta.arrival_time:%Y/%m/%d/%H}/{$meta.shard_id}/`; `{$pipeline}` is the pipeline's
+    /// name. A record without an arrival time (files, stdin) takes the time it is written.
+    pub prefix: String,
+    /// Gzip each object (`.jsonl.gz`); default true.
+    #[serde(default = "default_true")]
+    pub gzip: bool,
+    /// PutObject calls in flight at once per batch (default 4).
+    #[serde(default = "default_concurrency")]
+    pub max_concurrency: usize,
+    /// The region (see [`sluice_core::aws`], connection settings).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Another endpoint, such as an emulator.
+    #[serde(default)]
+    pub endpoint_url: Option<String>,
+}
+
+impl S3SinkConfig {
+    fn template(&self, pipeline: &str) -> Result<Template, BuildError> {
+        let escaped = pipeline.replace('{', "{{").replace('}', "}}");
+        Template::parse(&self.prefix.replace("{$pipeline}", &escaped))
+            .map_err(|e| BuildError::invalid("prefix", e.to_string()))
+    }
+}
+
+#[typetag::serde(name = "s3")]
+#[async_trait]
+impl SinkConfig for S3SinkConfig {
+    fn validate(&self) -> Result<(), BuildError> {
+        if self.bucket.is_empty() {
+            return Err(BuildError::invalid("bucket", "must name a bucket"));
+        }
+        if !(1..=64).contains(&self.max_concurrency) {
+            return Err(BuildError::invalid(
+                "max_concurrency",
+                format!("must be between 1 and 64, not {}", self.max_concurrency),
+            ));
+        }
+        self.template("pipeline").map(drop)
+    }
+
+    async fn build(&self, ctx: &BuildContext) -> Result<Arc<dyn Sink>, BuildError> {
+        // Also for a component built without its pipeline file (an embedding program).
+        self.validate()?;
+        let connection = Connection {
+            region: self.region.as_deref(),
+            endpoint_url: self.endpoint_url.as_deref(),
+            retries: Retries::Runtime,
+        };
+        let client: aws_sdk_s3::Client = aws::client(ctx, connection).await?;
+        let starting: aws_sdk_s3::Client = aws::client(ctx, connection.retried_by_sdk()).await?;
+        starting
+            .head_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .map_err(|e| BuildError::Unavailable {
+                transient: aws::is_transient(&e),
+                what: format!("S3 bucket `{}`", self.bucket),
+                message: format!(
+                    "HeadBucket failed: {} (check the bucket name, region, endpoint and permissions)",
+                    aws::describe_error(&e)
+                ),
+            })?;
+        Ok(Arc::new(S3Sink {
+            client,
+            prefix: self.template(&ctx.pipeline)?,
+            config: self.clone(),
+        }))
+    }
+
+    fn describe(&self) -> String {
+        let gzip = if self.gzip { ", gzip" } else { "" };
+        format!("s3 s3://{}/{} (JSON lines{gzip})", self.bucket, self.prefix)
+    }
+}
+
+struct S3Sink {
+    client: aws_sdk_s3::Client,
+    prefix: Template,
+    config: S3SinkConfig,
+}
+
+/// One object of a batch: its key and the batch indices of its records, in order.
+struct Object {
+    key: String,
+    members: Vec<usize>,
+}
+
+impl S3Sink {
+    /// The batch's records grouped into objects by the prefix each renders.
+    fn objects(&self, batch: &[Record], answers: &mut [Result<(), SinkError>]) -> Vec<Object> {
+        let now = Utc::now();
+        let mut objects: Vec<(String, Vec<usize>)> = Vec::new();
+        for (i, record) in batch.iter().enumerate() {
+            let rendered = if record.meta.arrival_time.is_some() {
+                self.prefix.render(record)
+            } else {
+                let mut stamped = record.clone();
+                stamped.meta.arrival_time = Some(now);
+                self.prefix.render(&stamped)
+            };
+            match rendered {
+                Ok(prefix) => match objects.iter_mut().find(|(p, _)| *p == prefix) {
+                    Some((_, members)) => members.push(i),
+                    None => objects.push((prefix, vec![i])),
+                },
+                Err(missing) => {
+                    answers[i] = Err(SinkError::Permanent(format!(
+                        "the key template needs `{}`, which the record does not have",
+                        missing.0
+                    )))
+                }
+            }
+        }
+        let extension = if self.config.gzip {
+            "jsonl.gz"
+        } else {
+            "jsonl"
+        };
+        objects
+            .into_iter()
+            .map(|(prefix, members)| {
+                let first = &batch[members[0]].meta;
+                let shard = format!("{}/{}", first.stream, first.shard_id);
+                let digest = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, shard.as_bytes());
+                let digest = &digest.simple().to_string()[..8];
+                Object {
+                    key: format!(
+                        "{prefix}{}-{digest}.{extension}",
+                        first.get("position").unwrap_or_default()
+                    ),
+                    members,
+                }
+            })
+            .collect()
+    }
+
+    /// Writes one object of JSON lines; answers with its members.
+    fn put(
+        &self,
+        object: Object,
+        lines: Vec<u8>,
+    ) -> BoxFuture<'_, (Vec<usize>, Result<(), SinkError>)> {
+        async move {
+            let result = self.put_lines(&object.key, lines).await;
+            (object.members, result)
+        }
+        .boxed()
+    }
+
+    async fn put_lines(&self, key: &str, lines: Vec<u8>) -> Result<(), SinkError> {
+        let (body, content_type) = if self.config.gzip {
+            let mut gz = flate2::write::GzEncoder::new(
+                Vec::with_capacity(lines.len() / 4),
+                flate2::Compression::default(),
+            );
+            gz.write_all(&lines)
+                .and_then(|()| gz.finish())
+                .map(|b| (b, "application/gzip"))
+                .map_err(|e| SinkError::Retryable(format!("gzip: {e}")))?
+        } else {
+            (lines, "application/x-ndjson")
+        };
+        self.client
+            .put_object()
+            .bucket(&self.config.bucket)
+            .key(key)
+            .content_type(content_type)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map(drop)
+            // A missing bucket or denied access is not the records' fault: retried, then failed.
+            .map_err(|e| {
+                SinkError::Retryable(format!(
+                    "PutObject s3://{}/{} failed: {}",
+                    self.config.bucket,
+                    key,
+                    aws::describe_error(&e)
+                ))
+            })
+    }
+}
+
+#[async_trait]
+impl Sink for S3Sink {
+    async fn write(&self, batch: &[Record]) -> Vec<Result<(), SinkError>> {
+        let mut answers: Vec<Result<(), SinkError>> = vec![Ok(()); batch.len()];
+        let objects = self.objects(batch, &mut answers);
+        let puts: Vec<_> = objects
+            .into_iter()
+            .map(|object| {
+                let mut lines = Vec::with_capacity(object.members.len() * 512);
+                for &i in &object.members {
+                    serde_json::to_writer(&mut lines, &batch[i].value)
+                        .expect("a JSON value always serialises");
+                    lines.push(b'\n');
+                }
+                self.put(object, lines)
+            })
+            .collect();
+        let written: Vec<_> = futures::stream::iter(puts)
+            .buffer_unordered(self.config.max_concurrency)
+            .collect()
+            .await;
+        for (members, result) in written {
+            if let Err(e) = result {
+                for i in members {
+                    answers[i] = Err(e.clone());
+                }
+            }
+        }
+        answers
+    }
+}
