@@ -157,6 +157,23 @@ impl HttpClient for FaultyClient {
     }
 }
 
+/// The S3 operation a REST request makes, for the few a test may fail.
+fn s3_operation(method: &str, uri: &str) -> &'static str {
+    let after_host = uri.split_once("://").map_or(uri, |(_, rest)| rest);
+    let path_and_query = after_host.find('/').map_or("", |at| &after_host[at..]);
+    let (path, query) = path_and_query
+        .split_once('?')
+        .unwrap_or((path_and_query, ""));
+    let segments = path.split('/').filter(|s| !s.is_empty()).count();
+    match (method, segments) {
+        ("PUT", n) if n >= 2 && !query.contains("uploadId") => "PutObject",
+        ("GET", n) if n >= 2 => "GetObject",
+        ("GET", 1) if query.contains("list-type=2") => "ListObjectsV2",
+        ("HEAD", 1) => "HeadBucket",
+        _ => "",
+    }
+}
+
 #[derive(Debug)]
 struct FaultyConnector {
     inner: SharedHttpConnector,
@@ -166,9 +183,13 @@ struct FaultyConnector {
 impl HttpConnector for FaultyConnector {
     fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
         // JSON-protocol services name the operation in `X-Amz-Target: Service_Version.Operation`.
+        // S3 names it by method and path (path-style: `/bucket/key`).
         let target = request.headers().get("x-amz-target").unwrap_or_default();
         let service = target.split('.').next().unwrap_or_default().to_owned();
-        let operation = target.rsplit('.').next().unwrap_or_default();
+        let operation = match target.rsplit('.').next() {
+            Some(op) if !op.is_empty() => op,
+            _ => s3_operation(request.method(), request.uri()),
+        };
         let body = request.body().bytes().unwrap_or_default();
         match self.plan.take(operation, body) {
             None => self.inner.call(request),

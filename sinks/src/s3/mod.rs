@@ -250,3 +250,6 @@ impl Sink for S3Sink {
         answers
     }
 }
+
+#[cfg(test)]
+mod emulator_tests;

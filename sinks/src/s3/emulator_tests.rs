@@ -1,0 +1,122 @@
+//! The S3 sink against the emulator (moto), with faults injected into its HTTP client.
+
+use std::io::Read;
+
+use aws_sdk_s3::Client;
+use sluice_core::aws::faults::{Fault, FaultPlan};
+use sluice_core::aws::testing::{self, moto_endpoint, unique};
+use sluice_core::testkit::{raw, sink_pipeline};
+use sluice_core::{Outcome, SinkConfig};
+
+use super::S3SinkConfig;
+
+async fn objects(s3: &Client, bucket: &str) -> Vec<(String, Vec<String>)> {
+    let listed = s3
+        .list_objects_v2()
+        .bucket(bucket)
+        .send()
+        .await
+        .expect("list");
+    let mut out = Vec::new();
+    for object in listed.contents() {
+        let key = object.key().unwrap().to_owned();
+        let body = s3
+            .get_object()
+            .bucket(bucket)
+            .key(&key)
+            .send()
+            .await
+            .unwrap()
+            .body
+            .collect()
+            .await
+            .unwrap()
+            .into_bytes();
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(&body[..])
+            .read_to_string(&mut text)
+            .expect("gzip");
+        out.push((key, text.lines().map(str::to_owned).collect()));
+    }
+    out
+}
+
+#[tokio::test]
+async fn batches_become_gzip_objects_per_shard_that_never_overwrite_each_other() {
+    let Some(endpoint) = moto_endpoint() else {
+        return;
+    };
+    let s3: Client = testing::client(&endpoint).await;
+    let bucket = unique("archive").to_lowercase().replace('_', "-");
+    s3.create_bucket()
+        .bucket(&bucket)
+        .send()
+        .await
+        .expect("bucket");
+    let config: S3SinkConfig = {
+        use figment::providers::{Format, Toml};
+        let text = format!(
+            "bucket = \"{bucket}\"\nprefix = \"a/{{$pipeline}}/{{$meta.arrival_time:%Y}}/\"\nendpoint_url = \"{endpoint}\""
+        );
+        figment::Figment::from(Toml::string(&text))
+            .extract()
+            .expect("config")
+    };
+    let plan = FaultPlan::new();
+    let ctx = testing::context("feed", &plan);
+    let sink = config.build(&ctx).await.expect("builds");
+    let (pipeline, dead) = sink_pipeline(sink);
+    // A throttled PutObject is retried; the records are stored once.
+    plan.fail("PutObject", Fault::Throttle, 1);
+    // Two shards whose records sit at the same positions: their objects must not collide.
+    for shard in ["shard-a", "shard-b"] {
+        let records = (1..=3)
+            .map(|seq| {
+                raw(
+                    shard,
+                    seq,
+                    &format!("{{\"shard\":\"{shard}\",\"n\":{seq}}}"),
+                )
+            })
+            .collect();
+        let report = pipeline.process_batch(shard.into(), records).await;
+        assert!(
+            report.outcomes.iter().all(|(_, o)| *o == Outcome::Stored),
+            "{:?}",
+            report.outcomes
+        );
+    }
+    assert!(dead.records().is_empty());
+    assert_eq!(plan.injected(), 1);
+    let year = chrono::Utc::now().format("%Y").to_string();
+    let objects = objects(&s3, &bucket).await;
+    assert_eq!(objects.len(), 2, "{objects:?}");
+    for (key, lines) in &objects {
+        let name = key
+            .strip_prefix(&format!("a/feed/{year}/"))
+            .unwrap_or_else(|| panic!("`{key}`: the pipeline and the write time"));
+        assert!(
+            name.starts_with("1-") && name.ends_with(".jsonl.gz"),
+            "{key}"
+        );
+        assert_eq!(lines.len(), 3, "{key}");
+    }
+    let shards: std::collections::BTreeSet<_> = objects
+        .iter()
+        .flat_map(|(_, lines)| lines.iter())
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["shard"].to_string())
+        .collect();
+    assert_eq!(shards.len(), 2, "both shards' records kept");
+
+    // A failure past the retries leaves the records failed, never stored or dead-lettered.
+    plan.fail_always("PutObject", Fault::ServerError);
+    let report = pipeline
+        .process_batch("shard-c".into(), vec![raw("shard-c", 1, "{\"n\":1}")])
+        .await;
+    assert!(
+        matches!(report.outcomes[0].1, Outcome::Failed { .. }),
+        "{:?}",
+        report.outcomes
+    );
+    assert!(dead.records().is_empty());
+}
