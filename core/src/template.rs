@@ -123,11 +123,15 @@ impl Template {
                     if !text.is_empty() {
                         parts.push(Part::Text(std::mem::take(&mut text)));
                     }
-                    let names = name
-                        .split('|')
-                        .map(|n| Name::parse(n.trim()))
-                        .collect::<Result<Vec<_>, _>>()
-                        .map_err(|problem| syntax(&problem))?;
+                    // A time format is taken whole (it may hold `|` or spaces).
+                    let names = if name.starts_with("$meta.arrival_time:") {
+                        vec![Name::parse(&name).map_err(|problem| syntax(&problem))?]
+                    } else {
+                        name.split('|')
+                            .map(|n| Name::parse(n.trim()))
+                            .collect::<Result<Vec<_>, _>>()
+                            .map_err(|problem| syntax(&problem))?
+                    };
                     parts.push(Part::Value(names));
                 }
                 c => text.push(c),

@@ -6,10 +6,15 @@ use std::collections::BTreeSet;
 use sluice_core::template::Template;
 use sluice_core::{BuildError, Record, SinkError};
 
+/// How a sink names a table it is given (DynamoDB: the name of an ARN), so a listed ARN and a
+/// rendered name of the same table match.
+pub(crate) type Canonical = fn(&str) -> &str;
+
 /// Where a sink's records go.
 #[derive(Debug, Clone)]
 pub(crate) struct Routes {
     template: Template,
+    canonical: Canonical,
     /// The fixed table, when the template reads nothing from records.
     fixed: Option<String>,
     /// The tables a templated `table` may name, when the file lists them.
@@ -17,14 +22,18 @@ pub(crate) struct Routes {
 }
 
 impl Routes {
-    /// `table` (a template) with the `tables` it may name.
-    pub fn new(table: &str, tables: Option<&[String]>) -> Result<Self, BuildError> {
+    /// `table` (a template) with the `tables` it may name, each taken by `canonical`.
+    pub fn new(
+        table: &str,
+        tables: Option<&[String]>,
+        canonical: Canonical,
+    ) -> Result<Self, BuildError> {
         if table.is_empty() {
             return Err(BuildError::invalid("table", "must not be empty"));
         }
         let template =
             Template::parse(table).map_err(|e| BuildError::invalid("table", e.to_string()))?;
-        let fixed = template.as_fixed();
+        let fixed = template.as_fixed().map(|t| canonical(&t).to_owned());
         let listed = match (tables, &fixed) {
             (None, _) => None,
             (Some(_), Some(_)) => {
@@ -47,11 +56,12 @@ impl Routes {
                         format!("holds an empty name ({empty:?}); name each table"),
                     ));
                 }
-                Some(list.iter().cloned().collect())
+                Some(list.iter().map(|t| canonical(t).to_owned()).collect())
             }
         };
         Ok(Self {
             template,
+            canonical,
             fixed,
             listed,
         })
@@ -77,12 +87,18 @@ impl Routes {
         if let Some(table) = &self.fixed {
             return Ok(table.clone());
         }
-        let table = self.template.render(record).map_err(|missing| {
+        let rendered = self.template.render(record).map_err(|missing| {
             SinkError::Permanent(format!(
                 "the table template needs `{}`, which the record does not have",
                 missing.0
             ))
         })?;
+        let table = (self.canonical)(&rendered).to_owned();
+        if table.is_empty() {
+            return Err(SinkError::Permanent(
+                "the table template gives an empty table name for this record".into(),
+            ));
+        }
         match &self.listed {
             Some(listed) if !listed.contains(&table) => Err(SinkError::Permanent(format!(
                 "the record's table `{table}` is not among `tables` ({})",
@@ -157,7 +173,7 @@ mod tests {
     #[test]
     fn records_are_grouped_by_their_table_in_order_and_unknown_tables_refused() {
         let tables = ["waze_alerts".to_string(), "waze_jams".to_string()];
-        let routes = Routes::new("waze_{$meta.record_path}", Some(&tables)).unwrap();
+        let routes = Routes::new("waze_{$meta.record_path}", Some(&tables), |t| t).unwrap();
         let batch: Vec<_> = ["jams", "alerts", "jams", "roads", "alerts"]
             .into_iter()
             .map(record)
@@ -186,10 +202,25 @@ mod tests {
     #[test]
     fn a_listed_fixed_table_or_an_empty_list_is_a_config_error() {
         let one = ["t".to_string()];
-        assert!(Routes::new("t", Some(&one)).is_err());
-        assert!(Routes::new("t_{$meta.record_path}", Some(&[])).is_err());
-        assert!(Routes::new("t_{oops", None).is_err());
-        assert!(Routes::new("", None).is_err());
-        assert_eq!(Routes::new("t", None).unwrap().known(), ["t"]);
+        let same: Canonical = |t| t;
+        assert!(Routes::new("t", Some(&one), same).is_err());
+        assert!(Routes::new("t_{$meta.record_path}", Some(&[]), same).is_err());
+        assert!(Routes::new("t_{oops", None, same).is_err());
+        assert!(Routes::new("", None, same).is_err());
+        assert_eq!(Routes::new("t", None, same).unwrap().known(), ["t"]);
+        let empty = Routes::new("{$meta.record_path}", None, same).unwrap();
+        assert!(
+            matches!(empty.table(&record("")), Err(SinkError::Permanent(m)) if m.contains("empty"))
+        );
+    }
+
+    #[test]
+    fn listed_names_and_rendered_names_match_in_canonical_form() {
+        // A DynamoDB sink lists ARNs and renders names, or the other way round.
+        let arn = "arn:aws:dynamodb:us-east-1:123456789012:table/waze_alerts".to_string();
+        let name: Canonical = |t| t.rsplit_once("table/").map_or(t, |(_, n)| n);
+        let routes = Routes::new("waze_{$meta.record_path}", Some(&[arn]), name).unwrap();
+        assert_eq!(routes.table(&record("alerts")).unwrap(), "waze_alerts");
+        assert_eq!(routes.known(), ["waze_alerts"]);
     }
 }

@@ -82,6 +82,12 @@ impl Documents {
             paths.push((path.clone(), steps));
         }
         for (field, from) in document_fields {
+            if paths.iter().any(|(_, steps)| steps[0] == *from) {
+                return Err(BuildError::invalid(
+                    "document_fields",
+                    format!("`{from}` holds records (it is in `records`); carry other fields"),
+                ));
+            }
             if field.is_empty() || from.is_empty() {
                 return Err(BuildError::invalid(
                     "document_fields",
@@ -239,7 +245,8 @@ pub fn unpacked(name: &str, data: Bytes) -> Result<Bytes, String> {
     if !name.ends_with(".gz") {
         return Ok(data);
     }
-    let mut out = Vec::with_capacity(data.len() * 4);
+    // A guess at the size, bounded: the gzip header cannot be trusted with an allocation.
+    let mut out = Vec::with_capacity(data.len().saturating_mul(4).min(64 << 20));
     flate2::read::MultiGzDecoder::new(&data[..])
         .read_to_end(&mut out)
         .map_err(|e| format!("`{name}` ends in .gz but is not gzip: {e}"))?;

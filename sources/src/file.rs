@@ -174,16 +174,27 @@ fn read_file(
         // batches.
         _ => stream::once(async move {
             let bytes = Bytes::from(tokio::fs::read(&path).await.map_err(io(&path))?);
-            let data = document::unpacked(&path, bytes).map_err(SourceError::Format)?;
+            let base = Meta {
+                source: "file".into(),
+                stream: path.clone(),
+                shard_id: "file".into(),
+                ..Meta::default()
+            };
+            let data = match document::unpacked(&path, bytes.clone()) {
+                Ok(data) => data,
+                // One dead letter holding the file; the other files go on.
+                Err(reason) => {
+                    let batch = SourceBatch {
+                        shard_id: "file".into(),
+                        records: vec![document::refused(bytes, reason, &base)],
+                        ack: None,
+                    };
+                    return Ok(stream::iter([Ok(batch)]).boxed());
+                }
+            };
             let batches = match (format, documents) {
                 (FileFormat::KinesisEvent, _) => read_event(&path, &data, settings)?,
                 (FileFormat::Json, Some(documents)) => {
-                    let base = Meta {
-                        source: "file".into(),
-                        stream: path.clone(),
-                        shard_id: "file".into(),
-                        ..Meta::default()
-                    };
                     let records = documents.split(data, &path, &base);
                     records
                         .chunks(settings.max_records)
@@ -280,6 +291,12 @@ mod tests {
         gz.write_all(br#"{"t": 3, "jams": [{"u": "c1"}]}"#).unwrap();
         std::fs::write(dir.path().join("c.json.gz"), gz.finish().unwrap()).unwrap();
         std::fs::write(dir.path().join("d.json"), "{\"t\": 4, \"alerts\": [").unwrap();
+        std::fs::write(dir.path().join("e.json.gz"), "not gzip").unwrap();
+        std::fs::write(
+            dir.path().join("f.json"),
+            r#"{"t": 6, "alerts": [{"u": "f1"}]}"#,
+        )
+        .unwrap();
         let folder = dir.path().to_string_lossy().into_owned();
         let records = read_all(FileSourceConfig {
             path: folder.clone(),
@@ -309,11 +326,25 @@ mod tests {
                 row("/c.json.gz", "1", r#"{"feed":3,"u":"c1"}"#),
             ]
         );
-        assert_eq!(records.len(), 6, "the broken d.json is one record");
+        assert_eq!(
+            records.len(),
+            8,
+            "the broken d.json and e.json.gz are a record each"
+        );
         assert!(
             matches!(&records[5].encoding, sluice_core::Encoding::Refused(r) if r.contains("d.json")),
             "{:?}",
             records[5].encoding
+        );
+        assert!(
+            matches!(&records[6].encoding, sluice_core::Encoding::Refused(r) if r.contains("e.json.gz") && r.contains("not gzip")),
+            "{:?}",
+            records[6].encoding
+        );
+        assert_eq!(
+            &records[7].data[..],
+            br#"{"feed":6,"u":"f1"}"#,
+            "files after go on"
         );
         assert_eq!(records[0].meta.record_path.as_deref(), Some("alerts"));
         assert_eq!(records[2].meta.record_path.as_deref(), Some("jams"));

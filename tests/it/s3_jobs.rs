@@ -79,6 +79,9 @@ fn calls_for(snapshot: &[u8]) -> u64 {
 struct FeedWorld {
     s3: aws_sdk_s3::Client,
     dynamodb: aws_sdk_dynamodb::Client,
+    sqs: aws_sdk_sqs::Client,
+    queue_url: String,
+    overflow: String,
     bucket: String,
     tables: String,
     variables: Vec<(&'static str, String)>,
@@ -100,12 +103,14 @@ impl FeedWorld {
             .await;
         }
         let queue_url = testing::create_queue(&sqs, &unique("feed-dlq"), &[]).await;
+        let overflow = self::bucket(&s3).await;
         let mut variables = credentials(endpoint);
         variables.extend([
             ("WAZE_FEED_BUCKET", bucket.clone()),
             ("WAZE_FEED_PREFIX", "feed/".to_owned()),
             ("WAZE_TABLE_PREFIX", tables.clone()),
-            ("DLQ_QUEUE_URL", queue_url),
+            ("DLQ_QUEUE_URL", queue_url.clone()),
+            ("DLQ_OVERFLOW_BUCKET", overflow.clone()),
             (
                 "SLUICE__SOURCE__CHECKPOINT_TABLE",
                 unique("feed-checkpoints"),
@@ -114,6 +119,9 @@ impl FeedWorld {
         Self {
             s3,
             dynamodb,
+            sqs,
+            queue_url,
+            overflow,
             bucket,
             tables,
             variables,
@@ -199,6 +207,22 @@ async fn the_aws_feed_job_stores_each_item_once_typed_and_a_second_run_writes_no
     for n in 0..snapshots().len() {
         world.upload(n).await;
     }
+    // A broken snapshot bigger than a queue message (1 MiB, base64 in the envelope): one dead
+    // letter, through the overflow bucket.
+    let broken_key = "feed/waze-feed-2019-03-22T21-38-30Z.json";
+    let mut broken = b"{\"startTimeMillis\": 1553290710000, \"alerts\": [".to_vec();
+    while broken.len() < 900 * 1024 {
+        broken.extend_from_slice(b"{\"uuid\": \"x\", \"type\": \"JAM\"}, ");
+    }
+    world
+        .s3
+        .put_object()
+        .bucket(&world.bucket)
+        .key(broken_key)
+        .body(ByteStream::from(broken.clone()))
+        .send()
+        .await
+        .expect("put");
     let mut validate = sluice();
     validate.args(["validate", "pipelines/waze-feed.toml"]);
     for (k, v) in &world.variables {
@@ -219,7 +243,43 @@ async fn the_aws_feed_job_stores_each_item_once_typed_and_a_second_run_writes_no
         })
         .sum();
     assert_eq!(summary["counts"]["stored"], elements, "{summary}");
-    assert_eq!(summary["counts"]["dead_lettered"], 0, "{summary}");
+    assert_eq!(summary["counts"]["dead_lettered"], 1, "{summary}");
+    let letters = testing::receive_all(&world.sqs, &world.queue_url).await;
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let letter: Value =
+        serde_json::from_str(letters[0].body().expect("a body")).expect("an envelope");
+    assert_eq!(letter["stage"], "decode");
+    let reason = letter["error"]["message"].as_str().unwrap();
+    assert!(
+        reason.contains(broken_key) && reason.contains("not a JSON document"),
+        "{reason}"
+    );
+    let pointer = letter["payload_s3"]
+        .as_str()
+        .expect("the envelope is in the overflow bucket");
+    let key = pointer
+        .strip_prefix(&format!("s3://{}/", world.overflow))
+        .unwrap_or_else(|| panic!("{pointer}"));
+    let whole = world
+        .s3
+        .get_object()
+        .bucket(&world.overflow)
+        .key(key)
+        .send()
+        .await
+        .expect("the overflow object")
+        .body
+        .collect()
+        .await
+        .unwrap()
+        .into_bytes();
+    let whole: Value = serde_json::from_slice(&whole).unwrap();
+    let payload = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        whole["payload_base64"].as_str().unwrap(),
+    )
+    .unwrap();
+    assert_eq!(payload, broken, "the snapshot is kept whole");
     let expected_calls: u64 = snapshots().iter().map(|(_, b)| calls_for(b)).sum();
     assert_eq!(
         calls(&summary, "DynamoDB.BatchWriteItem"),
@@ -345,6 +405,20 @@ async fn the_archive_job_writes_every_record_of_a_two_shard_stream_once_under_th
     let shards: std::collections::BTreeSet<&str> = puts.iter().map(|(s, _)| s.as_str()).collect();
     assert_eq!(shards.len(), 2, "records on both shards");
 
+    let archive_env = |cmd: &mut std::process::Command| {
+        for (k, v) in credentials(&endpoint) {
+            cmd.env(k, v);
+        }
+        cmd.env("KINESIS_STREAM", &stream)
+            .env("ARCHIVE_BUCKET", &bucket)
+            .env("DLQ_QUEUE_URL", &queue_url);
+    };
+    let mut validate = sluice();
+    validate.args(["validate", "pipelines/kinesis-archive.toml"]);
+    archive_env(&mut validate);
+    let (out, stdout, stderr) = run(&mut validate);
+    assert!(out.status.success(), "{stdout}{stderr}");
+
     let mut cmd = sluice();
     cmd.args([
         "run",
@@ -354,16 +428,11 @@ async fn the_archive_job_writes_every_record_of_a_two_shard_stream_once_under_th
         "json",
         "--no-progress",
     ]);
-    for (k, v) in credentials(&endpoint) {
-        cmd.env(k, v);
-    }
-    cmd.env("KINESIS_STREAM", &stream)
-        .env("ARCHIVE_BUCKET", &bucket)
-        .env("DLQ_QUEUE_URL", &queue_url)
-        .env(
-            "SLUICE__SOURCE__CHECKPOINT_TABLE",
-            unique("archive-checkpoints"),
-        );
+    archive_env(&mut cmd);
+    cmd.env(
+        "SLUICE__SOURCE__CHECKPOINT_TABLE",
+        unique("archive-checkpoints"),
+    );
     let (out, stdout, stderr) = run(&mut cmd);
     assert!(out.status.success(), "{stdout}\n{stderr}");
 
@@ -374,7 +443,7 @@ async fn the_archive_job_writes_every_record_of_a_two_shard_stream_once_under_th
         .await
         .expect("list");
     let key_shape = |key: &str| -> Option<String> {
-        // archive/STREAM/YYYY/MM/DD/HH/SHARD/POSITION-DIGEST.jsonl.gz
+        // archive/STREAM/YYYY/MM/DD/HH/SHARD/POSITION-MD5.jsonl.gz
         let rest = key.strip_prefix(&format!("archive/{stream}/"))?;
         let parts: Vec<&str> = rest.split('/').collect();
         let [y, m, d, h, shard, name] = parts[..] else {
@@ -388,7 +457,7 @@ async fn the_archive_job_writes_every_record_of_a_two_shard_stream_once_under_th
             && digits(h, 2)
             && shard.starts_with("shardId-")
             && position.bytes().all(|b| b.is_ascii_digit())
-            && tail.len() == "12345678.jsonl.gz".len()
+            && tail.len() == 32 + ".jsonl.gz".len()
             && tail.ends_with(".jsonl.gz");
         ok.then(|| shard.to_owned())
     };

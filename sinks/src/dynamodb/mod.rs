@@ -65,7 +65,9 @@ impl DynamoDbSinkConfig {
     }
 
     fn routes(&self) -> Result<Routes, BuildError> {
-        Routes::new(&self.table, self.tables.as_deref())
+        Routes::new(&self.table, self.tables.as_deref(), |t| {
+            aws::name_from_arn(t, "table")
+        })
     }
 
     /// The region named by the setting, else by the table's ARN.
@@ -110,13 +112,12 @@ impl SinkConfig for DynamoDbSinkConfig {
         let routes = self.routes()?;
         let mut keys = Keys::new();
         for table in routes.known() {
-            let table = aws::name_from_arn(&table, "table");
-            let key = describe_key(&starting, table).await?;
+            let key = describe_key(&starting, &table).await?;
             check_key_types(&key, self.all_strings)?;
             if let Some(fields) = &ctx.record_fields {
                 check_key_fields(&key, fields)?;
             }
-            keys.insert(table.to_owned(), Arc::new(key));
+            keys.insert(table, Arc::new(key));
         }
         Ok(Arc::new(BatchWriter::new(
             client,

@@ -5,13 +5,14 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Instant;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::WriteRequest;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use sluice_core::aws;
-use sluice_core::{Record, Sink, SinkError};
+use sluice_core::{BuildError, Record, Sink, SinkError};
 use tokio::sync::RwLock;
 
 use super::encode::write_request;
@@ -43,7 +44,12 @@ pub struct BatchWriter {
     routes: Routes,
     /// Tables described so far: those known at start-up, then each a template named.
     keys: RwLock<Keys>,
+    /// Tables a template named that cannot take records, and since when (asked again later).
+    refused: RwLock<HashMap<String, (Instant, SinkError)>>,
 }
+
+/// How long a table found unable to take records is not described again.
+const REFUSAL_KEPT: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl BatchWriter {
     pub fn new(
@@ -57,6 +63,7 @@ impl BatchWriter {
             config,
             routes,
             keys: RwLock::new(keys),
+            refused: RwLock::default(),
         }
     }
 
@@ -65,18 +72,41 @@ impl BatchWriter {
         if let Some(key) = self.keys.read().await.get(table) {
             return Ok(key.clone());
         }
-        // A table a template named that the file did not list: not the record's fault when it
-        // is missing or unreachable, so retried (and in the end Failed, not dead-lettered).
-        let key = super::describe_key(&self.client, table)
+        if let Some((since, e)) = self.refused.read().await.get(table) {
+            if since.elapsed() < REFUSAL_KEPT {
+                return Err(e.clone());
+            }
+        }
+        // A table a record's own data named, not listed in `tables`: when it is missing, has an
+        // invalid name or a key no record can carry, the record named a table that cannot take
+        // it (dead-lettered; list the tables to have them checked at start-up instead); when
+        // DynamoDB is throttling or down, retried.
+        let described = super::describe_key(&self.client, table)
             .await
-            .and_then(|key| super::check_key_types(&key, self.config.all_strings).map(|()| key))
-            .map_err(|e| SinkError::Retryable(e.to_string()))?;
-        let key = Arc::new(key);
-        self.keys
-            .write()
-            .await
-            .insert(table.to_owned(), key.clone());
-        Ok(key)
+            .and_then(|key| super::check_key_types(&key, self.config.all_strings).map(|()| key));
+        match described {
+            Ok(key) => {
+                let key = Arc::new(key);
+                self.keys
+                    .write()
+                    .await
+                    .insert(table.to_owned(), key.clone());
+                Ok(key)
+            }
+            Err(
+                e @ BuildError::Unavailable {
+                    transient: true, ..
+                },
+            ) => Err(SinkError::Retryable(e.to_string())),
+            Err(e) => {
+                let e = SinkError::Permanent(format!("the record's table cannot take it: {e}"));
+                self.refused
+                    .write()
+                    .await
+                    .insert(table.to_owned(), (Instant::now(), e.clone()));
+                Err(e)
+            }
+        }
     }
 
     /// Each record's item, or its answer when it has none.
@@ -87,7 +117,7 @@ impl BatchWriter {
     ) -> Vec<Pending> {
         let mut prepared = Vec::with_capacity(batch.len());
         for (table, members) in self.routes.group(batch, answers) {
-            let table: Arc<str> = aws::name_from_arn(&table, "table").into();
+            let table: Arc<str> = table.into();
             let key = match self.key_of(&table).await {
                 Ok(key) => key,
                 Err(e) => {
@@ -135,13 +165,24 @@ impl BatchWriter {
                 Ok(out) => {
                     let keys = self.keys.read().await;
                     let mut unprocessed: HashSet<(&str, ItemKey)> = HashSet::new();
+                    let mut unmatched = false;
                     for (table, writes) in out.unprocessed_items().into_iter().flatten() {
-                        let Some(key) = keys.get(table) else { continue };
                         for put in writes.iter().filter_map(|w| w.put_request()) {
-                            if let Ok(k) = item_key(put.item(), key) {
-                                unprocessed.insert((table.as_str(), k));
+                            match keys.get(table).map(|key| item_key(put.item(), key)) {
+                                Some(Ok(k)) => {
+                                    unprocessed.insert((table.as_str(), k));
+                                }
+                                _ => unmatched = true,
                             }
                         }
+                    }
+                    if unmatched {
+                        // An item handed back that matches none sent: which were written is
+                        // unknown, so none counts as written.
+                        let e = SinkError::Retryable(
+                            "DynamoDB returned unprocessed items this batch cannot match".into(),
+                        );
+                        return chunk.iter().map(|p| (p.index, Err(e.clone()))).collect();
                     }
                     chunk
                         .iter()

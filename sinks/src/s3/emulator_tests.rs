@@ -10,7 +10,7 @@ use sluice_core::{Outcome, SinkConfig};
 
 use super::S3SinkConfig;
 
-async fn objects(s3: &Client, bucket: &str) -> Vec<(String, Vec<String>)> {
+async fn read_objects(s3: &Client, bucket: &str) -> Vec<(String, Vec<String>)> {
     let listed = s3
         .list_objects_v2()
         .bucket(bucket)
@@ -89,7 +89,7 @@ async fn batches_become_gzip_objects_per_shard_that_never_overwrite_each_other()
     assert!(dead.records().is_empty());
     assert_eq!(plan.injected(), 1);
     let year = chrono::Utc::now().format("%Y").to_string();
-    let objects = objects(&s3, &bucket).await;
+    let objects = read_objects(&s3, &bucket).await;
     assert_eq!(objects.len(), 2, "{objects:?}");
     for (key, lines) in &objects {
         let name = key
@@ -107,6 +107,39 @@ async fn batches_become_gzip_objects_per_shard_that_never_overwrite_each_other()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["shard"].to_string())
         .collect();
     assert_eq!(shards.len(), 2, "both shards' records kept");
+
+    // The same records again overwrite their own object; a second file at the same positions
+    // (a later run of a file source, with no arrival time) gets objects of its own.
+    let again = (1..=3)
+        .map(|seq| {
+            raw(
+                "shard-a",
+                seq,
+                &format!("{{\"shard\":\"shard-a\",\"n\":{seq}}}"),
+            )
+        })
+        .collect();
+    pipeline.process_batch("shard-a".into(), again).await;
+    assert_eq!(
+        read_objects(&s3, &bucket).await.len(),
+        2,
+        "the same batch overwrites itself"
+    );
+    let other = (1..=3)
+        .map(|seq| {
+            raw(
+                "shard-a",
+                seq,
+                &format!("{{\"shard\":\"shard-a\",\"n\":{}}}", seq + 10),
+            )
+        })
+        .collect();
+    pipeline.process_batch("shard-a".into(), other).await;
+    assert_eq!(
+        read_objects(&s3, &bucket).await.len(),
+        3,
+        "other records never overwrite"
+    );
 
     // A failure past the retries leaves the records failed, never stored or dead-lettered.
     plan.fail_always("PutObject", Fault::ServerError);

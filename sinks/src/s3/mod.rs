@@ -1,10 +1,10 @@
 //! `type = "s3"`: records as JSON lines (gzip by default) in objects under a key template, the
 //! classic archive of a stream. Each batch's records go to one object per prefix they render,
-//! named by the first record's position and a digest of its stream and shard:
-//! `PREFIX POSITION-DIGEST.jsonl.gz`. A batch delivered again from the same position writes the
-//! same key, so it overwrites its object rather than adding one; a batch cut differently (after a
-//! restart) may repeat records in a second object: the archive is at-least-once, and each line
-//! carries nothing to deduplicate by but its content.
+//! named by the first record's position and the MD5 of its content:
+//! `PREFIX POSITION-MD5.jsonl.gz`. The same records delivered again write the same key, so they
+//! overwrite their own object rather than adding one, and different records never share a key; a
+//! batch cut differently (after a restart) may repeat records in a second object: the archive is
+//! at least once.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -14,6 +14,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use chrono::Utc;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
+use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
 use sluice_core::aws::{self, Connection, Retries};
 use sluice_core::template::Template;
@@ -124,7 +125,8 @@ struct Object {
 }
 
 impl S3Sink {
-    /// The batch's records grouped into objects by the prefix each renders.
+    /// The batch's records grouped by the prefix each renders (an [`Object`] whose `key` is the
+    /// prefix so far).
     fn objects(&self, batch: &[Record], answers: &mut [Result<(), SinkError>]) -> Vec<Object> {
         let now = Utc::now();
         let mut objects: Vec<(String, Vec<usize>)> = Vec::new();
@@ -149,25 +151,11 @@ impl S3Sink {
                 }
             }
         }
-        let extension = if self.config.gzip {
-            "jsonl.gz"
-        } else {
-            "jsonl"
-        };
         objects
             .into_iter()
-            .map(|(prefix, members)| {
-                let first = &batch[members[0]].meta;
-                let shard = format!("{}/{}", first.stream, first.shard_id);
-                let digest = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, shard.as_bytes());
-                let digest = &digest.simple().to_string()[..8];
-                Object {
-                    key: format!(
-                        "{prefix}{}-{digest}.{extension}",
-                        first.get("position").unwrap_or_default()
-                    ),
-                    members,
-                }
+            .map(|(prefix, members)| Object {
+                key: prefix,
+                members,
             })
             .collect()
     }
@@ -224,15 +212,32 @@ impl Sink for S3Sink {
     async fn write(&self, batch: &[Record]) -> Vec<Result<(), SinkError>> {
         let mut answers: Vec<Result<(), SinkError>> = vec![Ok(()); batch.len()];
         let objects = self.objects(batch, &mut answers);
+        let extension = if self.config.gzip {
+            "jsonl.gz"
+        } else {
+            "jsonl"
+        };
         let puts: Vec<_> = objects
             .into_iter()
-            .map(|object| {
+            .map(|mut object| {
                 let mut lines = Vec::with_capacity(object.members.len() * 512);
                 for &i in &object.members {
                     serde_json::to_writer(&mut lines, &batch[i].value)
                         .expect("a JSON value always serialises");
                     lines.push(b'\n');
                 }
+                // Named by the first position (for reading in order) and a digest of the
+                // content: the same batch again overwrites itself with the same bytes, and
+                // different records can never overwrite each other's object.
+                let first = batch[object.members[0]]
+                    .meta
+                    .get("position")
+                    .unwrap_or_default();
+                let digest: String = Md5::digest(&lines)
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                object.key = format!("{}{first}-{digest}.{extension}", object.key);
                 self.put(object, lines)
             })
             .collect();

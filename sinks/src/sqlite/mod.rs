@@ -74,7 +74,7 @@ impl SinkConfig for SqliteSinkConfig {
 
 impl SqliteSinkConfig {
     fn routes(&self) -> Result<Routes, BuildError> {
-        Routes::new(&self.table, self.tables.as_deref())
+        Routes::new(&self.table, self.tables.as_deref(), |t| t)
     }
 }
 
@@ -83,8 +83,8 @@ const MAX_COLUMNS: usize = 2000;
 
 struct Db {
     conn: Connection,
-    /// The columns of each table seen, by [`schema::folded`] name (SQLite matches names ignoring
-    /// ASCII case); an empty set for a table not made yet.
+    /// The columns of each table seen, by [`schema::folded`] name of table and column (SQLite
+    /// matches both ignoring ASCII case); an empty set for a table not made yet.
     columns: HashMap<String, HashSet<String>>,
 }
 
@@ -187,7 +187,8 @@ impl Db {
         table: &str,
         config: &SqliteSinkConfig,
     ) -> Result<&mut HashSet<String>, SinkError> {
-        if !self.columns.contains_key(table) {
+        let folded = schema::folded(table);
+        if !self.columns.contains_key(&folded) {
             let existing = schema::columns(&self.conn, table).map_err(|e| {
                 SinkError::Retryable(format!("reading table `{table}`'s columns: {e}"))
             })?;
@@ -199,9 +200,9 @@ impl Db {
                 )));
             }
             let columns = existing.iter().map(|(c, _)| schema::folded(c)).collect();
-            self.columns.insert(table.to_owned(), columns);
+            self.columns.insert(folded.clone(), columns);
         }
-        Ok(self.columns.get_mut(table).expect("inserted above"))
+        Ok(self.columns.get_mut(&folded).expect("inserted above"))
     }
 
     /// Writes each group of records into its table; one answer per record of `batch`.
@@ -237,7 +238,7 @@ impl Db {
     ) -> rusqlite::Result<()> {
         let mut new: Vec<(String, &'static str)> = Vec::new();
         let mut adding = HashSet::new();
-        let columns = self.columns.entry(table.to_owned()).or_default();
+        let columns = self.columns.entry(schema::folded(table)).or_default();
         for (record, result) in batch.iter().zip(results.iter_mut()) {
             if result.is_err() {
                 continue;
@@ -303,7 +304,7 @@ impl Db {
             // part way): read them again, and widen from what the table really has.
             let widened = schema::columns(&self.conn, table).and_then(|columns| {
                 let columns = columns.iter().map(|(c, _)| schema::folded(c)).collect();
-                self.columns.insert(table.to_owned(), columns);
+                self.columns.insert(schema::folded(table), columns);
                 self.widen(config, table, batch, &mut results)
             });
             if widened.is_err() {

@@ -329,3 +329,40 @@ async fn records_are_routed_to_the_table_their_template_names() {
         .expect("jam");
     assert_eq!(level, 3);
 }
+
+#[tokio::test]
+async fn table_names_differing_only_in_case_are_one_table() {
+    // Found by review: the column cache was keyed by the name as written, so `alert` after
+    // `Alert` found no columns, and its rows failed against a table SQLite had already.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("t.db").to_string_lossy().into_owned();
+    let config = SqliteSinkConfig {
+        path: path.clone(),
+        table: "{kind}".into(),
+        key: "id".into(),
+        tables: None,
+    };
+    let sink = config
+        .build(&BuildContext::new("t", false))
+        .await
+        .expect("opens");
+    let first = sink
+        .write(&[record(json!({"kind": "Alert", "id": "1", "n": 1}))])
+        .await;
+    assert!(first.iter().all(Result::is_ok), "{first:?}");
+    let second = sink
+        .write(&[record(
+            json!({"kind": "alert", "id": "2", "n": 2, "x": "new"}),
+        )])
+        .await;
+    assert!(second.iter().all(Result::is_ok), "{second:?}");
+    let conn = Connection::open(&path).expect("open");
+    let n: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM alert WHERE x = 'new' OR n = 1",
+            [],
+            |r| r.get(0),
+        )
+        .expect("count");
+    assert_eq!(n, 2);
+}

@@ -70,7 +70,7 @@ impl Bucket {
             .table_name(&self.checkpoints)
             .key(
                 "leaseKey",
-                AttributeValue::S(format!("s3://{}/in/", self.name)),
+                AttributeValue::S(format!("test:s3://{}/in/", self.name)),
             )
             .consistent_read(true)
             .send()
@@ -257,4 +257,96 @@ async fn one_pass_stops_at_a_failed_object_and_the_next_begins_there() {
         "only b, the object not done"
     );
     assert_eq!(bucket.checkpoint().await.as_deref(), Some("in/b.jsonl"));
+}
+
+/// Fails the record whose `k` is `bad` while told to, and stores the rest.
+#[derive(Clone)]
+struct FailsOne {
+    inner: MemorySink,
+    bad: &'static str,
+    failing: Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[sluice_core::async_trait]
+impl sluice_core::Sink for FailsOne {
+    async fn write(
+        &self,
+        batch: &[sluice_core::Record],
+    ) -> Vec<Result<(), sluice_core::SinkError>> {
+        let failing = self.failing.load(std::sync::atomic::Ordering::SeqCst);
+        let (bad, good): (Vec<_>, Vec<_>) = batch
+            .iter()
+            .enumerate()
+            .partition(|(_, r)| failing && r.value["k"] == self.bad);
+        let good: Vec<_> = good.into_iter().map(|(_, r)| r.clone()).collect();
+        self.inner.write(&good).await;
+        let mut answers = vec![Ok(()); batch.len()];
+        for (i, _) in bad {
+            answers[i] = Err(sluice_core::SinkError::Retryable(
+                "down for this one".into(),
+            ));
+        }
+        answers
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_object_read_again_goes_on_after_the_records_already_done() {
+    let Some(endpoint) = moto_endpoint() else {
+        return;
+    };
+    let bucket = Bucket::create(&endpoint).await;
+    let lines: String = (1..=5).map(|i| format!("{{\"k\":\"a{i}\"}}\n")).collect();
+    bucket.put("in/a.jsonl", lines.into_bytes()).await;
+    let plan = FaultPlan::new();
+    let ctx = testing::context("test", &plan);
+    let source = bucket.config().build(&ctx).await.expect("builds");
+    let sink = FailsOne {
+        inner: MemorySink::default(),
+        bad: "a4",
+        failing: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+    };
+    let progress = Arc::new(Progress::default());
+    let running = {
+        let pipeline = Pipeline::new(
+            "test",
+            Vec::new(),
+            Arc::new(sink.clone()),
+            Arc::new(MemorySink::default()),
+            BatchSettings {
+                max_records: 2,
+                max_age: Duration::from_millis(50),
+            },
+            quick_retry(),
+        );
+        let progress = progress.clone();
+        tokio::spawn(async move { pipeline.run(source, progress).await })
+    };
+    // a1..a3 are done; a4 fails, is read again (from a4, not from a1) and fails again.
+    eventually("a4 failed twice", async || progress.snapshot().failed >= 2).await;
+    sink.failing
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    eventually("the checkpoint past a", async || {
+        bucket.checkpoint().await.as_deref() == Some("in/a.jsonl")
+    })
+    .await;
+    ctx.shutdown.trigger();
+    tokio::time::timeout(Duration::from_secs(30), running)
+        .await
+        .expect("stops")
+        .expect("runs");
+    let stored: Vec<String> = sink
+        .inner
+        .values()
+        .iter()
+        .map(|v| v["k"].as_str().unwrap().to_owned())
+        .collect();
+    // a5 shared a4's batch, so it is written on every try; a1..a3 only once.
+    let times = |k: &str| stored.iter().filter(|s| *s == k).count();
+    assert_eq!(
+        (times("a1"), times("a2"), times("a3"), times("a4")),
+        (1, 1, 1, 1),
+        "{stored:?}"
+    );
+    assert!(times("a5") >= 1, "{stored:?}");
 }

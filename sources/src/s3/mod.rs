@@ -12,7 +12,7 @@ mod checkpoint;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -23,8 +23,8 @@ use serde::{Deserialize, Serialize};
 use sluice_core::aws::{self, Connection, Retries};
 use sluice_core::health::Health;
 use sluice_core::{
-    Acknowledge, Backoff, BatchReport, BatchSettings, BuildContext, BuildError, Meta, Shutdown,
-    Source, SourceBatch, SourceConfig, SourceError,
+    Acknowledge, Backoff, BatchReport, BatchSettings, BuildContext, BuildError, Checkpoint, Meta,
+    Position, Shutdown, Source, SourceBatch, SourceConfig, SourceError,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -159,7 +159,8 @@ impl SourceConfig for S3SourceConfig {
                         .checkpoint_table
                         .clone()
                         .unwrap_or_else(|| format!("{}-checkpoints", ctx.pipeline)),
-                    key: self.location(),
+                    // The pipeline too: two pipelines may share a table and read one prefix.
+                    key: format!("{}:{}", ctx.pipeline, self.location()),
                 },
                 location: self.location(),
                 poll_interval: self.poll_interval,
@@ -194,11 +195,19 @@ impl Source for S3Source {
         self: Box<Self>,
         settings: BatchSettings,
     ) -> BoxStream<'static, Result<SourceBatch, SourceError>> {
-        // Two batches ahead: the runtime takes one object's batches while the next is acked.
+        // A small queue: the runtime works through an object's batches as they come.
         let (tx, rx) = mpsc::channel(2);
         tokio::spawn(self.reader.run(tx, settings));
         tokio_stream::wrappers::ReceiverStream::new(rx).boxed()
     }
+}
+
+/// What reading an object gave.
+enum Read {
+    Bytes(Bytes),
+    Gone,
+    /// It exists but can never be read (archived): dead-lettered, naming it.
+    Unreadable(String),
 }
 
 /// An object as listed.
@@ -211,8 +220,11 @@ struct Listed {
 enum Done {
     /// Every record is done; `stored` says whether a checkpoint may pass them (not in a dry run).
     Complete { stored: bool },
-    /// A record failed, or a batch came back unprocessed, or a stop came before its end.
-    Incomplete,
+    /// A record failed, or a batch came back unprocessed, or a stop came before its end;
+    /// `reached` is the last position done with every one before it, if any.
+    Incomplete { reached: Option<Position> },
+    /// Deleted since it was listed.
+    Gone,
     /// The runtime stopped taking batches.
     Closed,
 }
@@ -220,7 +232,8 @@ enum Done {
 /// What one batch's acknowledgement says.
 struct Acked {
     complete: bool,
-    checkpointed: bool,
+    /// How far the object's records are done without a gap (`None` in a dry run).
+    reached: Option<Position>,
 }
 
 /// Tells the reader what became of one batch; dropped unacknowledged, it says "not done".
@@ -239,7 +252,7 @@ impl Acknowledge for ObjectAck {
     async fn acknowledge(self: Box<Self>, report: &BatchReport) -> Result<(), SourceError> {
         let _ = self.tx.send(Acked {
             complete: report.is_complete(),
-            checkpointed: report.checkpoint().is_some(),
+            reached: report.checkpoint().and_then(Checkpoint::position).cloned(),
         });
         Ok(())
     }
@@ -273,6 +286,9 @@ impl Reader {
         tracing::info!(location = %self.location, after = ?after, "reading objects");
         let mut holding = 0u64;
         let mut failures = 0u32;
+        // The object that failed, how far it is done, and since when it holds the reader.
+        let mut resume: Option<(String, Position)> = None;
+        let mut stuck_since: Option<Instant> = None;
         'listing: while !self.shutdown.is_triggered() {
             let page = match self.list(after.as_deref()).await {
                 Ok(page) => page,
@@ -302,30 +318,55 @@ impl Reader {
                     continue;
                 }
                 holding += 1;
-                let done = self.object(&object, holding, &tx, settings).await;
+                let done_through = resume
+                    .as_ref()
+                    .filter(|(key, _)| *key == object.key)
+                    .map(|(_, p)| p.clone());
+                let done = self
+                    .object(&object, holding, done_through, &tx, settings)
+                    .await;
                 match done {
                     Ok(Done::Complete { stored }) => {
                         failures = 0;
+                        resume = None;
+                        if stuck_since.take().is_some() {
+                            self.health.shard_stuck(&self.location, None);
+                        }
                         if stored {
                             if let Err(e) = self.store.save(&object.key).await {
+                                if self.until_caught_up {
+                                    // The run says so; the next one reads this object again.
+                                    let _ = tx.send(Err(e)).await;
+                                    return;
+                                }
                                 // The next object's checkpoint carries this one.
                                 tracing::warn!(error = %e, object = %object.key, "checkpoint not stored");
                             }
                         }
                         after = Some(object.key);
                     }
-                    Ok(Done::Incomplete) => {
+                    Ok(Done::Incomplete { reached }) => {
                         if self.until_caught_up || self.shutdown.is_triggered() {
                             // The run reports the failed records; the next run begins here.
                             return;
                         }
+                        if let Some(reached) = reached {
+                            resume = Some((object.key.clone(), reached));
+                        }
+                        let since = *stuck_since.get_or_insert_with(Instant::now);
+                        let reason = format!("object {} has records not done", object.key);
+                        self.health
+                            .shard_stuck(&self.location, Some((since, reason.as_str())));
                         failures += 1;
                         let wait = RETRY.delay(failures);
-                        tracing::warn!(object = %object.key, retry_in = ?wait, "not every record of the object is done; reading it again");
+                        tracing::warn!(object = %object.key, retry_in = ?wait, "not every record of the object is done; reading the rest again");
                         tokio::select! {
                             _ = tokio::time::sleep(wait) => continue 'listing,
                             _ = self.shutdown.triggered() => return,
                         }
+                    }
+                    Ok(Done::Gone) => {
+                        tracing::warn!(object = %object.key, "the object was deleted after it was listed; nothing to read");
                     }
                     Ok(Done::Closed) => return,
                     Err(e) => {
@@ -386,34 +427,50 @@ impl Reader {
             .collect())
     }
 
-    async fn read(&self, key: &str) -> Result<Bytes, SourceError> {
+    /// The object's bytes; `Ok(None)` when it is gone, `Read::Unreadable` when it never can be.
+    async fn read(&self, key: &str) -> Result<Read, SourceError> {
         let failed =
             |e: String| SourceError::Format(format!("reading s3://{}/{key}: {e}", self.bucket));
-        let out = self
+        let out = match self
             .s3
             .get_object()
             .bucket(&self.bucket)
             .key(key)
             .send()
             .await
-            .map_err(|e| failed(aws::describe_error(&e)))?;
+        {
+            Ok(out) => out,
+            Err(e) => {
+                return match aws::error_code(&e) {
+                    Some("NoSuchKey") => Ok(Read::Gone),
+                    // Archived (Glacier): not readable until restored; no retry helps.
+                    Some("InvalidObjectState") => Ok(Read::Unreadable(format!(
+                        "s3://{}/{key} cannot be read: {}",
+                        self.bucket,
+                        aws::describe_error(&e)
+                    ))),
+                    _ => Err(failed(aws::describe_error(&e))),
+                };
+            }
+        };
         let body = out
             .body
             .collect()
             .await
             .map_err(|e| failed(e.to_string()))?;
-        Ok(body.into_bytes())
+        Ok(Read::Bytes(body.into_bytes()))
     }
 
-    /// Hands out the object's records batch by batch and waits until each batch is reported.
+    /// Hands out the object's records batch by batch (after `done_through`, when a first try
+    /// got that far) and waits until each batch is reported.
     async fn object(
         &self,
         object: &Listed,
         holding: u64,
+        done_through: Option<Position>,
         tx: &Batches,
         settings: BatchSettings,
     ) -> Result<Done, SourceError> {
-        let body = self.read(&object.key).await?;
         let base = Meta {
             source: "s3".into(),
             stream: self.bucket.clone(),
@@ -421,19 +478,26 @@ impl Reader {
             arrival_time: object.modified,
             ..Meta::default()
         };
-        let mut records = match document::unpacked(&object.key, body.clone()) {
-            Ok(data) => match &self.documents {
-                Some(documents) => documents.split(data, &object.key, &base),
-                None => document::lines(&data, &base),
+        let mut records = match self.read(&object.key).await? {
+            Read::Gone => return Ok(Done::Gone),
+            Read::Unreadable(reason) => vec![document::refused(Bytes::new(), reason, &base)],
+            Read::Bytes(body) => match document::unpacked(&object.key, body.clone()) {
+                Ok(data) => match &self.documents {
+                    Some(documents) => documents.split(data, &object.key, &base),
+                    None => document::lines(&data, &base),
+                },
+                Err(reason) => vec![document::refused(body, reason, &base)],
             },
-            Err(reason) => vec![document::refused(body, reason, &base)],
         };
+        if let Some(done) = &done_through {
+            records.retain(|r| r.meta.position() > *done);
+        }
         tracing::debug!(object = %object.key, records = records.len(), "object read");
         let mut acks = Vec::new();
         let mut handed_out_all = true;
-        while !records.is_empty() {
-            let rest = records.split_off(records.len().min(settings.max_records));
-            let chunk = std::mem::replace(&mut records, rest);
+        let mut records = records.into_iter().peekable();
+        while records.peek().is_some() {
+            let chunk: Vec<_> = records.by_ref().take(settings.max_records).collect();
             let (ack, acked) = oneshot::channel();
             let batch = SourceBatch {
                 shard_id: self.location.clone(),
@@ -444,25 +508,36 @@ impl Reader {
                 return Ok(Done::Closed);
             }
             acks.push(acked);
-            if self.shutdown.is_triggered() && !records.is_empty() {
+            if self.shutdown.is_triggered() && records.peek().is_some() {
                 handed_out_all = false;
                 break;
             }
         }
         let (mut complete, mut stored) = (handed_out_all, true);
+        let mut reached = done_through;
+        let mut gap = false;
         for acked in acks {
             match acked.await {
                 Ok(a) => {
                     complete &= a.complete;
-                    stored &= a.checkpointed;
+                    stored &= a.reached.is_some();
+                    // The runtime moves an object's checkpoint only over records done without
+                    // a gap, and not at all after a failure: the last one given is how far.
+                    if a.reached.is_some() && !gap {
+                        reached = a.reached;
+                    }
                 }
-                Err(_) => complete = false,
+                Err(_) => {
+                    // Never reported: nothing after it may count as done.
+                    complete = false;
+                    gap = true;
+                }
             }
         }
         Ok(if complete {
             Done::Complete { stored }
         } else {
-            Done::Incomplete
+            Done::Incomplete { reached }
         })
     }
 }

@@ -407,7 +407,8 @@ async fn the_aws_pipeline_files_validate_against_the_emulator_and_name_what_is_m
         return;
     };
     let world = World::create(&endpoint, 1).await;
-    for name in crate::validate::AWS_PIPELINES {
+    // The S3 pipelines validate in their own worlds (`s3_jobs`).
+    for name in ["waze-persist.toml"] {
         let mut cmd = sluice();
         cmd.arg("validate").arg(format!("pipelines/{name}"));
         for (k, v) in world.variables() {
