@@ -24,16 +24,6 @@ fn credentials(endpoint: &str) -> Vec<(&'static str, String)> {
     ]
 }
 
-async fn bucket(s3: &aws_sdk_s3::Client) -> String {
-    let name = unique("bucket").to_lowercase().replace('_', "-");
-    s3.create_bucket()
-        .bucket(&name)
-        .send()
-        .await
-        .expect("bucket");
-    name
-}
-
 fn gzip(data: &[u8]) -> Vec<u8> {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     gz.write_all(data).unwrap();
@@ -92,7 +82,7 @@ impl FeedWorld {
         let s3: aws_sdk_s3::Client = testing::client(endpoint).await;
         let dynamodb: aws_sdk_dynamodb::Client = testing::client(endpoint).await;
         let sqs: aws_sdk_sqs::Client = testing::client(endpoint).await;
-        let bucket = bucket(&s3).await;
+        let bucket = testing::create_bucket(&s3).await;
         let tables = format!("{}_", unique("feed"));
         for array in ARRAYS {
             testing::create_table(
@@ -103,7 +93,7 @@ impl FeedWorld {
             .await;
         }
         let queue_url = testing::create_queue(&sqs, &unique("feed-dlq"), &[]).await;
-        let overflow = self::bucket(&s3).await;
+        let overflow = testing::create_bucket(&s3).await;
         let mut variables = credentials(endpoint);
         variables.extend([
             ("WAZE_FEED_BUCKET", bucket.clone()),
@@ -260,19 +250,7 @@ async fn the_aws_feed_job_stores_each_item_once_typed_and_a_second_run_writes_no
     let key = pointer
         .strip_prefix(&format!("s3://{}/", world.overflow))
         .unwrap_or_else(|| panic!("{pointer}"));
-    let whole = world
-        .s3
-        .get_object()
-        .bucket(&world.overflow)
-        .key(key)
-        .send()
-        .await
-        .expect("the overflow object")
-        .body
-        .collect()
-        .await
-        .unwrap()
-        .into_bytes();
+    let whole = testing::get_object(&world.s3, &world.overflow, key).await;
     let whole: Value = serde_json::from_slice(&whole).unwrap();
     let payload = base64::Engine::decode(
         &base64::engine::general_purpose::STANDARD,
@@ -391,7 +369,7 @@ async fn the_archive_job_writes_every_record_of_a_two_shard_stream_once_under_th
     let stream = unique("archive");
     testing::create_stream(&kinesis, &stream, 2).await;
     testing::wait_until_stream_active(&kinesis, &stream).await;
-    let bucket = bucket(&s3).await;
+    let bucket = testing::create_bucket(&s3).await;
     let queue_url = testing::create_queue(&sqs, &unique("archive-dlq"), &[]).await;
     let payloads: Vec<Vec<u8>> = (0..300)
         .map(|i| serde_json::to_vec(&crate::aws_job::waze_payload(i)).unwrap())
@@ -465,18 +443,7 @@ async fn the_archive_job_writes_every_record_of_a_two_shard_stream_once_under_th
     for object in listed.contents() {
         let key = object.key().unwrap();
         let shard = key_shape(key).unwrap_or_else(|| panic!("`{key}` follows the template"));
-        let body = s3
-            .get_object()
-            .bucket(&bucket)
-            .key(key)
-            .send()
-            .await
-            .unwrap()
-            .body
-            .collect()
-            .await
-            .unwrap()
-            .into_bytes();
+        let body = testing::get_object(&s3, &bucket, key).await;
         let mut text = String::new();
         flate2::read::GzDecoder::new(&body[..])
             .read_to_string(&mut text)

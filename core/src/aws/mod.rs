@@ -19,6 +19,8 @@ pub mod dynamodb;
 
 #[cfg(feature = "testkit")]
 pub mod faults;
+#[cfg(feature = "s3")]
+pub mod s3;
 #[cfg(feature = "testkit")]
 pub mod testing;
 

@@ -244,3 +244,33 @@ pub async fn wait_until_stream_active(client: &aws_sdk_kinesis::Client, name: &s
     }
     panic!("stream {name} never became ACTIVE");
 }
+
+/// Creates a bucket with a unique name for one test.
+#[cfg(feature = "s3")]
+pub async fn create_bucket(client: &aws_sdk_s3::Client) -> String {
+    let name = unique("bucket").to_lowercase().replace('_', "-");
+    client
+        .create_bucket()
+        .bucket(&name)
+        .send()
+        .await
+        .expect("create the test bucket");
+    name
+}
+
+/// An object's bytes as stored.
+#[cfg(feature = "s3")]
+pub async fn get_object(client: &aws_sdk_s3::Client, bucket: &str, key: &str) -> bytes::Bytes {
+    client
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("get s3://{bucket}/{key}: {e}"))
+        .body
+        .collect()
+        .await
+        .expect("the object's body")
+        .into_bytes()
+}

@@ -4,7 +4,7 @@ use std::io::Read;
 
 use aws_sdk_s3::Client;
 use sluice_core::aws::faults::{Fault, FaultPlan};
-use sluice_core::aws::testing::{self, moto_endpoint, unique};
+use sluice_core::aws::testing::{self, moto_endpoint};
 use sluice_core::testkit::{raw, sink_pipeline};
 use sluice_core::{Outcome, SinkConfig};
 
@@ -20,18 +20,7 @@ async fn read_objects(s3: &Client, bucket: &str) -> Vec<(String, Vec<String>)> {
     let mut out = Vec::new();
     for object in listed.contents() {
         let key = object.key().unwrap().to_owned();
-        let body = s3
-            .get_object()
-            .bucket(bucket)
-            .key(&key)
-            .send()
-            .await
-            .unwrap()
-            .body
-            .collect()
-            .await
-            .unwrap()
-            .into_bytes();
+        let body = testing::get_object(s3, bucket, &key).await;
         let mut text = String::new();
         flate2::read::GzDecoder::new(&body[..])
             .read_to_string(&mut text)
@@ -47,12 +36,7 @@ async fn batches_become_gzip_objects_per_shard_that_never_overwrite_each_other()
         return;
     };
     let s3: Client = testing::client(&endpoint).await;
-    let bucket = unique("archive").to_lowercase().replace('_', "-");
-    s3.create_bucket()
-        .bucket(&bucket)
-        .send()
-        .await
-        .expect("bucket");
+    let bucket = testing::create_bucket(&s3).await;
     let config: S3SinkConfig = {
         use figment::providers::{Format, Toml};
         let text = format!(

@@ -86,19 +86,7 @@ impl SinkConfig for S3SinkConfig {
         };
         let client: aws_sdk_s3::Client = aws::client(ctx, connection).await?;
         let starting: aws_sdk_s3::Client = aws::client(ctx, connection.retried_by_sdk()).await?;
-        starting
-            .head_bucket()
-            .bucket(&self.bucket)
-            .send()
-            .await
-            .map_err(|e| BuildError::Unavailable {
-                transient: aws::is_transient(&e),
-                what: format!("S3 bucket `{}`", self.bucket),
-                message: format!(
-                    "HeadBucket failed: {} (check the bucket name, region, endpoint and permissions)",
-                    aws::describe_error(&e)
-                ),
-            })?;
+        aws::s3::check_bucket(&starting, &self.bucket, "`bucket`").await?;
         Ok(Arc::new(S3Sink {
             client,
             prefix: self.template(&ctx.pipeline)?,

@@ -28,19 +28,7 @@ impl Overflow {
     ) -> Result<Self, BuildError> {
         let client: aws_sdk_s3::Client = aws::client(ctx, connection).await?;
         let starting: aws_sdk_s3::Client = aws::client(ctx, connection.retried_by_sdk()).await?;
-        starting
-            .head_bucket()
-            .bucket(bucket)
-            .send()
-            .await
-            .map_err(|e| BuildError::Unavailable {
-                transient: aws::is_transient(&e),
-                what: format!("S3 bucket {bucket} (`overflow_s3_bucket`)"),
-                message: format!(
-                    "HeadBucket failed: {} (check the bucket name, region, endpoint and permissions)",
-                    aws::describe_error(&e)
-                ),
-            })?;
+        aws::s3::check_bucket(&starting, bucket, "`overflow_s3_bucket`").await?;
         Ok(Self {
             client,
             bucket: bucket.to_owned(),

@@ -25,12 +25,7 @@ struct Bucket {
 impl Bucket {
     async fn create(endpoint: &str) -> Self {
         let s3: aws_sdk_s3::Client = testing::client(endpoint).await;
-        let name = unique("bucket").to_lowercase().replace('_', "-");
-        s3.create_bucket()
-            .bucket(&name)
-            .send()
-            .await
-            .expect("bucket");
+        let name = testing::create_bucket(&s3).await;
         Self {
             s3,
             dynamodb: testing::client(endpoint).await,

@@ -135,18 +135,7 @@ impl SourceConfig for S3SourceConfig {
         )
         .await?;
         // Proves the bucket is there and readable before anything runs.
-        s3.head_bucket()
-            .bucket(&self.bucket)
-            .send()
-            .await
-            .map_err(|e| BuildError::Unavailable {
-                transient: aws::is_transient(&e),
-                what: format!("S3 bucket `{}`", self.bucket),
-                message: format!(
-                    "HeadBucket failed: {} (check the bucket name, region, endpoint and permissions)",
-                    aws::describe_error(&e)
-                ),
-            })?;
+        aws::s3::check_bucket(&s3, &self.bucket, "`bucket`").await?;
         Ok(Box::new(S3Source {
             reader: Reader {
                 s3,
