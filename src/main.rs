@@ -1,5 +1,6 @@
 //! The `sluice` command: run or validate a pipeline file.
 
+mod offline;
 mod summary;
 
 use std::io::IsTerminal;
@@ -105,6 +106,33 @@ enum Command {
         /// The URL (plain http://).
         url: String,
     },
+    /// Run a pipeline's enrichers and its sink's encoding over sample records, calling nothing:
+    /// what each record becomes (stored, with the exact request the sink would send; skipped;
+    /// dead-lettered, with the reason), or the file's unit tests.
+    ///
+    /// Without --input, the cases of the tests file beside it (`x.tests.toml`) are run when there
+    /// is one (exit 1 when a case fails), else the file's own file source is read. Variables the
+    /// environment does not set stand for their own names, so `${LATEST_BATCH_ID}` is the
+    /// parameter `LATEST_BATCH_ID` (give its value with --parameter).
+    #[command(
+        after_help = "Examples:\n  sluice test pipelines/waze-persist.local.toml\n  sluice test pipelines/waze-persist.toml --input tests/fixtures/kinesis-event.json --parameter LATEST_BATCH_ID=batch-7 --format json"
+    )]
+    Test {
+        /// The pipeline file (TOML).
+        file: PathBuf,
+        /// Records to run: JSON lines, or a Lambda Kinesis event file.
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// A value for an `ssm_parameter` enricher's parameter, NAME=VALUE (repeatable).
+        #[arg(long = "parameter", value_name = "NAME=VALUE")]
+        parameters: Vec<String>,
+        /// How to print each record's result.
+        #[arg(long, value_enum, default_value_t = offline::Format::Text)]
+        format: offline::Format,
+        /// The unit tests to run (default: the file's `.tests.toml`, when there is one).
+        #[arg(long)]
+        tests: Option<PathBuf>,
+    },
     /// Check a pipeline file: load it, build every component, read no data, print the plan.
     ///
     /// Exits 0 when the file is valid, 2 with a message naming the key and the fix otherwise.
@@ -189,6 +217,22 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Command::Test {
+            file,
+            input,
+            parameters,
+            format,
+            tests,
+        } => {
+            offline::run(offline::Args {
+                file,
+                input,
+                parameters,
+                format,
+                tests,
+            })
+            .await
         }
         Command::Validate { file } => {
             let config = PipelineConfig::load(&file)?;

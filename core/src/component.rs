@@ -12,6 +12,7 @@ use crate::calls::ApiCalls;
 use crate::error::{BuildError, EnrichError, SinkError, SourceError};
 use crate::health::Health;
 use crate::outcome::BatchReport;
+use crate::preview::{Encoder, JsonEncoder};
 use crate::record::{RawRecord, Record};
 use crate::settings::BatchSettings;
 
@@ -173,6 +174,14 @@ pub trait SinkConfig: Debug + Send + Sync {
     async fn build(&self, ctx: &BuildContext) -> Result<Arc<dyn Sink>, BuildError>;
     /// One line saying where this sink writes.
     fn describe(&self) -> String;
+    /// What this sink would send for each record, worked out with no I/O (`sluice test`). The
+    /// default: each record's JSON, to where [`SinkConfig::describe`] says.
+    fn encoder(&self, ctx: &BuildContext) -> Result<Box<dyn Encoder>, BuildError> {
+        let _ = ctx;
+        Ok(Box::new(JsonEncoder {
+            target: self.describe(),
+        }))
+    }
 }
 
 /// A batch of records from one shard, in order of sequence number.

@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod ops;
 pub mod outcome;
 pub mod position;
+pub mod preview;
 pub mod record;
 pub mod runtime;
 pub mod settings;

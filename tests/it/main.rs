@@ -11,6 +11,7 @@ mod feed_job;
 mod lambda;
 mod lambda_binary;
 mod local_job;
+mod offline;
 mod s3_jobs;
 mod validate;
 

@@ -75,6 +75,8 @@ pub(super) struct InterpolatedToml {
     pub(super) variables: Variables,
     /// Drops the `[source]` table before anything reads it.
     pub(super) without_source: bool,
+    /// `${VAR}` with no value and no default stands for its own name (`sluice test`).
+    pub(super) unset_as_names: bool,
 }
 
 impl Provider for InterpolatedToml {
@@ -89,16 +91,34 @@ impl Provider for InterpolatedToml {
                 dict.remove("source");
             }
             let mut path = Vec::new();
-            interpolate_dict(dict, &mut path, &*self.variables).map_err(|e| *e)?;
+            let variables = self.variables.clone();
+            let unset_as_names = self.unset_as_names;
+            let lookup = move |text: &str| -> Result<String, InterpolateError> {
+                let mut named: Vec<String> = Vec::new();
+                loop {
+                    let found = |name: &str| {
+                        variables(name)
+                            .or_else(|| named.iter().any(|n| n == name).then(|| name.to_owned()))
+                    };
+                    match interpolate(text, &found) {
+                        Err(InterpolateError::Unset(name)) if unset_as_names => named.push(name),
+                        done => return done,
+                    }
+                }
+            };
+            interpolate_dict(dict, &mut path, &lookup).map_err(|e| *e)?;
         }
         Ok(data)
     }
 }
 
+/// Resolves the references in one string.
+type Expand<'a> = &'a dyn Fn(&str) -> Result<String, InterpolateError>;
+
 fn interpolate_dict(
     dict: &mut Dict,
     path: &mut Vec<String>,
-    lookup: &dyn Fn(&str) -> Option<String>,
+    lookup: Expand<'_>,
 ) -> Result<(), Box<figment::Error>> {
     for (key, value) in dict.iter_mut() {
         path.push(key.clone());
@@ -111,11 +131,11 @@ fn interpolate_dict(
 fn interpolate_value(
     value: &mut Value,
     path: &mut Vec<String>,
-    lookup: &dyn Fn(&str) -> Option<String>,
+    lookup: Expand<'_>,
 ) -> Result<(), Box<figment::Error>> {
     match value {
         Value::String(_, s) => {
-            *s = interpolate(s, lookup).map_err(|e| {
+            *s = lookup(s).map_err(|e| {
                 let mut err = figment::Error::from(e.to_string());
                 err.path = path.clone();
                 Box::new(err)

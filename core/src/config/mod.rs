@@ -18,6 +18,7 @@ pub use switch::switch;
 
 use crate::component::{BuildContext, EnricherConfig, SinkConfig, Source, SourceConfig};
 use crate::error::{BuildError, ConfigError};
+use crate::preview::{EncodingSink, KeptDeadLetters, OfflinePipeline};
 use crate::runtime::{NamedEnricher, Pipeline};
 use crate::settings::{BatchSettings, RetryPolicy};
 
@@ -54,6 +55,10 @@ pub struct PipelineConfig {
     /// The file this was loaded from.
     #[serde(skip)]
     pub file: PathBuf,
+    /// Loaded for `sluice test` ([`Loader::unset_as_names`]): the error sink is never built,
+    /// so its settings (placeholders there) are not checked.
+    #[serde(skip)]
+    offline: bool,
 }
 
 /// How a pipeline file is read: where `${VAR}` references are looked up, and whether the
@@ -62,6 +67,7 @@ pub struct PipelineConfig {
 pub struct Loader {
     variables: Variables,
     without_source: bool,
+    unset_as_names: bool,
 }
 
 impl Default for Loader {
@@ -69,6 +75,7 @@ impl Default for Loader {
         Self {
             variables: Arc::new(|name| std::env::var(name).ok()),
             without_source: false,
+            unset_as_names: false,
         }
     }
 }
@@ -104,6 +111,13 @@ impl Loader {
         self
     }
 
+    /// For `sluice test`: a `${VAR}` with no value and no default stands for its own name
+    /// (`${LATEST_BATCH_ID}` is the parameter `LATEST_BATCH_ID`) instead of being an error.
+    pub fn unset_as_names(mut self) -> Self {
+        self.unset_as_names = true;
+        self
+    }
+
     /// Loads a pipeline file: the TOML, `${VAR}` interpolation, then `SLUICE__` overrides; then
     /// every setting is checked (no I/O) and named with its file and key when wrong.
     pub fn load(&self, path: impl AsRef<Path>) -> Result<PipelineConfig, ConfigError> {
@@ -127,6 +141,7 @@ impl Loader {
                 path: path.to_owned(),
                 variables: self.variables.clone(),
                 without_source,
+                unset_as_names: self.unset_as_names,
             })
             .merge(
                 Env::prefixed(OVERRIDE_PREFIX)
@@ -140,6 +155,7 @@ impl Loader {
             .extract()
             .map_err(|e| messages::from_figment(path, e, &figment))?;
         config.file = path.to_owned();
+        config.offline = self.unset_as_names;
         if without_source {
             config.source = None;
         } else if config.source.is_none() {
@@ -198,6 +214,9 @@ impl PipelineConfig {
         self.sink
             .validate()
             .map_err(|e| self.build_error("sink", e))?;
+        if self.offline {
+            return Ok(());
+        }
         self.error_sink
             .validate()
             .map_err(|e| self.build_error("error_sink", e))
@@ -276,6 +295,45 @@ impl PipelineConfig {
         .with_stop(ctx.shutdown.clone())
         .with_max_record_age(self.max_record_age);
         Ok(Built { pipeline, source })
+    }
+
+    /// Builds the pipeline for a run with no I/O (`sluice test`): the file's enrichers (built in
+    /// `ctx`, which should carry [`crate::preview::Offline`]), the sink's encoder in place of
+    /// the sink, dead letters kept in memory; no source. Nothing is opened or called.
+    pub async fn build_offline(&self, ctx: &BuildContext) -> Result<OfflinePipeline, ConfigError> {
+        self.check()?;
+        let mut enrichers = Vec::with_capacity(self.enrichers.len());
+        for (i, config) in self.enrichers.iter().enumerate() {
+            let enricher = config
+                .build(ctx)
+                .await
+                .map_err(|e| self.build_error(&format!("enrichers[{i}]"), e))?;
+            enrichers.push(NamedEnricher {
+                name: self.enricher_name(i),
+                enricher,
+            });
+        }
+        let encoder = self
+            .sink
+            .encoder(ctx)
+            .map_err(|e| self.build_error("sink", e))?;
+        let requests = Arc::new(EncodingSink::new(encoder));
+        let dead_letters = Arc::new(KeptDeadLetters::default());
+        let pipeline = Pipeline::new(
+            self.name.clone(),
+            enrichers,
+            requests.clone(),
+            dead_letters.clone(),
+            self.batch,
+            self.retry,
+        )
+        .with_api_calls(ctx.api_calls.clone())
+        .with_max_record_age(self.max_record_age);
+        Ok(OfflinePipeline {
+            pipeline,
+            requests,
+            dead_letters,
+        })
     }
 
     /// The name of enricher `i` in stages and summaries: its type, with `#n` for the n-th of a type.

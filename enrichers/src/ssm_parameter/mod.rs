@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sluice_core::aws::{self, Connection, Retries};
+use sluice_core::preview::Offline;
 use sluice_core::{
     BuildContext, BuildError, EnrichError, Enricher, EnricherConfig, Record, Verdict,
 };
@@ -85,6 +86,24 @@ impl EnricherConfig for SsmParameterConfig {
     async fn build(&self, ctx: &BuildContext) -> Result<Arc<dyn Enricher>, BuildError> {
         // Also for a component built without its pipeline file (an embedding program).
         self.validate()?;
+        if let Some(offline) = ctx.get::<Offline>() {
+            // `sluice test`: the value comes from the command line; nothing is called.
+            let value = offline.parameters.get(&self.parameter).ok_or_else(|| {
+                BuildError::invalid(
+                    "parameter",
+                    format!(
+                        "`sluice test` calls no service: give SSM parameter `{}` a value with \
+                         --parameter {}=VALUE",
+                        self.parameter, self.parameter
+                    ),
+                )
+            })?;
+            return Ok(Arc::new(OfflineParameter {
+                into: self.into.clone(),
+                value: value.clone(),
+                meta_key: format!("ssm:{}", self.parameter),
+            }));
+        }
         let connection = Connection {
             region: self.region.as_deref(),
             endpoint_url: self.endpoint_url.as_deref(),
@@ -278,6 +297,29 @@ impl Enricher for SsmParameter {
             .meta
             .extra
             .insert(self.meta_key.clone(), reading.version.to_string());
+        Ok(Verdict::Keep)
+    }
+}
+
+/// The parameter as `sluice test` was given it: version `offline`.
+struct OfflineParameter {
+    into: String,
+    value: String,
+    meta_key: String,
+}
+
+#[async_trait]
+impl Enricher for OfflineParameter {
+    async fn enrich(&self, record: &mut Record) -> Result<Verdict, EnrichError> {
+        let object = record
+            .value
+            .as_object_mut()
+            .ok_or_else(|| EnrichError::Permanent("the record is not a JSON object".into()))?;
+        object.insert(self.into.clone(), Value::String(self.value.clone()));
+        record
+            .meta
+            .extra
+            .insert(self.meta_key.clone(), "offline".into());
         Ok(Verdict::Keep)
     }
 }

@@ -93,19 +93,54 @@ pub fn write_request(
     all_strings: bool,
     key: &[KeyAttribute],
 ) -> Result<(ItemKey, WriteRequest), String> {
-    let item = to_item(value, all_strings)?;
+    let item = sized_item(value, all_strings)?;
     let item_key = item_key(&item, key)?;
+    let put = PutRequest::builder()
+        .set_item(Some(item))
+        .build()
+        .map_err(|e| e.to_string())?;
+    Ok((item_key, WriteRequest::builder().put_request(put).build()))
+}
+
+/// The record's item, or why DynamoDB would refuse it whatever the table: not an object, a
+/// number it cannot hold, over 400 KB.
+pub fn sized_item(
+    value: &Value,
+    all_strings: bool,
+) -> Result<HashMap<String, AttributeValue>, String> {
+    let item = to_item(value, all_strings)?;
     let size = item_size(&item);
     if size > MAX_ITEM_BYTES {
         return Err(format!(
             "the item is {size} bytes, over DynamoDB's limit of {MAX_ITEM_BYTES} bytes (400 KB)"
         ));
     }
-    let put = PutRequest::builder()
-        .set_item(Some(item))
-        .build()
-        .map_err(|e| e.to_string())?;
-    Ok((item_key, WriteRequest::builder().put_request(put).build()))
+    Ok(item)
+}
+
+/// An attribute value in DynamoDB's JSON wire format, as a BatchWriteItem request carries it:
+/// `{"S": "x"}`, `{"N": "1.5"}`, `{"BOOL": true}`, `{"NULL": true}`, `{"L": [...]}`,
+/// `{"M": {...}}` (sets and binaries, which JSON records never give, as `{"?": ...}`).
+pub fn wire_json(value: &AttributeValue) -> Value {
+    let tagged = |tag: &str, v: Value| Value::Object([(tag.to_owned(), v)].into_iter().collect());
+    match value {
+        AttributeValue::S(s) => tagged("S", Value::String(s.clone())),
+        AttributeValue::N(n) => tagged("N", Value::String(n.clone())),
+        AttributeValue::Bool(b) => tagged("BOOL", Value::Bool(*b)),
+        AttributeValue::Null(b) => tagged("NULL", Value::Bool(*b)),
+        AttributeValue::L(items) => tagged("L", items.iter().map(wire_json).collect()),
+        AttributeValue::M(map) => tagged("M", item_json(map)),
+        other => tagged("?", Value::String(format!("{other:?}"))),
+    }
+}
+
+/// An item in DynamoDB's JSON wire format.
+pub fn item_json(item: &HashMap<String, AttributeValue>) -> Value {
+    Value::Object(
+        item.iter()
+            .map(|(k, v)| (k.clone(), wire_json(v)))
+            .collect(),
+    )
 }
 
 /// An item's size as DynamoDB counts it: attribute names plus values (numbers about one byte per

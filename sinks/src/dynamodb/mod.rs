@@ -13,7 +13,8 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{KeyType, ScalarAttributeType as KeyKind};
 use serde::{Deserialize, Serialize};
 use sluice_core::aws::{self, Connection, Retries};
-use sluice_core::{BuildContext, BuildError, Sink, SinkConfig};
+use sluice_core::preview::{Encoder, Request};
+use sluice_core::{BuildContext, BuildError, Record, Sink, SinkConfig, SinkError};
 
 use crate::route::Routes;
 use encode::KeyAttribute;
@@ -127,6 +128,14 @@ impl SinkConfig for DynamoDbSinkConfig {
         )))
     }
 
+    fn encoder(&self, _ctx: &BuildContext) -> Result<Box<dyn Encoder>, BuildError> {
+        self.validate()?;
+        Ok(Box::new(ItemEncoder {
+            routes: self.routes()?,
+            all_strings: self.all_strings,
+        }))
+    }
+
     fn describe(&self) -> String {
         let mut text = match self.routes() {
             Ok(routes) if routes.fixed().is_none() => format!("dynamodb {}", routes.describe()),
@@ -139,6 +148,25 @@ impl SinkConfig for DynamoDbSinkConfig {
             text.push_str(" (disabled: nothing is written)");
         }
         text
+    }
+}
+
+/// The item a record becomes and its table, as BatchWriteItem would carry them (`sluice test`);
+/// the table's key is not known offline, so a missing key shows only in a real run.
+struct ItemEncoder {
+    routes: Routes,
+    all_strings: bool,
+}
+
+impl Encoder for ItemEncoder {
+    fn encode(&self, record: &Record) -> Result<Request, SinkError> {
+        let table = self.routes.table(record)?;
+        let item =
+            encode::sized_item(&record.value, self.all_strings).map_err(SinkError::Permanent)?;
+        Ok(Request {
+            target: table,
+            body: encode::item_json(&item),
+        })
     }
 }
 

@@ -17,6 +17,7 @@ use futures::{FutureExt, StreamExt};
 use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
 use sluice_core::aws::{self, Connection, Retries};
+use sluice_core::preview::{Encoder, Request};
 use sluice_core::template::Template;
 use sluice_core::{BuildContext, BuildError, Record, Sink, SinkConfig, SinkError};
 
@@ -94,10 +95,56 @@ impl SinkConfig for S3SinkConfig {
         }))
     }
 
+    fn encoder(&self, ctx: &BuildContext) -> Result<Box<dyn Encoder>, BuildError> {
+        self.validate()?;
+        Ok(Box::new(LineEncoder {
+            bucket: self.bucket.clone(),
+            prefix: self.template(&ctx.pipeline)?,
+        }))
+    }
+
     fn describe(&self) -> String {
         let gzip = if self.gzip { ", gzip" } else { "" };
         format!("s3 s3://{}/{} (JSON lines{gzip})", self.bucket, self.prefix)
     }
+}
+
+/// The line a record becomes and the prefix of its object (`sluice test`; the object's name
+/// comes from its whole batch).
+struct LineEncoder {
+    bucket: String,
+    prefix: Template,
+}
+
+impl Encoder for LineEncoder {
+    fn encode(&self, record: &Record) -> Result<Request, SinkError> {
+        let prefix = prefix_of(&self.prefix, record, Utc::now())?;
+        Ok(Request {
+            target: format!("s3://{}/{prefix}", self.bucket),
+            body: record.value.clone(),
+        })
+    }
+}
+
+/// The prefix a record's object goes under; a record without an arrival time takes `now`.
+fn prefix_of(
+    template: &Template,
+    record: &Record,
+    now: chrono::DateTime<Utc>,
+) -> Result<String, SinkError> {
+    let rendered = if record.meta.arrival_time.is_some() {
+        template.render(record)
+    } else {
+        let mut stamped = record.clone();
+        stamped.meta.arrival_time = Some(now);
+        template.render(&stamped)
+    };
+    rendered.map_err(|missing| {
+        SinkError::Permanent(format!(
+            "the key template needs `{}`, which the record does not have",
+            missing.0
+        ))
+    })
 }
 
 struct S3Sink {
@@ -119,24 +166,12 @@ impl S3Sink {
         let now = Utc::now();
         let mut objects: Vec<(String, Vec<usize>)> = Vec::new();
         for (i, record) in batch.iter().enumerate() {
-            let rendered = if record.meta.arrival_time.is_some() {
-                self.prefix.render(record)
-            } else {
-                let mut stamped = record.clone();
-                stamped.meta.arrival_time = Some(now);
-                self.prefix.render(&stamped)
-            };
-            match rendered {
+            match prefix_of(&self.prefix, record, now) {
                 Ok(prefix) => match objects.iter_mut().find(|(p, _)| *p == prefix) {
                     Some((_, members)) => members.push(i),
                     None => objects.push((prefix, vec![i])),
                 },
-                Err(missing) => {
-                    answers[i] = Err(SinkError::Permanent(format!(
-                        "the key template needs `{}`, which the record does not have",
-                        missing.0
-                    )))
-                }
+                Err(e) => answers[i] = Err(e),
             }
         }
         objects

@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use rusqlite::{Connection, ErrorCode};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use sluice_core::preview::{Encoder, Request};
 use sluice_core::{BuildContext, BuildError, Record, Sink, SinkConfig, SinkError};
 
 use crate::route::Routes;
@@ -64,6 +65,14 @@ impl SinkConfig for SqliteSinkConfig {
             .map(|sink| Arc::new(sink) as Arc<dyn Sink>)
     }
 
+    fn encoder(&self, _ctx: &BuildContext) -> Result<Box<dyn Encoder>, BuildError> {
+        self.validate()?;
+        Ok(Box::new(RowEncoder {
+            routes: self.routes()?,
+            key: self.key.clone(),
+        }))
+    }
+
     fn describe(&self) -> String {
         let routes = self
             .routes()
@@ -75,6 +84,40 @@ impl SinkConfig for SqliteSinkConfig {
 impl SqliteSinkConfig {
     fn routes(&self) -> Result<Routes, BuildError> {
         Routes::new(&self.table, self.tables.as_deref(), |t| t)
+    }
+}
+
+/// The row a record becomes and its table (`sluice test`): column → value as stored (numbers as
+/// numbers, nested values as their JSON text).
+struct RowEncoder {
+    routes: Routes,
+    key: String,
+}
+
+impl Encoder for RowEncoder {
+    fn encode(&self, record: &Record) -> Result<Request, SinkError> {
+        check(record, &self.key)?;
+        let table = self.routes.table(record)?;
+        let row = record
+            .value
+            .as_object()
+            .expect("checked to be an object")
+            .iter()
+            .map(|(column, value)| {
+                let cell = match schema::to_sql(value) {
+                    rusqlite::types::Value::Null => Value::Null,
+                    rusqlite::types::Value::Integer(i) => Value::from(i),
+                    rusqlite::types::Value::Real(f) => Value::from(f),
+                    rusqlite::types::Value::Text(t) => Value::String(t),
+                    rusqlite::types::Value::Blob(_) => Value::Null,
+                };
+                (column.clone(), cell)
+            })
+            .collect();
+        Ok(Request {
+            target: table,
+            body: Value::Object(row),
+        })
     }
 }
 

@@ -1,0 +1,180 @@
+//! `sluice test`: every shipped pipeline's unit tests pass with no network, a wrong expectation
+//! fails with a readable diff, and the items it prints are those a real run writes.
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use base64::Engine;
+use serde_json::{json, Value};
+use sluice_core::aws::testing::moto_endpoint;
+
+use crate::aws_job::{waze_payload, World, BATCH_ID};
+use crate::{root, run, sluice};
+
+/// Points every AWS endpoint at a closed port: any call would fail.
+fn no_network(cmd: &mut std::process::Command) -> &mut std::process::Command {
+    for name in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"] {
+        cmd.env_remove(name);
+    }
+    cmd.env("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+}
+
+#[test]
+fn every_shipped_pipeline_has_unit_tests_that_pass_without_network() {
+    let mut checked = 0;
+    for entry in std::fs::read_dir(root().join("pipelines")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if !name.ends_with(".toml") || name.ends_with(".tests.toml") {
+            continue;
+        }
+        let tests = path.with_file_name(name.replace(".toml", ".tests.toml"));
+        assert!(tests.is_file(), "{name} has unit tests beside it");
+        let mut cmd = sluice();
+        cmd.arg("test").arg(&path);
+        let (out, stdout, stderr) = run(no_network(&mut cmd));
+        assert!(out.status.success(), "{name}: {stdout}{stderr}");
+        assert!(stdout.contains(" 0 failed"), "{stdout}");
+        assert!(!stdout.contains("FAIL"), "{stdout}");
+        checked += 1;
+    }
+    assert!(checked >= 5, "{checked} pipeline files");
+}
+
+#[test]
+fn a_wrong_expectation_fails_with_a_readable_diff() {
+    let text =
+        std::fs::read_to_string(root().join("pipelines/waze-persist.local.tests.toml")).unwrap();
+    let wrong = text.replacen("BatchId = \"local-batch-0001\"", "BatchId = \"batch-9\"", 1);
+    assert_ne!(text, wrong);
+    let dir = tempfile::tempdir().unwrap();
+    let tests = dir.path().join("wrong.tests.toml");
+    std::fs::write(&tests, wrong).unwrap();
+    let (out, stdout, _) = run(sluice()
+        .args(["test", "pipelines/waze-persist.local.toml", "--tests"])
+        .arg(&tests));
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("FAIL  a curated Waze file"), "{stdout}");
+    assert!(
+        stdout.contains("item.BatchId: expected \"batch-9\", got \"local-batch-0001\""),
+        "{stdout}"
+    );
+    assert!(stdout.contains("4 cases, 3 passed, 1 failed"), "{stdout}");
+}
+
+#[test]
+fn a_parameter_not_given_is_named_with_the_fix() {
+    let mut cmd = sluice();
+    cmd.args([
+        "test",
+        "pipelines/waze-persist.toml",
+        "--input",
+        "tests/fixtures/kinesis-event-mixed.json",
+    ]);
+    let (out, _, stderr) = run(no_network(&mut cmd));
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--parameter LATEST_BATCH_ID=VALUE"),
+        "{stderr}"
+    );
+}
+
+/// An item as DynamoDB's JSON wire format writes it, from what a scan read back.
+fn wire(value: &AttributeValue) -> Value {
+    match value {
+        AttributeValue::S(s) => json!({ "S": s }),
+        AttributeValue::N(n) => json!({ "N": n }),
+        AttributeValue::Bool(b) => json!({ "BOOL": b }),
+        AttributeValue::Null(b) => json!({ "NULL": b }),
+        AttributeValue::L(items) => json!({ "L": items.iter().map(wire).collect::<Vec<_>>() }),
+        AttributeValue::M(map) => json!({ "M": item(map) }),
+        other => panic!("not written by sluice: {other:?}"),
+    }
+}
+
+fn item(map: &HashMap<String, AttributeValue>) -> Value {
+    Value::Object(map.iter().map(|(k, v)| (k.clone(), wire(v))).collect())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_items_sluice_test_prints_are_those_a_real_run_writes() {
+    let Some(endpoint) = moto_endpoint() else {
+        return;
+    };
+    let world = World::create(&endpoint, 2).await;
+    let mut payloads: Vec<Vec<u8>> = (0..40)
+        .map(|i| serde_json::to_vec(&waze_payload(i)).unwrap())
+        .collect();
+    payloads.push(b"not json".to_vec());
+    let puts = world.put(&payloads).await;
+    let summary = world.run_job();
+    assert_eq!(summary["counts"]["dead_lettered"], 1, "{summary}");
+
+    // The same records as a Lambda event, through `sluice test` with no network.
+    let records: Vec<Value> = puts
+        .iter()
+        .map(|p| {
+            json!({
+                "eventSourceARN": format!("arn:aws:kinesis:us-east-1:123456789012:stream/{}", world.stream),
+                "eventID": format!("{}:{}", p.shard_id, p.sequence_number),
+                "kinesis": {
+                    "data": base64::engine::general_purpose::STANDARD.encode(&p.payload),
+                    "sequenceNumber": p.sequence_number,
+                    "partitionKey": "pk",
+                    "approximateArrivalTimestamp": 1764000000.5
+                }
+            })
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("event.json");
+    std::fs::write(&input, json!({ "Records": records }).to_string()).unwrap();
+    let mut cmd = sluice();
+    cmd.args([
+        "test",
+        "pipelines/waze-persist.toml",
+        "--format",
+        "json",
+        "--input",
+    ])
+    .arg(&input)
+    .arg("--parameter")
+    .arg(format!("{}={BATCH_ID}", world.parameter));
+    for (k, v) in world.variables() {
+        cmd.env(k, v);
+    }
+    let (out, stdout, stderr) = run(no_network(&mut cmd));
+    assert!(out.status.success(), "{stdout}{stderr}");
+    let results: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line per record"))
+        .collect();
+    assert_eq!(results.len(), puts.len());
+
+    let written: HashMap<String, Value> = world
+        .items()
+        .await
+        .iter()
+        .map(|i| (i["CurationRecordId"].as_s().unwrap().clone(), item(i)))
+        .collect();
+    let stored: Vec<&Value> = results
+        .iter()
+        .filter(|r| r["outcome"] == "stored")
+        .collect();
+    assert_eq!(stored.len(), written.len(), "the same records stored");
+    for result in stored {
+        let request = &result["request"];
+        assert_eq!(request["target"], world.table.as_str());
+        let body = &request["body"];
+        let id = body["CurationRecordId"]["S"].as_str().unwrap();
+        assert_eq!(&written[id], body, "attribute for attribute");
+    }
+    let dead: Vec<&Value> = results
+        .iter()
+        .filter(|r| r["outcome"] == "dead_lettered")
+        .collect();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0]["stage"], "decode");
+}
