@@ -130,7 +130,7 @@ enum Command {
         #[arg(long, value_enum, default_value_t = offline::Format::Text)]
         format: offline::Format,
         /// The unit tests to run (default: the file's `.tests.toml`, when there is one).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "input")]
         tests: Option<PathBuf>,
     },
     /// Check a pipeline file: load it, build every component, read no data, print the plan.

@@ -174,6 +174,11 @@ pub trait SinkConfig: Debug + Send + Sync {
     async fn build(&self, ctx: &BuildContext) -> Result<Arc<dyn Sink>, BuildError>;
     /// One line saying where this sink writes.
     fn describe(&self) -> String;
+    /// Whether the sink writes at all (`false`: records are counted as skipped, as a disabled
+    /// sink's are); `sluice test` shows what a run would do.
+    fn enabled(&self) -> bool {
+        true
+    }
     /// What this sink would send for each record, worked out with no I/O (`sluice test`). The
     /// default: each record's JSON, to where [`SinkConfig::describe`] says.
     fn encoder(&self, ctx: &BuildContext) -> Result<Box<dyn Encoder>, BuildError> {

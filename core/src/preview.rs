@@ -68,16 +68,26 @@ pub fn record_key(meta: &Meta) -> RecordKey {
 /// A sink that keeps each record's request instead of sending it.
 pub struct EncodingSink {
     encoder: Box<dyn Encoder>,
+    enabled: bool,
     requests: Mutex<HashMap<RecordKey, Request>>,
 }
 
 impl EncodingSink {
-    /// A sink encoding with `encoder`.
-    pub fn new(encoder: Box<dyn Encoder>) -> Self {
+    /// A sink encoding with `encoder`; a disabled one skips every record, as the real one does.
+    pub fn new(encoder: Box<dyn Encoder>, enabled: bool) -> Self {
         Self {
             encoder,
+            enabled,
             requests: Mutex::default(),
         }
+    }
+
+    /// Forgets the requests so far (before a batch whose positions may repeat earlier ones).
+    pub fn clear(&self) {
+        self.requests
+            .lock()
+            .expect("no panic while holding the requests")
+            .clear();
     }
 
     /// The request last made for the record at `key`.
@@ -106,6 +116,10 @@ impl Sink for EncodingSink {
             })
             .collect()
     }
+
+    fn enabled(&self) -> bool {
+        self.enabled
+    }
 }
 
 /// An error sink that keeps the dead-letter envelopes, by the record they hold.
@@ -115,6 +129,14 @@ pub struct KeptDeadLetters {
 }
 
 impl KeptDeadLetters {
+    /// Forgets the dead letters so far.
+    pub fn clear(&self) {
+        self.letters
+            .lock()
+            .expect("no panic while holding the letters")
+            .clear();
+    }
+
     /// The envelope of the record at `key`, if it was dead-lettered.
     pub fn letter(&self, key: &RecordKey) -> Option<serde_json::Value> {
         self.letters

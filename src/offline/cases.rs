@@ -205,6 +205,7 @@ pub async fn run(
     for (name, value) in file.parameters {
         parameters.entry(name).or_insert(value);
     }
+    // The file's variables only: a shell's settings must not change a unit test's outcome.
     let variables = file.variables;
     let (_, offline) = load(pipeline, &Offline { parameters }, move |name| {
         variables.get(name).cloned()

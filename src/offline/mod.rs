@@ -5,6 +5,7 @@
 mod cases;
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -75,7 +76,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         return cases::run(&args.file, &tests, parameters).await;
     }
     let offline = Offline { parameters };
-    let (config, pipeline) = load(&args.file, &offline, |_| None).await?;
+    let (config, pipeline) = load(&args.file, &offline, |name| std::env::var(name).ok()).await?;
     let records = match &args.input {
         Some(input) => read_input(input, config.batch).await?,
         None => match &config.source {
@@ -90,24 +91,29 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         },
     };
     let results = process(&pipeline, records).await;
+    let mut out = std::io::stdout().lock();
     for result in &results {
-        match args.format {
-            Format::Json => println!("{}", serde_json::to_string(result)?),
-            Format::Text => print!("{}", text(result)),
+        let line = match args.format {
+            Format::Json => format!("{}\n", serde_json::to_string(result)?),
+            Format::Text => text(result),
+        };
+        // A reader that stopped reading (`| head`) is not an error.
+        if out.write_all(line.as_bytes()).is_err() {
+            break;
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// Loads the file with variables from `variables`, else the environment, else their own names
-/// (so `${LATEST_BATCH_ID}` is the parameter `LATEST_BATCH_ID`), and builds it offline.
+/// Loads the file with variables from `variables` (else their own names, so
+/// `${LATEST_BATCH_ID}` is the parameter `LATEST_BATCH_ID`), and builds it offline.
 async fn load(
     file: &Path,
     offline: &Offline,
     variables: impl Fn(&str) -> Option<String> + Send + Sync + 'static,
 ) -> anyhow::Result<(PipelineConfig, OfflinePipeline)> {
     let config = Loader::new()
-        .variables(move |name| variables(name).or_else(|| std::env::var(name).ok()))
+        .variables(variables)
         .unset_as_names()
         .load(file)?;
     let ctx = config.context(false).with(offline.clone());
@@ -169,6 +175,9 @@ pub async fn process(
 ) -> Vec<Result> {
     let mut results = Vec::new();
     for (shard, records) in batches {
+        // Results are found by position: none may come from an earlier batch.
+        offline.requests.clear();
+        offline.dead_letters.clear();
         let metas: Vec<Meta> = records.iter().map(|r| r.meta.clone()).collect();
         let report = offline.pipeline.process_batch(shard, records).await;
         for (meta, (_, outcome)) in metas.iter().zip(report.outcomes) {

@@ -178,3 +178,32 @@ async fn the_items_sluice_test_prints_are_those_a_real_run_writes() {
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0]["stage"], "decode");
 }
+
+#[test]
+fn a_disabled_sink_skips_every_record_in_a_test_as_in_a_run() {
+    // Found by review: the test's sink wrote whatever the file's `enabled` said.
+    let mut cmd = sluice();
+    cmd.args([
+        "test",
+        "pipelines/waze-persist.toml",
+        "--format",
+        "json",
+        "--input",
+        "tests/fixtures/kinesis-event-mixed.json",
+        "--parameter",
+        "LATEST_BATCH_ID=b-7",
+    ])
+    .env("PERSIST_RECORDS", "0");
+    let (out, stdout, stderr) = run(no_network(&mut cmd));
+    assert!(out.status.success(), "{stderr}");
+    let results: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!results.is_empty());
+    assert!(results.iter().all(|r| r["outcome"] != "stored"), "{stdout}");
+    assert!(
+        results.iter().any(|r| r["by"] == "sink disabled"),
+        "{stdout}"
+    );
+}

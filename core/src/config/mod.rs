@@ -317,7 +317,7 @@ impl PipelineConfig {
             .sink
             .encoder(ctx)
             .map_err(|e| self.build_error("sink", e))?;
-        let requests = Arc::new(EncodingSink::new(encoder));
+        let requests = Arc::new(EncodingSink::new(encoder, self.sink.enabled()));
         let dead_letters = Arc::new(KeptDeadLetters::default());
         let pipeline = Pipeline::new(
             self.name.clone(),

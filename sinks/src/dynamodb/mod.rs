@@ -128,6 +128,10 @@ impl SinkConfig for DynamoDbSinkConfig {
         )))
     }
 
+    fn enabled(&self) -> bool {
+        self.enabled
+    }
+
     fn encoder(&self, _ctx: &BuildContext) -> Result<Box<dyn Encoder>, BuildError> {
         self.validate()?;
         Ok(Box::new(ItemEncoder {
@@ -170,11 +174,23 @@ impl Encoder for ItemEncoder {
     }
 }
 
+/// Why DescribeTable gave no key: the error, and DynamoDB's error code when it answered one.
+pub(crate) struct DescribeError {
+    pub code: Option<String>,
+    pub error: BuildError,
+}
+
+impl From<DescribeError> for BuildError {
+    fn from(e: DescribeError) -> Self {
+        e.error
+    }
+}
+
 /// The table's key attributes, from DescribeTable: proof that the table exists and is reachable.
 async fn describe_key(
     client: &aws_sdk_dynamodb::Client,
     table: &str,
-) -> Result<Vec<KeyAttribute>, BuildError> {
+) -> Result<Vec<KeyAttribute>, DescribeError> {
     let unavailable = |message: String, transient: bool| BuildError::Unavailable {
         what: format!("DynamoDB table `{table}`"),
         message,
@@ -192,14 +208,21 @@ async fn describe_key(
                 }
                 _ => "",
             };
-            unavailable(
-                format!("DescribeTable failed: {}{hint}", aws::describe_error(&e)),
-                aws::is_transient(&e),
-            )
+            DescribeError {
+                code: aws::error_code(&e).map(str::to_owned),
+                error: unavailable(
+                    format!("DescribeTable failed: {}{hint}", aws::describe_error(&e)),
+                    aws::is_transient(&e),
+                ),
+            }
         })?;
-    let description = out
-        .table()
-        .ok_or_else(|| unavailable("DescribeTable returned no table description".into(), false))?;
+    let plain = |error| DescribeError { code: None, error };
+    let description = out.table().ok_or_else(|| {
+        plain(unavailable(
+            "DescribeTable returned no table description".into(),
+            false,
+        ))
+    })?;
     let mut key: Vec<(KeyType, KeyAttribute)> = Vec::new();
     for element in description.key_schema() {
         let name = element.attribute_name();
@@ -209,7 +232,10 @@ async fn describe_key(
             .find(|d| d.attribute_name() == name)
             .map(|d| d.attribute_type().clone())
             .ok_or_else(|| {
-                unavailable(format!("key attribute `{name}` has no definition"), false)
+                plain(unavailable(
+                    format!("key attribute `{name}` has no definition"),
+                    false,
+                ))
             })?;
         key.push((
             element.key_type().clone(),

@@ -12,7 +12,7 @@ use aws_sdk_dynamodb::types::WriteRequest;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use sluice_core::aws;
-use sluice_core::{BuildError, Record, Sink, SinkError};
+use sluice_core::{Record, Sink, SinkError};
 use tokio::sync::RwLock;
 
 use super::encode::write_request;
@@ -79,11 +79,21 @@ impl BatchWriter {
         }
         // A table a record's own data named, not listed in `tables`: when it is missing, has an
         // invalid name or a key no record can carry, the record named a table that cannot take
-        // it (dead-lettered; list the tables to have them checked at start-up instead); when
-        // DynamoDB is throttling or down, retried.
-        let described = super::describe_key(&self.client, table)
-            .await
-            .and_then(|key| super::check_key_types(&key, self.config.all_strings).map(|()| key));
+        // it (dead-lettered; list the tables to have them checked at start-up instead); any
+        // other failure is retried.
+        let described = match super::describe_key(&self.client, table).await {
+            Ok(key) => super::check_key_types(&key, self.config.all_strings)
+                .map(|()| key)
+                .map_err(|e| (true, e)),
+            // Missing, or a name DynamoDB refuses: the record named a table that cannot be.
+            Err(e) => {
+                let permanent = matches!(
+                    e.code.as_deref(),
+                    Some("ResourceNotFoundException" | "ValidationException")
+                );
+                Err((permanent, e.error))
+            }
+        };
         match described {
             Ok(key) => {
                 let key = Arc::new(key);
@@ -93,17 +103,13 @@ impl BatchWriter {
                     .insert(table.to_owned(), key.clone());
                 Ok(key)
             }
-            Err(
-                e @ BuildError::Unavailable {
-                    transient: true, ..
-                },
-            ) => Err(SinkError::Retryable(e.to_string())),
-            Err(e) => {
+            // Throttling, an outage, denied access or credentials: not the record's fault.
+            Err((false, e)) => Err(SinkError::Retryable(e.to_string())),
+            Err((true, e)) => {
                 let e = SinkError::Permanent(format!("the record's table cannot take it: {e}"));
-                self.refused
-                    .write()
-                    .await
-                    .insert(table.to_owned(), (Instant::now(), e.clone()));
+                let mut refused = self.refused.write().await;
+                refused.retain(|_, (since, _)| since.elapsed() < REFUSAL_KEPT);
+                refused.insert(table.to_owned(), (Instant::now(), e.clone()));
                 Err(e)
             }
         }

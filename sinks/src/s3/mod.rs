@@ -250,16 +250,17 @@ impl Sink for S3Sink {
                     lines.push(b'\n');
                 }
                 // Named by the first position (for reading in order) and a digest of the
-                // content: the same batch again overwrites itself with the same bytes, and
-                // different records can never overwrite each other's object.
-                let first = batch[object.members[0]]
-                    .meta
-                    .get("position")
-                    .unwrap_or_default();
-                let digest: String = Md5::digest(&lines)
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect();
+                // shard and the content: the same batch again overwrites itself with the same
+                // bytes, and different records (or another shard's) never share an object.
+                let meta = &batch[object.members[0]].meta;
+                let first = meta.get("position").unwrap_or_default();
+                let mut md5 = Md5::new();
+                md5.update(meta.stream.as_bytes());
+                md5.update(b"\n");
+                md5.update(meta.shard_id.as_bytes());
+                md5.update(b"\n");
+                md5.update(&lines);
+                let digest: String = md5.finalize().iter().map(|b| format!("{b:02x}")).collect();
                 object.key = format!("{}{first}-{digest}.{extension}", object.key);
                 self.put(object, lines)
             })

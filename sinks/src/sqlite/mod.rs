@@ -2,6 +2,7 @@
 //! keyed by one field, so a rerun or a redelivery replaces the row instead of duplicating it; `table` may be a template that
 //! routes each record to its own table (`{$meta.record_path}`).
 
+mod row;
 mod schema;
 
 use std::collections::{HashMap, HashSet};
@@ -12,10 +13,11 @@ use async_trait::async_trait;
 use rusqlite::{Connection, ErrorCode};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sluice_core::preview::{Encoder, Request};
+use sluice_core::preview::Encoder;
 use sluice_core::{BuildContext, BuildError, Record, Sink, SinkConfig, SinkError};
 
 use crate::route::Routes;
+use row::{check, RowEncoder, MAX_COLUMNS};
 use schema::quote;
 
 /// Upserts records into an SQLite table.
@@ -87,43 +89,6 @@ impl SqliteSinkConfig {
     }
 }
 
-/// The row a record becomes and its table (`sluice test`): column → value as stored (numbers as
-/// numbers, nested values as their JSON text).
-struct RowEncoder {
-    routes: Routes,
-    key: String,
-}
-
-impl Encoder for RowEncoder {
-    fn encode(&self, record: &Record) -> Result<Request, SinkError> {
-        check(record, &self.key)?;
-        let table = self.routes.table(record)?;
-        let row = record
-            .value
-            .as_object()
-            .expect("checked to be an object")
-            .iter()
-            .map(|(column, value)| {
-                let cell = match schema::to_sql(value) {
-                    rusqlite::types::Value::Null => Value::Null,
-                    rusqlite::types::Value::Integer(i) => Value::from(i),
-                    rusqlite::types::Value::Real(f) => Value::from(f),
-                    rusqlite::types::Value::Text(t) => Value::String(t),
-                    rusqlite::types::Value::Blob(_) => Value::Null,
-                };
-                (column.clone(), cell)
-            })
-            .collect();
-        Ok(Request {
-            target: table,
-            body: Value::Object(row),
-        })
-    }
-}
-
-/// SQLite's most columns in a table (`SQLITE_MAX_COLUMN` of the bundled build).
-const MAX_COLUMNS: usize = 2000;
-
 struct Db {
     conn: Connection,
     /// The columns of each table seen, by [`schema::folded`] name of table and column (SQLite
@@ -178,38 +143,6 @@ impl SqliteSink {
             routes: Arc::new(routes),
             config: Arc::new(config),
         })
-    }
-}
-
-/// Why a record cannot be a row; checked before anything is written.
-fn check(record: &Record, key: &str) -> Result<(), SinkError> {
-    let object = record
-        .value
-        .as_object()
-        .ok_or_else(|| SinkError::Permanent("the record is not a JSON object".into()))?;
-    if object.len() > MAX_COLUMNS {
-        return Err(SinkError::Permanent(format!(
-            "the record has {} fields; a SQLite table holds at most {MAX_COLUMNS} columns",
-            object.len()
-        )));
-    }
-    let mut seen = HashMap::with_capacity(object.len());
-    for field in object.keys() {
-        if let Some(other) = seen.insert(schema::folded(field), field) {
-            return Err(SinkError::Permanent(format!(
-                "fields `{other}` and `{field}` differ only in case, and SQLite's column names ignore case"
-            )));
-        }
-    }
-    match object.get(key) {
-        Some(Value::String(s)) if !s.is_empty() => Ok(()),
-        Some(Value::Number(_)) => Ok(()),
-        Some(other) => Err(SinkError::Permanent(format!(
-            "key field `{key}` must be a non-empty string or a number, not {other}"
-        ))),
-        None => Err(SinkError::Permanent(format!(
-            "the record has no key field `{key}`"
-        ))),
     }
 }
 

@@ -1,5 +1,5 @@
 //! Where an `s3` source keeps how far it is: one item per bucket and prefix in the pipeline's
-//! checkpoint table (`leaseKey` = `s3://BUCKET/PREFIX`, `checkpoint` = the last object fully
+//! checkpoint table (`leaseKey` = `PIPELINE:s3://BUCKET/PREFIX`, `checkpoint` = the last object fully
 //! processed). Writes only move it forward, so a slower worker never takes it back.
 
 use std::time::{SystemTime, UNIX_EPOCH};
