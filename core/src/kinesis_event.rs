@@ -82,6 +82,16 @@ impl KinesisEventRecord {
 }
 
 impl KinesisEvent {
+    /// When the event's oldest record arrived in its stream, in epoch milliseconds.
+    pub fn oldest_arrival_ms(&self) -> Option<u64> {
+        self.records
+            .iter()
+            .filter_map(|r| r.kinesis.approximate_arrival_timestamp)
+            .filter(|secs| secs.is_finite() && *secs >= 0.0)
+            .map(|secs| (secs * 1000.0).round() as u64)
+            .min()
+    }
+
     /// The event's records grouped by shard, shards in order of first appearance, records in
     /// order; a KPL aggregate (Lambda passes them through whole) split into its user records.
     pub fn into_shard_batches(self, source: &str) -> Vec<(String, Vec<RawRecord>)> {

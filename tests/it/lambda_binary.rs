@@ -323,3 +323,91 @@ async fn aggregated_records_in_an_event_are_split_and_a_failure_names_the_aggreg
     assert_eq!(failures(&api.answer(&answer).await), vec!["201"]);
     drop(function);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_invocation_writes_its_metrics_as_one_emf_document() {
+    let Some(endpoint) = moto_endpoint() else {
+        return;
+    };
+    let world = World::create(&endpoint, 1).await;
+    let api = RuntimeApi::start().await;
+    let mut variables = world.variables();
+    variables.push(("SLUICE_PIPELINE", "pipelines/waze-persist.toml".to_owned()));
+    variables.push(("SLUICE_METRICS_NAMESPACE", "sdc/waze".to_owned()));
+    variables.push(("SLUICE_METRICS_DIMENSIONS", "Environment=test".to_owned()));
+    let mut cmd = tokio::process::Command::from(sluice());
+    cmd.envs(api.function_environment("sluice-waze"))
+        .env_remove("KINESIS_STREAM")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    for (k, v) in &variables {
+        if *k != "KINESIS_STREAM" {
+            cmd.env(k, v);
+        }
+    }
+    let mut function = cmd.spawn().expect("the binary starts");
+
+    let valid = |i| waze_payload(i).to_string().into_bytes();
+    let a = "shardId-000000000000";
+    let invocation = api.invoke(
+        event(&[
+            (a, "101", valid(1)),
+            (a, "102", b"not json".to_vec()),
+            (a, "103", valid(3)),
+        ]),
+        Duration::from_secs(20),
+    );
+    assert!(failures(&api.answer(&invocation).await).is_empty());
+    function.start_kill().expect("stop the function");
+    let out = function.wait_with_output().await.expect("its output");
+    let docs: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(docs.len(), 1, "one document per invocation: {docs:?}");
+    let doc = &docs[0];
+    // The EMF specification: `_aws` with a timestamp and directives whose every metric and
+    // dimension has its value at the top level.
+    let directive = &doc["_aws"]["CloudWatchMetrics"][0];
+    assert!(doc["_aws"]["Timestamp"].as_u64().is_some());
+    assert_eq!(directive["Namespace"], "sdc/waze");
+    assert_eq!(
+        directive["Dimensions"],
+        json!([["Pipeline", "Environment"]])
+    );
+    assert_eq!(
+        (&doc["Pipeline"], &doc["Environment"]),
+        (&json!("waze-persist"), &json!("test"))
+    );
+    let names: Vec<&str> = directive["Metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["Name"].as_str().unwrap())
+        .collect();
+    for name in &names {
+        assert!(doc[*name].is_number(), "{name}");
+    }
+    for expected in [
+        "RecordsStored",
+        "RecordsSkipped",
+        "RecordsDeadLettered",
+        "RecordsFailed",
+        "DeadLetteredAtDecode",
+        "DeadLetteredAtEnrich",
+        "DeadLetteredAtSink",
+        "Retries",
+        "BatchSize",
+        "Duration",
+        "OldestRecordAge",
+    ] {
+        assert!(names.contains(&expected), "{expected} in {names:?}");
+    }
+    assert_eq!(doc["BatchSize"], 3);
+    assert_eq!(doc["RecordsStored"], 2);
+    assert_eq!(doc["DeadLetteredAtDecode"], 1);
+    // The fixture's records arrived on 2025-11-24: their age is that of the oldest.
+    let age = doc["OldestRecordAge"].as_u64().unwrap();
+    assert!(age > 24 * 3600 * 1000, "{age}");
+}

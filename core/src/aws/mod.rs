@@ -218,13 +218,35 @@ pub fn is_retryable<E: ProvideErrorMetadata>(e: &SdkError<E, HttpResponse>) -> b
 }
 
 /// Whether a start-up call failed for a passing reason: as [`is_retryable`], except that a
-/// failure before the request left (no credentials, no endpoint) is not passing, so a start
-/// without credentials fails at once instead of waiting.
-pub fn is_transient<E: ProvideErrorMetadata>(e: &SdkError<E, HttpResponse>) -> bool {
+/// failure before the request left (no credentials, a malformed endpoint) is not passing, so a
+/// start without credentials fails at once instead of waiting.
+pub fn is_transient<E>(e: &SdkError<E, HttpResponse>) -> bool
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
     match e {
-        SdkError::DispatchFailure(d) => d.is_io() || d.is_timeout(),
+        SdkError::DispatchFailure(d) if d.is_io() || d.is_timeout() => true,
+        SdkError::DispatchFailure(d) if d.is_user() => false,
+        // "Other": a connection closed before the answer came (found by the chaos test: its
+        // proxy cuts connections) passes; credentials the chain could not find do not.
+        SdkError::DispatchFailure(_) => !caused_by_credentials(e),
         _ => is_retryable(e),
     }
+}
+
+/// Whether a credentials provider's failure is somewhere in the error's chain.
+fn caused_by_credentials(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if err
+            .downcast_ref::<aws_credential_types::provider::error::CredentialsError>()
+            .is_some()
+        {
+            return true;
+        }
+        next = err.source();
+    }
+    false
 }
 
 /// A failed call's error code and message (`ResourceNotFoundException: Requested resource not
@@ -282,7 +304,10 @@ mod tests {
     fn a_failure_before_the_request_left_is_not_transient_though_retried() {
         // Found by review: missing credentials surface as a dispatch failure, and a start
         // waited five minutes for them before failing.
-        let no_credentials = dispatch(ConnectorError::other("no credentials".into(), None));
+        let missing = aws_credential_types::provider::error::CredentialsError::not_loaded(
+            "no credentials found in chain",
+        );
+        let no_credentials = dispatch(ConnectorError::other(Box::new(missing), None));
         assert!(!is_transient(&no_credentials));
         assert!(
             is_retryable(&no_credentials),
@@ -291,5 +316,12 @@ mod tests {
         let reset = dispatch(ConnectorError::io("connection reset".into()));
         let timeout = dispatch(ConnectorError::timeout("timed out".into()));
         assert!(is_transient(&reset) && is_transient(&timeout));
+        // Found by the chaos test: a connection its proxy cut mid-answer is "other", and a
+        // start during an outage exited instead of waiting it out.
+        let cut = dispatch(ConnectorError::other(
+            "client error (SendRequest): connection closed before message completed".into(),
+            None,
+        ));
+        assert!(is_transient(&cut));
     }
 }

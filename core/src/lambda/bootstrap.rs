@@ -11,7 +11,7 @@ use lambda_runtime::{service_fn, Diagnostic, LambdaEvent};
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
-use super::{invoke, processing_deadline};
+use super::{invoke, processing_deadline, Emf};
 use crate::component::BuildContext;
 use crate::config::Loader;
 use crate::error::ConfigError;
@@ -105,7 +105,10 @@ pub async fn run(default_pipeline: &str) -> Result<(), lambda_runtime::Error> {
                     error_type: "PipelineCannotRun".to_owned(),
                     error_message: cannot_run(path, &e),
                 })?;
-            Ok::<KinesisEventResponse, Diagnostic>(invoke(pipeline, event, deadline).await)
+            let emf = Emf::from_env(pipeline.name());
+            Ok::<KinesisEventResponse, Diagnostic>(
+                invoke(pipeline, emf.as_ref(), event, deadline).await,
+            )
         },
     ))
     .await

@@ -4,6 +4,7 @@
 //! from it). Stored, skipped and dead-lettered records are done.
 
 mod bootstrap;
+mod emf;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -12,6 +13,7 @@ use lambda_runtime::{service_fn, LambdaEvent};
 use tokio::time::Instant;
 
 pub use bootstrap::{is_lambda, pipeline_path, run, serve_error};
+pub use emf::{Emf, Invocation};
 pub use lambda_runtime::Error;
 
 use crate::kinesis_event::KinesisEvent;
@@ -87,23 +89,35 @@ pub async fn handle(
 /// The pipeline (SDK clients, the SSM cache, connections) is built once, before this.
 pub async fn serve(pipeline: Pipeline) -> Result<(), lambda_runtime::Error> {
     let pipeline = &pipeline;
+    let emf = &Emf::from_env(pipeline.name());
     lambda_runtime::run(service_fn(
         move |event: LambdaEvent<KinesisEvent>| async move {
             let deadline = processing_deadline(event.context.deadline);
-            Ok::<_, lambda_runtime::Error>(invoke(pipeline, event, deadline).await)
+            Ok::<_, lambda_runtime::Error>(invoke(pipeline, emf.as_ref(), event, deadline).await)
         },
     ))
     .await
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// One invocation: handled, and logged in one summary line (and a line per record to come
 /// again).
 async fn invoke(
     pipeline: &Pipeline,
+    emf: Option<&Emf>,
     event: LambdaEvent<KinesisEvent>,
     deadline: Instant,
 ) -> KinesisEventResponse {
     let request_id = event.context.request_id.clone();
+    let started_ms = now_ms();
+    let batch_size = event.payload.records.len() as u64;
+    let oldest = event.payload.oldest_arrival_ms();
+    let retried_before = pipeline.records_retried();
     let (response, summary) = handle(pipeline, event.payload, deadline).await;
     let c = &summary.counts;
     tracing::info!(
@@ -119,6 +133,21 @@ async fn invoke(
     );
     for failure in &summary.failures {
         tracing::warn!(request_id = %request_id, failure = %failure, "record to be delivered again");
+    }
+    if let Some(emf) = emf {
+        let run = Invocation {
+            batch_size,
+            duration_ms: summary.elapsed.as_millis() as u64,
+            oldest_record_age_ms: oldest.map(|t| started_ms.saturating_sub(t)),
+            retries: pipeline.records_retried().saturating_sub(retried_before),
+            request_id,
+        };
+        let line = format!("{}\n", emf.document(&summary, &run, now_ms()));
+        // One write of the whole line, so CloudWatch reads one document.
+        use std::io::Write;
+        if let Err(e) = std::io::stdout().lock().write_all(line.as_bytes()) {
+            tracing::warn!(error = %e, "the invocation's metrics could not be written");
+        }
     }
     response
 }

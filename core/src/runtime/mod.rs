@@ -48,6 +48,8 @@ pub struct Pipeline {
     stop: Shutdown,
     /// Records that arrived longer ago than this are dead-lettered as expired.
     max_record_age: Option<std::time::Duration>,
+    /// Records tried again after a retryable failure, each retry counting (any stage).
+    retried: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Pipeline {
@@ -70,7 +72,13 @@ impl Pipeline {
             api_calls: Arc::default(),
             stop: Shutdown::default(),
             max_record_age: None,
+            retried: Arc::default(),
         }
+    }
+
+    /// Records tried again after a retryable failure so far, each retry counting.
+    pub fn records_retried(&self) -> u64 {
+        self.retried.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Dead-letters (as `expired`) records that arrived longer ago than `age` when processed.
@@ -195,7 +203,7 @@ impl Pipeline {
     ) -> Vec<(usize, Record)> {
         let stage = Stage::Enrich(named.name.clone());
         let mut kept = Vec::with_capacity(live.len());
-        let mut rounds = RetryRounds::new(self.retry, deadline, &named.name);
+        let mut rounds = RetryRounds::new(self.retry, deadline, &named.name, &self.retried);
         let mut pending = live;
         let exhausted = loop {
             let mut failing = Vec::new();
@@ -326,7 +334,7 @@ impl Pipeline {
         let policy = self.retry;
         let label = if what == "sink" { "sink" } else { "error_sink" };
         let mut written: Vec<Option<Written>> = (0..records.len()).map(|_| None).collect();
-        let mut rounds = RetryRounds::new(policy, deadline, what);
+        let mut rounds = RetryRounds::new(policy, deadline, what, &self.retried);
         let mut pending: Vec<usize> = (0..records.len()).collect();
         let exhausted = loop {
             // The first attempt writes the caller's slice; only retries copy what they resend.

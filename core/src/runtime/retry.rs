@@ -3,6 +3,8 @@
 //! [`RetryRounds`]: try the pending records, hand the retryable failures back, get them back to
 //! try again or as exhausted.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use tokio::time::Instant;
 
 use crate::settings::RetryPolicy;
@@ -14,16 +16,24 @@ pub(crate) struct RetryRounds<'a> {
     deadline: Instant,
     what: &'a str,
     attempt: u32,
+    /// Where the records tried again are counted.
+    retried: &'a AtomicU64,
 }
 
 impl<'a> RetryRounds<'a> {
     /// The rounds of stage `what`, no retry starting after `deadline`.
-    pub(crate) fn new(policy: RetryPolicy, deadline: Instant, what: &'a str) -> Self {
+    pub(crate) fn new(
+        policy: RetryPolicy,
+        deadline: Instant,
+        what: &'a str,
+        retried: &'a AtomicU64,
+    ) -> Self {
         Self {
             policy,
             deadline,
             what,
             attempt: 1,
+            retried,
         }
     }
 
@@ -52,6 +62,8 @@ impl<'a> RetryRounds<'a> {
         }
         tokio::time::sleep(delay).await;
         self.attempt += 1;
+        self.retried
+            .fetch_add(failing.len() as u64, Ordering::Relaxed);
         Ok(failing.into_iter().map(|(item, _)| item).collect())
     }
 }
