@@ -133,6 +133,10 @@ enum Command {
         #[arg(long, conflicts_with = "input")]
         tests: Option<PathBuf>,
     },
+    /// Print the JSON Schema (draft 2020-12) of pipeline files: every component this program
+    /// knows, with its settings. Point an editor at it (see README.md, "Editing pipeline files").
+    #[command(after_help = "Example:\n  sluice schema > pipelines/sluice.schema.json")]
+    Schema,
     /// Check a pipeline file: load it, build every component, read no data, print the plan.
     ///
     /// Exits 0 when the file is valid, 2 with a message naming the key and the fix otherwise.
@@ -233,6 +237,11 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 tests,
             })
             .await
+        }
+        Command::Schema => {
+            let schema = sluice::sluice_core::schema::pipeline_schema();
+            println!("{}", serde_json::to_string_pretty(&schema)?);
+            Ok(ExitCode::SUCCESS)
         }
         Command::Validate { file } => {
             let config = PipelineConfig::load(&file)?;

@@ -26,6 +26,7 @@ pub mod position;
 pub mod preview;
 pub mod record;
 pub mod runtime;
+pub mod schema;
 pub mod settings;
 pub mod template;
 #[cfg(any(test, feature = "testkit"))]

@@ -5,13 +5,14 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// How sources group records into batches (`[batch]`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct BatchSettings {
     /// The most records in one batch.
     pub max_records: usize,
     /// How long an endless source waits to fill a batch before sending what it has.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub max_age: Duration,
 }
 
@@ -25,7 +26,7 @@ impl Default for BatchSettings {
 }
 
 /// What happens to a record whose retries are exhausted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OnExhausted {
     /// The record is `Failed`: the checkpoint stays before it and it is delivered again.
@@ -35,19 +36,22 @@ pub enum OnExhausted {
 }
 
 /// Retries of retryable errors (`[retry]`): exponential backoff with jitter, bounded in attempts and in time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetryPolicy {
     /// Attempts in all, the first included.
     pub attempts: u32,
     /// The backoff ceiling before the first retry; it doubles on each retry.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub initial_backoff: Duration,
     /// The largest backoff ceiling.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub max_backoff: Duration,
     /// No retry starts after this much time since the first attempt.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub max_elapsed: Duration,
     /// What becomes of a record still failing when the attempts or the time run out.
     pub on_exhausted: OnExhausted,

@@ -22,7 +22,7 @@ pub fn default_namespace() -> Uuid {
 }
 
 /// Reshapes records.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FieldsConfig {
     /// Fields set from templates: `S3Key = "s3://{bucket-name}/{s3-key}"`.
@@ -84,6 +84,8 @@ impl FieldsConfig {
         })
     }
 }
+
+sluice_core::register_schema!(enricher "fields" => FieldsConfig);
 
 #[typetag::serde(name = "fields")]
 #[async_trait]

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use crate::missing::IfMissing;
 
 /// A test of one top-level field: exactly one of `equals`, `starts_with`, `exists`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Condition {
     /// The top-level field to test.
@@ -29,7 +29,7 @@ pub struct Condition {
 }
 
 /// Keeps the records that pass `keep_if`, or skips those that pass `skip_if`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FilterConfig {
     /// Keep only records for which this holds.
@@ -128,6 +128,8 @@ impl FilterConfig {
         })
     }
 }
+
+sluice_core::register_schema!(enricher "filter" => FilterConfig);
 
 #[typetag::serde(name = "filter")]
 #[async_trait]

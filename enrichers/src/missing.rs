@@ -4,7 +4,9 @@ use serde::{Deserialize, Serialize};
 use sluice_core::{EnrichError, Verdict};
 
 /// `if_missing`: what happens to a record that lacks a field the enricher reads.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum IfMissing {
     /// Dead-letter the record with the field's name (the default: bad input is never silent).

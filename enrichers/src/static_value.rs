@@ -11,7 +11,7 @@ use sluice_core::{
 };
 
 /// Sets `field` to `value` on every record.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StaticConfig {
     /// The top-level field to set.
@@ -26,6 +26,8 @@ pub struct StaticConfig {
 fn yes() -> bool {
     true
 }
+
+sluice_core::register_schema!(enricher "static" => StaticConfig);
 
 #[typetag::serde(name = "static")]
 #[async_trait]

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use sluice_core::{BuildContext, BuildError, Record, Sink, SinkConfig, SinkError};
 
 /// Appends records to a JSON-lines file.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileSinkConfig {
     /// The file; created if missing, appended to if present.
@@ -46,6 +46,8 @@ pub(crate) fn check_parent(path: &str) -> Result<(), BuildError> {
         ))
     }
 }
+
+sluice_core::register_schema!(sink "file" => FileSinkConfig);
 
 #[typetag::serde(name = "file")]
 #[async_trait]

@@ -8,9 +8,11 @@ use serde::{Deserialize, Serialize};
 use sluice_core::{BuildContext, BuildError, Record, Sink, SinkConfig, SinkError};
 
 /// Prints records to standard output.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StdoutSinkConfig {}
+
+sluice_core::register_schema!(sink "stdout" => StdoutSinkConfig);
 
 #[typetag::serde(name = "stdout")]
 #[async_trait]

@@ -12,7 +12,9 @@ use serde_json::Value;
 use sluice_core::{BuildError, Encoding, Meta, RawRecord, SequenceNumber};
 
 /// How a file or object is laid out.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum FileFormat {
     /// One JSON record per line; blank lines are ignored. Positions: line numbers.

@@ -19,7 +19,7 @@ use crate::document::{self, Documents};
 use crate::lines::{json_lines, Origin};
 
 /// Reads records from a file or a folder of files.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileSourceConfig {
     /// A file, or a folder whose files (not those starting with `.`) are read in name order. A
@@ -46,6 +46,8 @@ impl FileSourceConfig {
         Documents::from_settings(self.format, &self.records, &self.document_fields)
     }
 }
+
+sluice_core::register_schema!(source "file" => FileSourceConfig);
 
 #[typetag::serde(name = "file")]
 #[async_trait]

@@ -11,7 +11,7 @@ use sluice_core::{
 use crate::lines::{json_lines, Origin};
 
 /// Reads JSON lines from standard input until it closes.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StdinSourceConfig {
     /// The stream name records carry (templates read it as `{$meta.stream}`).
@@ -22,6 +22,8 @@ pub struct StdinSourceConfig {
 fn default_stream() -> String {
     "stdin".to_owned()
 }
+
+sluice_core::register_schema!(source "stdin" => StdinSourceConfig);
 
 #[typetag::serde(name = "stdin")]
 #[async_trait]

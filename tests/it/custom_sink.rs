@@ -10,11 +10,14 @@ use sluice::PipelineConfig;
 
 static SEEN: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CountingSinkConfig {
+    /// Written before each record's id.
     pub label: String,
 }
+
+sluice::sluice_core::register_schema!(sink "counting" => CountingSinkConfig);
 
 #[typetag::serde(name = "counting")]
 #[async_trait]
@@ -64,4 +67,20 @@ async fn a_sink_from_another_crate_runs_in_a_pipeline() {
         .await;
     assert_eq!(summary.counts.stored, 2);
     assert_eq!(*SEEN.lock().expect("lock"), ["mine:1", "mine:2"]);
+}
+
+#[test]
+fn a_sink_from_another_crate_appears_in_the_schema_of_its_program() {
+    let schema = sluice::sluice_core::schema::pipeline_schema();
+    let counting = schema["properties"]["sink"]["oneOf"]
+        .as_array()
+        .expect("sinks")
+        .iter()
+        .find(|s| s["properties"]["type"]["const"] == "counting")
+        .expect("the custom sink is there");
+    assert_eq!(
+        counting["properties"]["label"]["description"],
+        "Written before each record's id."
+    );
+    assert_eq!(counting["required"], serde_json::json!(["type", "label"]));
 }

@@ -13,6 +13,7 @@ mod lambda_binary;
 mod local_job;
 mod offline;
 mod s3_jobs;
+mod schema;
 mod validate;
 
 use std::path::{Path, PathBuf};

@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 pub use interpolate::{interpolate, InterpolateError};
 use interpolate::{InterpolatedToml, Variables};
-pub use switch::switch;
+pub use switch::{switch, Switch};
 
 use crate::component::{BuildContext, EnricherConfig, SinkConfig, Source, SourceConfig};
 use crate::error::{BuildError, ConfigError};

@@ -32,3 +32,23 @@ pub fn switch<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> 
     }
     d.deserialize_any(Switch)
 }
+
+/// The schema of a [`switch`] setting: a boolean, `0`/`1`, or one of its words.
+pub struct Switch;
+
+impl schemars::JsonSchema for Switch {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Switch".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "true or false (or 1/0, yes/no, on/off; a ${VAR} such as PERSIST_RECORDS)",
+            "anyOf": [
+                { "type": "boolean" },
+                { "type": "integer", "enum": [0, 1] },
+                { "type": "string" }
+            ]
+        })
+    }
+}

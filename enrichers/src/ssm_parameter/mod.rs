@@ -31,7 +31,7 @@ fn default_max_age() -> Duration {
 const FAILURE_HOLD: Duration = Duration::from_secs(1);
 
 /// Sets a field to an SSM parameter's value.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SsmParameterConfig {
     /// The parameter's name (`/sdc/waze/latest-batch-id`) or ARN.
@@ -43,10 +43,12 @@ pub struct SsmParameterConfig {
     pub with_decryption: bool,
     /// How long a value read is used before reading again (default 5s).
     #[serde(default = "default_refresh", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub refresh: Duration,
     /// The oldest value used while the parameter cannot be read (default 60s); past it, records
     /// wait (retried, then Failed) rather than being written with a stale value.
     #[serde(default = "default_max_age", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub max_age: Duration,
     /// The region (see [`sluice_core::aws`], connection settings).
     #[serde(default)]
@@ -55,6 +57,8 @@ pub struct SsmParameterConfig {
     #[serde(default)]
     pub endpoint_url: Option<String>,
 }
+
+sluice_core::register_schema!(enricher "ssm_parameter" => SsmParameterConfig);
 
 #[typetag::serde(name = "ssm_parameter")]
 #[async_trait]

@@ -29,7 +29,7 @@ fn default_true() -> bool {
 }
 
 /// Writes records to a DynamoDB table.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DynamoDbSinkConfig {
     /// The table's name or ARN. A template (`waze_{$meta.record_path}`) sends each record to the
@@ -51,6 +51,7 @@ pub struct DynamoDbSinkConfig {
         default = "default_true",
         deserialize_with = "sluice_core::config::switch"
     )]
+    #[schemars(with = "sluice_core::config::Switch")]
     pub enabled: bool,
     /// The region (see [`sluice_core::aws`], connection settings).
     #[serde(default)]
@@ -78,6 +79,8 @@ impl DynamoDbSinkConfig {
             .or_else(|| aws::region_from_arn(&self.table))
     }
 }
+
+sluice_core::register_schema!(sink "dynamodb" => DynamoDbSinkConfig);
 
 #[typetag::serde(name = "dynamodb")]
 #[async_trait]

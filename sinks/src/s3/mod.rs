@@ -30,7 +30,7 @@ fn default_concurrency() -> usize {
 }
 
 /// Writes records as JSON lines into S3 objects.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct S3SinkConfig {
     /// The bucket.
@@ -60,6 +60,8 @@ impl S3SinkConfig {
             .map_err(|e| BuildError::invalid("prefix", e.to_string()))
     }
 }
+
+sluice_core::register_schema!(sink "s3" => S3SinkConfig);
 
 #[typetag::serde(name = "s3")]
 #[async_trait]

@@ -21,7 +21,7 @@ use row::{check, RowEncoder, MAX_COLUMNS};
 use schema::quote;
 
 /// Upserts records into an SQLite table.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SqliteSinkConfig {
     /// The database file; created if missing.
@@ -36,6 +36,8 @@ pub struct SqliteSinkConfig {
     /// The field whose value is the primary key (in every table).
     pub key: String,
 }
+
+sluice_core::register_schema!(sink "sqlite" => SqliteSinkConfig);
 
 #[typetag::serde(name = "sqlite")]
 #[async_trait]

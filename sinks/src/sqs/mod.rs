@@ -24,7 +24,7 @@ const DEFAULT_MAX_MESSAGE_BYTES: usize = 256 * 1024;
 const CONCURRENT_CALLS: usize = 4;
 
 /// Sends records' JSON to an SQS queue.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SqsSinkConfig {
     /// The queue's URL.
@@ -48,6 +48,8 @@ pub struct SqsSinkConfig {
     #[serde(default)]
     pub overflow_s3_endpoint_url: Option<String>,
 }
+
+sluice_core::register_schema!(sink "sqs" => SqsSinkConfig);
 
 #[typetag::serde(name = "sqs")]
 #[async_trait]

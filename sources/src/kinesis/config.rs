@@ -8,7 +8,9 @@ use sluice_core::aws;
 use sluice_core::BuildError;
 
 /// Where a shard with no checkpoint starts.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Start {
     /// The oldest record kept (the default: a persist job must not miss what is in the stream).
@@ -21,7 +23,9 @@ pub enum Start {
 }
 
 /// How records reach the reader.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
     /// GetRecords, sharing each shard's 2 MB/s and five calls a second with other consumers.
@@ -57,7 +61,7 @@ fn default_lease_duration() -> Duration {
 }
 
 /// Reads a Kinesis data stream.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KinesisSourceConfig {
     /// The stream's name or ARN.
@@ -73,6 +77,7 @@ pub struct KinesisSourceConfig {
     pub limit: i32,
     /// How long a shard that is caught up waits before asking again (default 1s).
     #[serde(default = "default_poll_interval", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub poll_interval: Duration,
     /// The DynamoDB lease and checkpoint table; default `<pipeline name>-checkpoints`, created
     /// when missing.
@@ -80,9 +85,11 @@ pub struct KinesisSourceConfig {
     pub checkpoint_table: Option<String>,
     /// How often checkpoints are stored and leases renewed (default 5s); also on stopping.
     #[serde(default = "default_checkpoint_interval", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub checkpoint_interval: Duration,
     /// How long a lease lasts without renewal before another worker may take it (default 30s).
     #[serde(default = "default_lease_duration", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub lease_duration: Duration,
     /// The region (see [`sluice_core::aws`], connection settings); default: the stream ARN's.
     #[serde(default)]

@@ -28,6 +28,8 @@ use consumer::KinesisSource;
 use lease_table::LeaseTable;
 use reader::ReaderContext;
 
+sluice_core::register_schema!(source "kinesis" => KinesisSourceConfig);
+
 #[typetag::serde(name = "kinesis")]
 #[async_trait]
 impl SourceConfig for KinesisSourceConfig {

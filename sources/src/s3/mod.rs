@@ -33,7 +33,7 @@ fn default_poll_interval() -> Duration {
 }
 
 /// Reads the objects under an S3 prefix.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct S3SourceConfig {
     /// The bucket.
@@ -53,6 +53,7 @@ pub struct S3SourceConfig {
     pub document_fields: BTreeMap<String, String>,
     /// How long a daemon waits, once every object is read, before listing again (default 10s).
     #[serde(default = "default_poll_interval", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub poll_interval: Duration,
     /// The DynamoDB table of the checkpoint; default `<pipeline name>-checkpoints`, created when
     /// missing.
@@ -79,6 +80,8 @@ impl S3SourceConfig {
         format!("s3://{}/{}", self.bucket, self.prefix)
     }
 }
+
+sluice_core::register_schema!(source "s3" => S3SourceConfig);
 
 #[typetag::serde(name = "s3")]
 #[async_trait]
