@@ -1,6 +1,7 @@
 //! The `sluice` command: run or validate a pipeline file.
 
 mod offline;
+mod redrive;
 mod summary;
 
 use std::io::IsTerminal;
@@ -133,6 +134,39 @@ enum Command {
         #[arg(long, conflicts_with = "input")]
         tests: Option<PathBuf>,
     },
+    /// Take dead letters back through the pipeline once their cause is fixed.
+    ///
+    /// SOURCE is the error sink's queue (its URL, or sqs://NAME) or a dead-letter file. Each
+    /// envelope's payload and position run again from decoding, so a record lands on the item it
+    /// would have been; a letter is removed only once its record is stored, skipped or
+    /// dead-lettered again (a new envelope keeping the previous reason). A record that fails
+    /// stays. Ctrl-C or SIGTERM makes the letters not yet started visible again at once; after a
+    /// hard kill they come back within a minute (the visibility timeout used).
+    #[command(
+        after_help = "Examples:\n  sluice redrive pipelines/waze-persist.toml --from \"$DLQ_QUEUE_URL\" --rate 50/s\n  sluice redrive pipelines/waze-persist.local.toml --from waze-dlq.jsonl --dry-run"
+    )]
+    Redrive {
+        /// The pipeline file (TOML), as fixed; its [source] is not read.
+        file: PathBuf,
+        /// The queue (URL or sqs://NAME) or the dead-letter file.
+        #[arg(long, value_name = "SOURCE")]
+        from: String,
+        /// At most this many records a second (`50` or `50/s`).
+        #[arg(long, value_parser = redrive::rate)]
+        rate: Option<f64>,
+        /// Show what each letter would become (as `sluice test` does), change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// With --dry-run: a value for an `ssm_parameter` enricher's parameter, NAME=VALUE.
+        #[arg(long = "parameter", value_name = "NAME=VALUE", requires = "dry_run")]
+        parameters: Vec<String>,
+        /// Never draw a progress bar (it is drawn only when stderr is a terminal).
+        #[arg(long)]
+        no_progress: bool,
+        /// How to print the summary on stdout.
+        #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]
+        summary: SummaryFormat,
+    },
     /// Print the JSON Schema (draft 2020-12) of pipeline files: every component this program
     /// knows, with its settings. Point an editor at it (see README.md, "Editing pipeline files").
     #[command(after_help = "Example:\n  sluice schema > pipelines/sluice.schema.json")]
@@ -237,6 +271,53 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 tests,
             })
             .await
+        }
+        Command::Redrive {
+            file,
+            from,
+            rate,
+            dry_run,
+            parameters,
+            no_progress,
+            summary,
+        } => {
+            let stop = sluice::sluice_core::Shutdown::default();
+            let mut signals = StopSignals::listen().context("listening for stop signals")?;
+            {
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    signals.next().await;
+                    tracing::warn!("stopping: finishing the letters under way; the others are made visible again");
+                    stop.trigger();
+                    signals.next().await;
+                    std::process::exit(130);
+                });
+            }
+            let progress = Arc::new(Progress::default());
+            let bar = (!no_progress && std::io::stderr().is_terminal())
+                .then(|| spawn_progress_bar(progress.clone()));
+            let args = redrive::Args {
+                file,
+                from,
+                rate,
+                dry_run,
+                parameters,
+            };
+            let result = redrive::run(args, progress, stop).await;
+            if let Some((bar, ticker)) = bar {
+                ticker.abort();
+                bar.finish_and_clear();
+            }
+            let result = result?;
+            match summary {
+                SummaryFormat::Text => print!("{}", summary::text(&result, !dry_run)),
+                SummaryFormat::Json => println!("{}", serde_json::to_string(&result)?),
+            }
+            Ok(if result.is_success() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Schema => {
             let schema = sluice::sluice_core::schema::pipeline_schema();

@@ -37,7 +37,16 @@ pub struct DeadLetter {
     pub failed_at: DateTime<Utc>,
     /// The sluice version that wrote the envelope.
     pub sluice_version: String,
+    /// For a record dead-lettered again after a redrive: its previous envelope, without the
+    /// payload (and with its own `previous`), so every reason is kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<Box<serde_json::Value>>,
 }
+
+/// The meta entry a redriven record carries: its previous envelope, without the payload, as
+/// JSON text. A new envelope for it adds its attempts to the previous ones and keeps it as
+/// `previous`.
+pub const REDRIVEN: &str = "sluice:redriven";
 
 /// Why a record is given up on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +64,15 @@ pub struct Reason {
 impl DeadLetter {
     /// An envelope for a record's payload and position.
     pub fn new(pipeline: &str, reason: Reason, data: &[u8], meta: &Meta) -> Self {
+        let mut source = meta.clone();
+        let previous = source
+            .extra
+            .remove(REDRIVEN)
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok());
+        let before = previous
+            .as_ref()
+            .and_then(|p| p["attempts"].as_u64())
+            .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX));
         Self {
             pipeline: pipeline.to_owned(),
             stage: reason.stage,
@@ -62,11 +80,12 @@ impl DeadLetter {
                 kind: reason.kind,
                 message: reason.message,
             },
-            attempts: reason.attempts,
-            source: meta.clone(),
+            attempts: reason.attempts.saturating_add(before),
+            source,
             payload_base64: base64::engine::general_purpose::STANDARD.encode(data),
             failed_at: Utc::now(),
             sluice_version: crate::VERSION.to_owned(),
+            previous: previous.map(Box::new),
         }
     }
 
@@ -85,6 +104,33 @@ impl DeadLetter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_redriven_record_dead_lettered_again_keeps_its_previous_reason_and_counts_on() {
+        let first = serde_json::json!({
+            "stage": "enrich:fields", "attempts": 1,
+            "error": {"kind": "missing_field", "message": "no `bucket`"},
+        });
+        let mut meta = Meta {
+            stream: "s".into(),
+            ..Meta::default()
+        };
+        meta.extra.insert(REDRIVEN.into(), first.to_string());
+        let reason = Reason {
+            stage: Stage::Sink,
+            kind: ErrorKind::Permanent,
+            message: "too big".into(),
+            attempts: 1,
+        };
+        let again = DeadLetter::new("p", reason, b"{}", &meta);
+        assert_eq!(again.attempts, 2);
+        assert_eq!(again.previous.as_deref(), Some(&first));
+        assert!(
+            !again.source.extra.contains_key(REDRIVEN),
+            "not nested in the source"
+        );
+        assert_eq!(again.source.stream, "s");
+    }
 
     #[test]
     fn envelope_carries_position_reason_and_original_payload() {

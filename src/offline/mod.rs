@@ -206,7 +206,7 @@ pub async fn process(
 }
 
 /// A record's result as lines for a person.
-fn text(result: &Result) -> String {
+pub fn text(result: &Result) -> String {
     let what = match &result.outcome {
         Outcome::Stored => "stored".to_owned(),
         Outcome::Skipped { by } => format!("skipped by {by}"),

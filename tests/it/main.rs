@@ -12,6 +12,7 @@ mod lambda;
 mod lambda_binary;
 mod local_job;
 mod offline;
+mod redrive;
 mod s3_jobs;
 mod schema;
 mod validate;

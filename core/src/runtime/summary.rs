@@ -21,7 +21,7 @@ pub struct Progress {
 
 impl Progress {
     /// Adds a batch's outcomes; answers them counted.
-    pub(crate) fn add(&self, report: &BatchReport) -> Counts {
+    pub fn add(&self, report: &BatchReport) -> Counts {
         let mut c = Counts::default();
         for (_, o) in &report.outcomes {
             c.count(o);
@@ -81,7 +81,8 @@ pub struct RunSummary {
 const FAILURES_LISTED: usize = 10;
 
 impl RunSummary {
-    pub(crate) fn add(&mut self, report: &BatchReport) {
+    /// Adds a batch's outcomes (for a program that drives batches itself, as `sluice redrive`).
+    pub fn add(&mut self, report: &BatchReport) {
         for (seq, o) in &report.outcomes {
             self.counts.count(o);
             match o {
