@@ -207,3 +207,62 @@ fn a_disabled_sink_skips_every_record_in_a_test_as_in_a_run() {
         "{stdout}"
     );
 }
+
+#[test]
+fn the_rows_sluice_test_prints_are_those_the_local_job_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, dlq) = (dir.path().join("w.db"), dir.path().join("dlq.jsonl"));
+    let mut cmd = sluice();
+    cmd.args(["run", "pipelines/waze-persist.local.toml"])
+        .env("WAZE_DB", &db)
+        .env("WAZE_DLQ", &dlq);
+    assert!(run(&mut cmd).0.status.success());
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let mut stmt = conn.prepare("SELECT * FROM curated_records").unwrap();
+    let names: Vec<String> = stmt.column_names().iter().map(|n| n.to_string()).collect();
+    let written: HashMap<String, Value> = stmt
+        .query_map([], |r| {
+            let mut row = serde_json::Map::new();
+            for (i, name) in names.iter().enumerate() {
+                let cell = match r.get::<_, rusqlite::types::Value>(i)? {
+                    rusqlite::types::Value::Text(t) => Value::String(t),
+                    rusqlite::types::Value::Integer(n) => json!(n),
+                    rusqlite::types::Value::Real(f) => json!(f),
+                    rusqlite::types::Value::Null => Value::Null,
+                    rusqlite::types::Value::Blob(_) => panic!("no blobs"),
+                };
+                row.insert(name.clone(), cell);
+            }
+            Ok((
+                row["CurationRecordId"].as_str().unwrap().to_owned(),
+                Value::Object(row),
+            ))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+
+    let mut cmd = sluice();
+    cmd.args([
+        "test",
+        "pipelines/waze-persist.local.toml",
+        "--input",
+        "pipelines/samples/waze-curated.jsonl",
+        "--format",
+        "json",
+    ]);
+    let (out, stdout, stderr) = run(no_network(&mut cmd));
+    assert!(out.status.success(), "{stderr}");
+    let stored: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|r| r["outcome"] == "stored")
+        .collect();
+    assert_eq!(stored.len(), written.len());
+    for result in stored {
+        let body = &result["request"]["body"];
+        assert_eq!(result["request"]["target"], "curated_records");
+        let id = body["CurationRecordId"].as_str().unwrap();
+        assert_eq!(&written[id], body, "column for column");
+    }
+}
