@@ -302,6 +302,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 rate,
                 dry_run,
                 parameters,
+                records_json: matches!(summary, SummaryFormat::Json),
             };
             let result = redrive::run(args, progress, stop).await;
             if let Some((bar, ticker)) = bar {
@@ -313,7 +314,8 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 SummaryFormat::Text => print!("{}", summary::text(&result, !dry_run)),
                 SummaryFormat::Json => println!("{}", serde_json::to_string(&result)?),
             }
-            Ok(if result.is_success() {
+            // A letter whose record failed stays for the next redrive: not a success.
+            Ok(if result.is_success() && result.counts.failed == 0 {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE

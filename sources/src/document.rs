@@ -231,10 +231,15 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
+/// The meta entry of a record a source refused whole (a file or object it could not read):
+/// its dead letter holds the whole file, which `sluice redrive` cannot split again.
+pub const REFUSED_WHOLE: &str = "sluice:refused";
+
 /// The whole of `data` as one record the pipeline dead-letters with `reason`.
 pub fn refused(data: Bytes, reason: String, base: &Meta) -> RawRecord {
     let mut meta = base.clone();
     meta.sequence_number = SequenceNumber::from(1);
+    meta.extra.insert(REFUSED_WHOLE.into(), "whole".into());
     RawRecord {
         data,
         encoding: Encoding::Refused(Arc::from(reason)),

@@ -11,7 +11,7 @@ mod lines;
 mod s3;
 mod stdin;
 
-pub use document::FileFormat;
+pub use document::{FileFormat, REFUSED_WHOLE};
 pub use file::FileSourceConfig;
 pub use kinesis::{KinesisSourceConfig, Start};
 pub use s3::S3SourceConfig;

@@ -21,6 +21,10 @@ pub struct Letter {
     pub handle: Handle,
     /// The record it held, with its position and its previous envelope in `REDRIVEN`.
     pub record: RawRecord,
+    /// The pipeline whose envelope it is.
+    pub pipeline: String,
+    /// The queue's id of the message, and when it was sent (epoch milliseconds).
+    pub message: Option<(String, u64)>,
 }
 
 /// Where a letter is, to remove it once its record is done.
@@ -43,6 +47,11 @@ pub enum Letters {
         lines: Vec<String>,
         length: u64,
     },
+}
+
+/// The pipeline an envelope names.
+fn pipeline_of(envelope: &Value) -> String {
+    envelope["pipeline"].as_str().unwrap_or_default().to_owned()
 }
 
 /// The record an envelope holds: its original payload and source position, its previous
@@ -82,10 +91,11 @@ impl Letters {
         max: usize,
         cursor: &mut usize,
         unreadable: &mut Vec<String>,
-    ) -> anyhow::Result<Vec<Letter>> {
+    ) -> anyhow::Result<(Vec<Letter>, usize)> {
         match self {
             Letters::File { lines, .. } => {
                 let mut out = Vec::new();
+                let from = *cursor;
                 while out.len() < max && *cursor < lines.len() {
                     let index = *cursor;
                     *cursor += 1;
@@ -95,16 +105,22 @@ impl Letters {
                     }
                     let parsed = serde_json::from_str::<Value>(line)
                         .map_err(anyhow::Error::from)
-                        .and_then(|envelope| record_of(&envelope, inline_payload(&envelope)?));
+                        .and_then(|envelope| {
+                            let record = record_of(&envelope, inline_payload(&envelope)?)?;
+                            Ok((pipeline_of(&envelope), record))
+                        });
                     match parsed {
-                        Ok(record) => out.push(Letter {
+                        Ok((pipeline, record)) => out.push(Letter {
                             handle: Handle::Line(index),
                             record,
+                            pipeline,
+                            message: None,
                         }),
                         Err(e) => unreadable.push(format!("line {}: {e:#}", index + 1)),
                     }
                 }
-                Ok(out)
+                // Lines gone through, letters or not: none left means the end of the file.
+                Ok((out, *cursor - from))
             }
             Letters::Queue { sqs, s3, url } => {
                 let received = sqs
@@ -113,6 +129,9 @@ impl Letters {
                     .max_number_of_messages(max.clamp(1, 10) as i32)
                     .visibility_timeout(VISIBILITY.as_secs() as i32)
                     .wait_time_seconds(1)
+                    .message_system_attribute_names(
+                        aws_sdk_sqs::types::MessageSystemAttributeName::SentTimestamp,
+                    )
                     .send()
                     .await
                     .map_err(|e| {
@@ -127,25 +146,35 @@ impl Letters {
                     else {
                         continue;
                     };
+                    let id = message.message_id().unwrap_or("?").to_owned();
+                    let sent = message
+                        .attributes()
+                        .and_then(|a| {
+                            a.get(&aws_sdk_sqs::types::MessageSystemAttributeName::SentTimestamp)
+                        })
+                        .and_then(|t| t.parse::<u64>().ok())
+                        .unwrap_or(0);
                     match Self::from_message(s3, body).await {
-                        Ok(record) => out.push(Letter {
+                        Ok((pipeline, record)) => out.push(Letter {
                             handle: Handle::Message(handle.to_owned()),
                             record,
+                            pipeline,
+                            message: Some((id, sent)),
                         }),
-                        Err(e) => unreadable.push(format!(
-                            "message {}: {e:#}",
-                            message.message_id().unwrap_or("?")
-                        )),
+                        Err(e) => unreadable.push(format!("message {id}: {e:#}")),
                     }
                 }
-                Ok(out)
+                Ok((out, received.messages().len()))
             }
         }
     }
 
     /// The record of a queue message: its envelope, or the whole envelope in S3 when the
     /// message holds a pointer to it (`payload_s3`, the overflow of big messages).
-    async fn from_message(s3: &aws_sdk_s3::Client, body: &str) -> anyhow::Result<RawRecord> {
+    async fn from_message(
+        s3: &aws_sdk_s3::Client,
+        body: &str,
+    ) -> anyhow::Result<(String, RawRecord)> {
         let envelope: Value = serde_json::from_str(body).context("the body is not JSON")?;
         if let Some(pointer) = envelope["payload_s3"].as_str() {
             let (bucket, key) = pointer
@@ -167,13 +196,20 @@ impl Letters {
             let whole = object.body.collect().await?.into_bytes();
             let whole: Value = serde_json::from_slice(&whole)
                 .with_context(|| format!("{pointer} is not an envelope"))?;
-            return record_of(&whole, inline_payload(&whole)?);
+            return Ok((
+                pipeline_of(&whole),
+                record_of(&whole, inline_payload(&whole)?)?,
+            ));
         }
-        record_of(&envelope, inline_payload(&envelope)?)
+        Ok((
+            pipeline_of(&envelope),
+            record_of(&envelope, inline_payload(&envelope)?)?,
+        ))
     }
 
     /// Removes the letters whose records are done (queue: deleted; file: left out when the file
-    /// is rewritten, see [`Letters::finish`]).
+    /// is rewritten, see [`Letters::finish`]). A letter that could not be deleted stays, to be
+    /// redriven again (its record lands on the same item); the error says how many.
     pub async fn done(&mut self, handles: &[Handle]) -> anyhow::Result<()> {
         match self {
             Letters::File { .. } => Ok(()),
@@ -247,6 +283,9 @@ impl Letters {
         let temporary = path.with_extension("redrive.tmp");
         std::fs::write(&temporary, &out)
             .with_context(|| format!("writing {}", temporary.display()))?;
+        if let Ok(metadata) = std::fs::metadata(path) {
+            let _ = std::fs::set_permissions(&temporary, metadata.permissions());
+        }
         std::fs::rename(&temporary, path)
             .with_context(|| format!("replacing {}", path.display()))?;
         Ok(())

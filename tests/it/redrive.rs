@@ -89,11 +89,16 @@ fn a_dead_letter_file_is_redriven_into_the_rows_a_direct_run_writes() {
     .env("WAZE_DLQ", &dlq);
     let (out, stdout, stderr) = run(&mut cmd);
     assert!(out.status.success(), "{stdout}{stderr}");
-    assert_eq!(stdout.matches("  stored\n").count(), by_bug, "{stdout}");
-    assert!(
-        stdout.contains("  → curated_records"),
-        "the row it would write"
-    );
+    let shown: Vec<Value> = stdout
+        .lines()
+        .filter(|l| l.contains("\"outcome\""))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let would_store: Vec<&Value> = shown.iter().filter(|r| r["outcome"] == "stored").collect();
+    assert_eq!(would_store.len(), by_bug, "{stdout}");
+    assert!(would_store
+        .iter()
+        .all(|r| r["request"]["target"] == "curated_records"));
     assert_eq!(
         std::fs::read(&dlq).unwrap(),
         before,
@@ -226,4 +231,54 @@ async fn a_queue_redriven_twice_after_an_interruption_stores_each_record_once() 
             .is_empty(),
         "the queue ends empty"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn letters_dead_lettered_again_into_the_same_queue_end_the_run_with_their_history() {
+    // Found by review: the new envelope of a letter that failed again went to the queue being
+    // redriven, was received again at once, and so on, nesting `previous` without end.
+    let Some(endpoint) = moto_endpoint() else {
+        return;
+    };
+    let world = World::create(&endpoint, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut payloads: Vec<Vec<u8>> = (0..2).map(|i| bytes(&waze_payload(i))).collect();
+    payloads.extend([b"not json".to_vec(), b"[1]".to_vec(), b"{\"oops\"".to_vec()]);
+    world.put(&payloads).await;
+    let mut cmd = sluice();
+    cmd.arg("run")
+        .arg(buggy("pipelines/waze-persist.toml", dir.path()))
+        .args(["--until-caught-up", "--no-progress"]);
+    for (k, v) in world.variables() {
+        cmd.env(k, v);
+    }
+    assert!(run(&mut cmd).0.status.success());
+
+    let mut cmd = sluice();
+    cmd.args([
+        "redrive",
+        "pipelines/waze-persist.toml",
+        "--from",
+        &world.queue_url,
+    ])
+    .args(["--summary", "json", "--no-progress"]);
+    for (k, v) in world.variables() {
+        cmd.env(k, v);
+    }
+    let started = std::time::Instant::now();
+    let (out, stdout, stderr) = run(&mut cmd);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(60), "it ends");
+    let summary: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(summary["counts"]["stored"], 2, "{summary}");
+    assert_eq!(summary["counts"]["dead_lettered"], 3, "{summary}");
+    assert_eq!(world.items().await.len(), 2);
+    // Each malformed record once more, its history kept; the first letters are gone.
+    let left = world.dead_letters().await;
+    assert_eq!(left.len(), 3, "{left:?}");
+    for letter in &left {
+        assert_eq!(letter["attempts"], 2, "{letter}");
+        assert_eq!(letter["previous"]["stage"], "decode", "{letter}");
+        assert!(letter["previous"].get("previous").is_none());
+    }
 }
