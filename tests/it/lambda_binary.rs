@@ -48,11 +48,21 @@ fn failures(answer: &Answer) -> Vec<String> {
 /// The binary started as Lambda starts it, with the pipeline's variables but no KINESIS_STREAM:
 /// in Lambda the event is the source, so the `[source]` table is not read.
 fn start_function(api: &RuntimeApi, variables: &[(&'static str, String)]) -> tokio::process::Child {
+    start_function_with(api, variables, Stdio::null(), Stdio::piped())
+}
+
+/// [`start_function`] with its standard output and error going where given.
+fn start_function_with(
+    api: &RuntimeApi,
+    variables: &[(&'static str, String)],
+    stdout: Stdio,
+    stderr: Stdio,
+) -> tokio::process::Child {
     let mut cmd = tokio::process::Command::from(sluice());
     cmd.envs(api.function_environment("sluice-waze"))
         .env_remove("KINESIS_STREAM")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stdout(stdout)
+        .stderr(stderr)
         .kill_on_drop(true);
     for (k, v) in variables {
         if *k != "KINESIS_STREAM" {
@@ -335,18 +345,7 @@ async fn each_invocation_writes_its_metrics_as_one_emf_document() {
     variables.push(("SLUICE_PIPELINE", "pipelines/waze-persist.toml".to_owned()));
     variables.push(("SLUICE_METRICS_NAMESPACE", "sdc/waze".to_owned()));
     variables.push(("SLUICE_METRICS_DIMENSIONS", "Environment=test".to_owned()));
-    let mut cmd = tokio::process::Command::from(sluice());
-    cmd.envs(api.function_environment("sluice-waze"))
-        .env_remove("KINESIS_STREAM")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true);
-    for (k, v) in &variables {
-        if *k != "KINESIS_STREAM" {
-            cmd.env(k, v);
-        }
-    }
-    let mut function = cmd.spawn().expect("the binary starts");
+    let mut function = start_function_with(&api, &variables, Stdio::piped(), Stdio::null());
 
     let valid = |i| waze_payload(i).to_string().into_bytes();
     let a = "shardId-000000000000";

@@ -18,6 +18,38 @@ fn buggy(file: &str, dir: &std::path::Path) -> std::path::PathBuf {
     pipeline_file(dir, "buggy.toml", &broken)
 }
 
+/// Runs the buggy AWS job over `world`'s stream: every Waze record is dead-lettered.
+fn run_the_bug(world: &World, dir: &std::path::Path) {
+    let mut cmd = sluice();
+    cmd.arg("run")
+        .arg(buggy("pipelines/waze-persist.toml", dir))
+        .args(["--until-caught-up", "--no-progress"]);
+    for (k, v) in world.variables() {
+        cmd.env(k, v);
+    }
+    let (out, stdout, stderr) = run(&mut cmd);
+    assert!(out.status.success(), "{stdout}{stderr}");
+}
+
+/// `sluice redrive` of the fixed AWS job from `world`'s queue, a JSON summary.
+fn redrive_queue(world: &World, rate: Option<&str>) -> std::process::Command {
+    let mut cmd = sluice();
+    cmd.args([
+        "redrive",
+        "pipelines/waze-persist.toml",
+        "--from",
+        &world.queue_url,
+    ])
+    .args(["--summary", "json", "--no-progress"]);
+    if let Some(rate) = rate {
+        cmd.args(["--rate", rate]);
+    }
+    for (k, v) in world.variables() {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
 fn rows(db: &std::path::Path) -> BTreeMap<String, String> {
     let conn = rusqlite::Connection::open(db).expect("db");
     let mut stmt = conn
@@ -162,36 +194,11 @@ async fn a_queue_redriven_twice_after_an_interruption_stores_each_record_once() 
     let dir = tempfile::tempdir().unwrap();
     let payloads: Vec<Vec<u8>> = (0..30).map(|i| bytes(&waze_payload(i))).collect();
     let puts = world.put(&payloads).await;
-    let mut cmd = sluice();
-    cmd.arg("run")
-        .arg(buggy("pipelines/waze-persist.toml", dir.path()))
-        .args(["--until-caught-up", "--no-progress"]);
-    for (k, v) in world.variables() {
-        cmd.env(k, v);
-    }
-    let (out, stdout, stderr) = run(&mut cmd);
-    assert!(out.status.success(), "{stdout}{stderr}");
+    run_the_bug(&world, dir.path());
     assert!(world.items().await.is_empty(), "the bug stored nothing");
 
-    let redrive = |rate: Option<&str>| {
-        let mut cmd = sluice();
-        cmd.args([
-            "redrive",
-            "pipelines/waze-persist.toml",
-            "--from",
-            &world.queue_url,
-        ])
-        .args(["--summary", "json", "--no-progress"]);
-        if let Some(rate) = rate {
-            cmd.args(["--rate", rate]);
-        }
-        for (k, v) in world.variables() {
-            cmd.env(k, v);
-        }
-        cmd
-    };
     // Slowly, stopped part way: what was not started is visible again at once.
-    let mut slow = redrive(Some("8/s"));
+    let mut slow = redrive_queue(&world, Some("8/s"));
     slow.stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null());
     let child = slow.spawn().expect("starts");
@@ -209,7 +216,7 @@ async fn a_queue_redriven_twice_after_an_interruption_stores_each_record_once() 
         "interrupted part way: {first}"
     );
 
-    let (out, stdout, stderr) = run(&mut redrive(None));
+    let (out, stdout, stderr) = run(&mut redrive_queue(&world, None));
     assert!(out.status.success(), "{stdout}{stderr}");
     let second: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(
@@ -245,26 +252,9 @@ async fn letters_dead_lettered_again_into_the_same_queue_end_the_run_with_their_
     let mut payloads: Vec<Vec<u8>> = (0..2).map(|i| bytes(&waze_payload(i))).collect();
     payloads.extend([b"not json".to_vec(), b"[1]".to_vec(), b"{\"oops\"".to_vec()]);
     world.put(&payloads).await;
-    let mut cmd = sluice();
-    cmd.arg("run")
-        .arg(buggy("pipelines/waze-persist.toml", dir.path()))
-        .args(["--until-caught-up", "--no-progress"]);
-    for (k, v) in world.variables() {
-        cmd.env(k, v);
-    }
-    assert!(run(&mut cmd).0.status.success());
+    run_the_bug(&world, dir.path());
 
-    let mut cmd = sluice();
-    cmd.args([
-        "redrive",
-        "pipelines/waze-persist.toml",
-        "--from",
-        &world.queue_url,
-    ])
-    .args(["--summary", "json", "--no-progress"]);
-    for (k, v) in world.variables() {
-        cmd.env(k, v);
-    }
+    let mut cmd = redrive_queue(&world, None);
     let started = std::time::Instant::now();
     let (out, stdout, stderr) = run(&mut cmd);
     assert!(out.status.success(), "{stdout}{stderr}");

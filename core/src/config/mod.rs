@@ -257,17 +257,7 @@ impl PipelineConfig {
             ),
             None => None,
         };
-        let mut enrichers = Vec::with_capacity(self.enrichers.len());
-        for (i, config) in self.enrichers.iter().enumerate() {
-            let enricher = config
-                .build(ctx)
-                .await
-                .map_err(|e| self.build_error(&format!("enrichers[{i}]"), e))?;
-            enrichers.push(NamedEnricher {
-                name: self.enricher_name(i),
-                enricher,
-            });
-        }
+        let enrichers = self.build_enrichers(ctx).await?;
         let mut sink_ctx = ctx.clone();
         sink_ctx.record_fields = self
             .enrichers
@@ -297,11 +287,8 @@ impl PipelineConfig {
         Ok(Built { pipeline, source })
     }
 
-    /// Builds the pipeline for a run with no I/O (`sluice test`): the file's enrichers (built in
-    /// `ctx`, which should carry [`crate::preview::Offline`]), the sink's encoder in place of
-    /// the sink, dead letters kept in memory; no source. Nothing is opened or called.
-    pub async fn build_offline(&self, ctx: &BuildContext) -> Result<OfflinePipeline, ConfigError> {
-        self.check()?;
+    /// The enrichers, built in order in `ctx`, each named as stages and summaries name it.
+    async fn build_enrichers(&self, ctx: &BuildContext) -> Result<Vec<NamedEnricher>, ConfigError> {
         let mut enrichers = Vec::with_capacity(self.enrichers.len());
         for (i, config) in self.enrichers.iter().enumerate() {
             let enricher = config
@@ -313,6 +300,15 @@ impl PipelineConfig {
                 enricher,
             });
         }
+        Ok(enrichers)
+    }
+
+    /// Builds the pipeline for a run with no I/O (`sluice test`): the file's enrichers (built in
+    /// `ctx`, which should carry [`crate::preview::Offline`]), the sink's encoder in place of
+    /// the sink, dead letters kept in memory; no source. Nothing is opened or called.
+    pub async fn build_offline(&self, ctx: &BuildContext) -> Result<OfflinePipeline, ConfigError> {
+        self.check()?;
+        let enrichers = self.build_enrichers(ctx).await?;
         let encoder = self
             .sink
             .encoder(ctx)
