@@ -198,11 +198,16 @@ async fn a_queue_redriven_twice_after_an_interruption_stores_each_record_once() 
     assert!(world.items().await.is_empty(), "the bug stored nothing");
 
     // Slowly, stopped part way: what was not started is visible again at once.
-    let mut slow = redrive_queue(&world, Some("8/s"));
+    let mut slow = redrive_queue(&world, Some("2/s"));
     slow.stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null());
     let child = slow.spawn().expect("starts");
-    std::thread::sleep(Duration::from_millis(2500));
+    // Stopped once it has begun (a slow machine takes a while to start), well before its end.
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    while world.items().await.is_empty() {
+        assert!(std::time::Instant::now() < until, "the redrive began");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let status = std::process::Command::new("kill")
         .args(["-s", "TERM", &child.id().to_string()])
         .status()
