@@ -56,19 +56,35 @@ impl Emf {
     /// The settings from the environment, for pipeline `pipeline`; `None` when
     /// `SLUICE_METRICS=off`, or when a dimension is malformed (logged).
     pub fn from_env(pipeline: &str) -> Option<Self> {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        Self::from_settings(pipeline, |name| {
+            std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+        })
+    }
+
+    /// As [`Emf::from_env`], with the settings looked up in `var`.
+    pub fn from_settings(pipeline: &str, var: impl Fn(&str) -> Option<String>) -> Option<Self> {
         if var("SLUICE_METRICS").is_some_and(|v| v.eq_ignore_ascii_case("off")) {
             return None;
         }
         let mut dimensions = vec![("Pipeline".to_owned(), pipeline.to_owned())];
         if let Some(extra) = var("SLUICE_METRICS_DIMENSIONS") {
             for pair in extra.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                let taken = |name: &str| {
+                    METRICS.iter().any(|(m, _)| *m == name)
+                        || ["OldestRecordAge", "RequestId", "_aws"].contains(&name)
+                        || dimensions.iter().any(|(d, _)| d == name)
+                };
                 match pair.split_once('=') {
-                    Some((name, value)) if !name.trim().is_empty() => {
+                    Some((name, value))
+                        if !name.trim().is_empty()
+                            && !value.trim().is_empty()
+                            && !taken(name.trim())
+                            && dimensions.len() < 30 =>
+                    {
                         dimensions.push((name.trim().to_owned(), value.trim().to_owned()))
                     }
                     _ => {
-                        tracing::error!(dimension = pair, "SLUICE_METRICS_DIMENSIONS takes Name=Value pairs separated by commas; no metrics are written");
+                        tracing::error!(dimension = pair, "SLUICE_METRICS_DIMENSIONS takes up to 29 Name=Value pairs separated by commas, each name new (not a metric's) and each value not empty; no metrics are written");
                         return None;
                     }
                 }
@@ -171,6 +187,34 @@ mod tests {
                 assert!(m["Unit"].is_string());
             }
         }
+    }
+
+    #[test]
+    fn dimensions_that_would_break_the_document_turn_metrics_off_with_an_error() {
+        let with = |dimensions: &str| {
+            let dimensions = dimensions.to_owned();
+            Emf::from_settings("p", move |name| {
+                (name == "SLUICE_METRICS_DIMENSIONS").then(|| dimensions.clone())
+            })
+        };
+        let emf = with("Environment=prod, Team=sdc").expect("valid");
+        assert_eq!(emf.dimensions.len(), 3);
+        assert_eq!(emf.namespace, "sluice");
+        // Found by review: a name equal to a metric's overwrote its value, an empty value or
+        // a repeated name made CloudWatch refuse the document.
+        for bad in [
+            "Records=x",
+            "Team=",
+            "Pipeline=other",
+            "A=1,A=2",
+            "_aws=1",
+            "novalue",
+        ] {
+            assert!(with(bad).is_none(), "{bad}");
+        }
+        assert!(
+            Emf::from_settings("p", |n| (n == "SLUICE_METRICS").then(|| "off".into())).is_none()
+        );
     }
 
     #[test]
