@@ -48,6 +48,10 @@ pub struct Result {
     /// Why it was dead-lettered, from its envelope.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Its dead-letter envelope, as the error sink would get it (without `failed_at`, the
+    /// time it was written).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dead_letter: Option<Value>,
     /// What the sink would send, for a stored record.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request: Option<Request>,
@@ -182,12 +186,16 @@ pub async fn process(
         let report = offline.pipeline.process_batch(shard, records).await;
         for (meta, (_, outcome)) in metas.iter().zip(report.outcomes) {
             let key = record_key(meta);
-            let reason = offline.dead_letters.letter(&key).map(|letter| {
+            let mut dead_letter = offline.dead_letters.letter(&key);
+            let reason = dead_letter.as_ref().map(|letter| {
                 letter["error"]["message"]
                     .as_str()
                     .unwrap_or_default()
                     .to_owned()
             });
+            if let Some(Value::Object(letter)) = &mut dead_letter {
+                letter.remove("failed_at");
+            }
             let request = match outcome {
                 Outcome::Stored => offline.requests.request(&key),
                 _ => None,
@@ -198,6 +206,7 @@ pub async fn process(
                 position: meta.position().to_string(),
                 outcome,
                 reason,
+                dead_letter,
                 request,
             });
         }
