@@ -45,6 +45,13 @@ fn failures(answer: &Answer) -> Vec<String> {
     ids
 }
 
+/// The world's variables and the pipeline file the function serves.
+fn function_variables(world: &World) -> Vec<(&'static str, String)> {
+    let mut variables = world.variables();
+    variables.push(("SLUICE_PIPELINE", "pipelines/waze-persist.toml".to_owned()));
+    variables
+}
+
 /// The binary started as Lambda starts it, with the pipeline's variables but no KINESIS_STREAM:
 /// in Lambda the event is the source, so the `[source]` table is not read.
 fn start_function(api: &RuntimeApi, variables: &[(&'static str, String)]) -> tokio::process::Child {
@@ -88,8 +95,7 @@ async fn the_binary_answers_lambda_with_batch_item_failures_and_reports_what_the
     };
     let world = World::create(&endpoint, 1).await;
     let api = RuntimeApi::start().await;
-    let mut variables = world.variables();
-    variables.push(("SLUICE_PIPELINE", "pipelines/waze-persist.toml".to_owned()));
+    let variables = function_variables(&world);
     let function = start_function(&api, &variables);
 
     let valid = |i| waze_payload(i).to_string().into_bytes();
@@ -226,8 +232,7 @@ async fn records_older_than_max_record_age_are_dead_lettered_as_expired_with_the
     };
     let world = World::create(&endpoint, 1).await;
     let api = RuntimeApi::start().await;
-    let mut variables = world.variables();
-    variables.push(("SLUICE_PIPELINE", "pipelines/waze-persist.toml".to_owned()));
+    let mut variables = function_variables(&world);
     variables.push(("SLUICE__MAX_RECORD_AGE", "1h".to_owned()));
     let function = start_function(&api, &variables);
     let a = "shardId-000000000000";
@@ -266,8 +271,7 @@ async fn aggregated_records_in_an_event_are_split_and_a_failure_names_the_aggreg
     use crate::aws_job::{expected_id, expected_sub_id, kpl_aggregate, Put};
     let world = World::create(&endpoint, 1).await;
     let api = RuntimeApi::start().await;
-    let mut variables = world.variables();
-    variables.push(("SLUICE_PIPELINE", "pipelines/waze-persist.toml".to_owned()));
+    let variables = function_variables(&world);
     let function = start_function(&api, &variables);
     let a = "shardId-000000000000";
     let valid = |i: usize| waze_payload(i).to_string().into_bytes();
@@ -341,8 +345,7 @@ async fn each_invocation_writes_its_metrics_as_one_emf_document() {
     };
     let world = World::create(&endpoint, 1).await;
     let api = RuntimeApi::start().await;
-    let mut variables = world.variables();
-    variables.push(("SLUICE_PIPELINE", "pipelines/waze-persist.toml".to_owned()));
+    let mut variables = function_variables(&world);
     variables.push(("SLUICE_METRICS_NAMESPACE", "sdc/waze".to_owned()));
     variables.push(("SLUICE_METRICS_DIMENSIONS", "Environment=test".to_owned()));
     let mut function = start_function_with(&api, &variables, Stdio::piped(), Stdio::null());

@@ -37,6 +37,20 @@ pub fn sluice() -> Command {
     cmd
 }
 
+/// The shipped pipeline files (`pipelines/*.toml`, not the `.tests.toml` beside them), by name.
+pub fn shipped_pipelines() -> Vec<(String, PathBuf)> {
+    let mut files: Vec<(String, PathBuf)> = std::fs::read_dir(root().join("pipelines"))
+        .expect("pipelines/")
+        .map(|entry| entry.expect("entry").path())
+        .filter_map(|path| {
+            let name = path.file_name()?.to_string_lossy().into_owned();
+            (name.ends_with(".toml") && !name.ends_with(".tests.toml")).then_some((name, path))
+        })
+        .collect();
+    files.sort();
+    files
+}
+
 /// Runs a command and returns its output, with stdout and stderr as text.
 pub fn run(cmd: &mut Command) -> (Output, String, String) {
     let out = cmd.output().expect("the sluice binary runs");

@@ -24,12 +24,7 @@ fn no_network(cmd: &mut std::process::Command) -> &mut std::process::Command {
 #[test]
 fn every_shipped_pipeline_has_unit_tests_that_pass_without_network() {
     let mut checked = 0;
-    for entry in std::fs::read_dir(root().join("pipelines")).unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        if !name.ends_with(".toml") || name.ends_with(".tests.toml") {
-            continue;
-        }
+    for (name, path) in crate::shipped_pipelines() {
         let tests = path.with_file_name(name.replace(".toml", ".tests.toml"));
         assert!(tests.is_file(), "{name} has unit tests beside it");
         let mut cmd = sluice();

@@ -156,23 +156,7 @@ impl FeedWorld {
     }
 
     async fn items(&self, array: &str) -> Vec<std::collections::HashMap<String, AttributeValue>> {
-        let mut items = Vec::new();
-        let mut start = None;
-        loop {
-            let page = self
-                .dynamodb
-                .scan()
-                .table_name(format!("{}{array}", self.tables))
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .expect("scan");
-            items.extend(page.items().iter().cloned());
-            match page.last_evaluated_key() {
-                Some(k) if !k.is_empty() => start = Some(k.clone()),
-                _ => return items,
-            }
-        }
+        testing::scan_all(&self.dynamodb, &format!("{}{array}", self.tables)).await
     }
 
     async fn counts(&self) -> Vec<usize> {

@@ -41,12 +41,7 @@ fn every_shipped_pipeline_file_validates_and_a_typo_does_not() {
     );
     let validator = jsonschema::validator_for(&schema).expect("a valid draft 2020-12 schema");
     let mut checked = 0;
-    for entry in std::fs::read_dir(root().join("pipelines")).unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        if !name.ends_with(".toml") || name.ends_with(".tests.toml") {
-            continue;
-        }
+    for (name, path) in crate::shipped_pipelines() {
         let file = as_json(&path);
         let errors: Vec<String> = validator
             .iter_errors(&file)

@@ -245,6 +245,30 @@ pub async fn wait_until_stream_active(client: &aws_sdk_kinesis::Client, name: &s
     panic!("stream {name} never became ACTIVE");
 }
 
+/// Every item of `table`, page after page (a scan).
+#[cfg(feature = "dynamodb")]
+pub async fn scan_all(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+) -> Vec<std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue>> {
+    let mut items = Vec::new();
+    let mut start = None;
+    loop {
+        let page = client
+            .scan()
+            .table_name(table)
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("scan {table}: {e}"));
+        items.extend(page.items().iter().cloned());
+        match page.last_evaluated_key() {
+            Some(k) if !k.is_empty() => start = Some(k.clone()),
+            _ => return items,
+        }
+    }
+}
+
 /// Creates a bucket with a unique name for one test.
 #[cfg(feature = "s3")]
 pub async fn create_bucket(client: &aws_sdk_s3::Client) -> String {

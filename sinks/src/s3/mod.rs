@@ -162,9 +162,12 @@ struct Object {
 }
 
 impl S3Sink {
-    /// The batch's records grouped by the prefix each renders (an [`Object`] whose `key` is the
-    /// prefix so far).
-    fn objects(&self, batch: &[Record], answers: &mut [Result<(), SinkError>]) -> Vec<Object> {
+    /// The batch's records grouped by the prefix each renders: (prefix, batch indices in order).
+    fn objects(
+        &self,
+        batch: &[Record],
+        answers: &mut [Result<(), SinkError>],
+    ) -> Vec<(String, Vec<usize>)> {
         let now = Utc::now();
         let mut objects: Vec<(String, Vec<usize>)> = Vec::new();
         for (i, record) in batch.iter().enumerate() {
@@ -177,12 +180,6 @@ impl S3Sink {
             }
         }
         objects
-            .into_iter()
-            .map(|(prefix, members)| Object {
-                key: prefix,
-                members,
-            })
-            .collect()
     }
 
     /// Writes one object of JSON lines; answers with its members.
@@ -244,9 +241,9 @@ impl Sink for S3Sink {
         };
         let puts: Vec<_> = objects
             .into_iter()
-            .map(|mut object| {
-                let mut lines = Vec::with_capacity(object.members.len() * 512);
-                for &i in &object.members {
+            .map(|(prefix, members)| {
+                let mut lines = Vec::with_capacity(members.len() * 512);
+                for &i in &members {
                     serde_json::to_writer(&mut lines, &batch[i].value)
                         .expect("a JSON value always serialises");
                     lines.push(b'\n');
@@ -254,7 +251,7 @@ impl Sink for S3Sink {
                 // Named by the first position (for reading in order) and a digest of the
                 // shard and the content: the same batch again overwrites itself with the same
                 // bytes, and different records (or another shard's) never share an object.
-                let meta = &batch[object.members[0]].meta;
+                let meta = &batch[members[0]].meta;
                 let first = meta.get("position").unwrap_or_default();
                 let mut md5 = Md5::new();
                 md5.update(meta.stream.as_bytes());
@@ -263,8 +260,8 @@ impl Sink for S3Sink {
                 md5.update(b"\n");
                 md5.update(&lines);
                 let digest: String = md5.finalize().iter().map(|b| format!("{b:02x}")).collect();
-                object.key = format!("{}{first}-{digest}.{extension}", object.key);
-                self.put(object, lines)
+                let key = format!("{prefix}{first}-{digest}.{extension}");
+                self.put(Object { key, members }, lines)
             })
             .collect();
         let written: Vec<_> = futures::stream::iter(puts)

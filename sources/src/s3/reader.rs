@@ -268,7 +268,8 @@ impl Reader {
             .collect())
     }
 
-    /// The object's bytes; `Ok(None)` when it is gone, `Read::Unreadable` when it never can be.
+    /// The object's bytes and ETag; `Read::Gone` when it was deleted, `Read::Unreadable` when
+    /// it never can be read.
     async fn read(&self, key: &str) -> Result<Read, SourceError> {
         let failed =
             |e: String| SourceError::Format(format!("reading s3://{}/{key}: {e}", self.bucket));

@@ -146,23 +146,7 @@ impl World {
     }
 
     pub async fn items(&self) -> Vec<HashMap<String, AttributeValue>> {
-        let mut items = Vec::new();
-        let mut start = None;
-        loop {
-            let page = self
-                .dynamodb
-                .scan()
-                .table_name(&self.table)
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .expect("scan");
-            items.extend(page.items().iter().cloned());
-            match page.last_evaluated_key() {
-                Some(k) if !k.is_empty() => start = Some(k.clone()),
-                _ => return items,
-            }
-        }
+        testing::scan_all(&self.dynamodb, &self.table).await
     }
 
     /// Every message in the DLQ (received, then deleted).
