@@ -79,23 +79,45 @@ pub struct Meta {
 impl Meta {
     /// Reads a meta field by the name templates use (`{$meta.NAME}`); `None` when it is unset.
     pub fn get(&self, name: &str) -> Option<String> {
+        let mut out = String::new();
+        self.write_to(name, &mut out).then_some(out)
+    }
+
+    /// Appends the meta field `name` to `out`, as [`Meta::get`] reads it, without a copy of its
+    /// own; false (and `out` unchanged) when it is unset.
+    pub fn write_to(&self, name: &str, out: &mut String) -> bool {
+        use std::fmt::Write;
+        // Writing into a String cannot fail.
+        let text = |out: &mut String, s: &str| {
+            out.push_str(s);
+            true
+        };
         match name {
-            "source" => Some(self.source.clone()),
-            "stream" => Some(self.stream.clone()),
-            "shard_id" => Some(self.shard_id.clone()),
-            "sequence_number" => Some(self.sequence_number.to_string()),
-            "sub_sequence" => self.sub_sequence.map(|s| s.to_string()),
+            "source" => text(out, &self.source),
+            "stream" => text(out, &self.stream),
+            "shard_id" => text(out, &self.shard_id),
+            "sequence_number" => text(out, self.sequence_number.as_str()),
+            "sub_sequence" => self
+                .sub_sequence
+                .is_some_and(|s| write!(out, "{s}").is_ok()),
             // The sequence number, and `.N` for user record N of a KPL aggregate: unique per
             // record, and for a record that is not aggregated its sequence number alone.
-            "position" => Some(match self.sub_sequence {
-                Some(sub) => format!("{}.{sub}", self.sequence_number),
-                None => self.sequence_number.to_string(),
-            }),
-            "partition_key" => self.partition_key.clone(),
-            "record_path" => self.record_path.clone(),
-            "record_index" => self.record_index.map(|i| i.to_string()),
-            "arrival_time" => self.arrival_time.map(|t| t.to_rfc3339()),
-            other => self.extra.get(other).cloned(),
+            "position" => {
+                out.push_str(self.sequence_number.as_str());
+                if let Some(sub) = self.sub_sequence {
+                    let _ = write!(out, ".{sub}");
+                }
+                true
+            }
+            "partition_key" => self.partition_key.as_deref().is_some_and(|s| text(out, s)),
+            "record_path" => self.record_path.as_deref().is_some_and(|s| text(out, s)),
+            "record_index" => self
+                .record_index
+                .is_some_and(|i| write!(out, "{i}").is_ok()),
+            "arrival_time" => self
+                .arrival_time
+                .is_some_and(|t| text(out, &t.to_rfc3339())),
+            other => self.extra.get(other).is_some_and(|s| text(out, s)),
         }
     }
 
@@ -140,5 +162,15 @@ mod tests {
         assert_eq!(m.get("stream").as_deref(), Some("in.jsonl"));
         assert_eq!(m.get("partition_key"), None);
         assert_eq!(m.get("ssm_parameter_version").as_deref(), Some("3"));
+        assert_eq!(m.get("position").as_deref(), Some("12"));
+        m.sub_sequence = Some(4);
+        assert_eq!(m.get("position").as_deref(), Some("12.4"));
+        assert_eq!(m.get("sub_sequence").as_deref(), Some("4"));
+
+        let mut out = String::from("a/");
+        assert!(m.write_to("stream", &mut out));
+        assert!(!m.write_to("record_index", &mut out), "unset");
+        assert!(!m.write_to("no_such_extra", &mut out), "unset");
+        assert_eq!(out, "a/in.jsonl", "what is unset leaves the text as it was");
     }
 }

@@ -14,6 +14,8 @@ use crate::record::{Meta, Record};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Template {
     parts: Vec<Part>,
+    /// The capacity a rendering starts with.
+    size_hint: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,7 +142,14 @@ impl Template {
         if !text.is_empty() {
             parts.push(Part::Text(text));
         }
-        Ok(Self { parts })
+        let size_hint = parts
+            .iter()
+            .map(|p| match p {
+                Part::Text(t) => t.len(),
+                Part::Value(_) => 64,
+            })
+            .sum();
+        Ok(Self { parts, size_hint })
     }
 
     /// The record fields the template reads (each alternative of `{a|b}`).
@@ -182,7 +191,8 @@ impl Template {
     /// Renders the template for a record; a value that is absent or null (every alternative of
     /// `{a|b}`) is `Missing`, named as written.
     pub fn render(&self, record: &Record) -> Result<String, Missing> {
-        let mut out = String::new();
+        // Room for the text and a few dozen bytes per value: one allocation for most renders.
+        let mut out = String::with_capacity(self.size_hint);
         for part in &self.parts {
             match part {
                 Part::Text(t) => out.push_str(t),
@@ -212,13 +222,7 @@ fn render_name(name: &Name, record: &Record, out: &mut String) -> bool {
                 true
             }
         },
-        Name::Meta(m) => match record.meta.get(m) {
-            Some(v) => {
-                out.push_str(&v);
-                true
-            }
-            None => false,
-        },
+        Name::Meta(m) => record.meta.write_to(m, out),
         Name::ArrivalTime(format) => match record.meta.arrival_time {
             Some(t) => {
                 use std::fmt::Write;

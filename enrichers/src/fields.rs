@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 use sluice_core::{
     BuildContext, BuildError, EnrichError, Enricher, EnricherConfig, Record, Verdict,
 };
@@ -19,6 +19,20 @@ use sluice_core::template::{Missing, Template};
 /// The default namespace of `uuid_v5` ids: uuid v5 of the URL `urn:sluice:record` in the URL namespace.
 pub fn default_namespace() -> Uuid {
     Uuid::new_v5(&Uuid::NAMESPACE_URL, b"urn:sluice:record")
+}
+
+/// The uuid v5 of `name` in `namespace`, as `Uuid::new_v5` makes it, with a SHA-1 that uses the
+/// CPU's SHA extensions where there are some (uuid's own is portable code, the `fields`
+/// enricher's largest cost per record).
+pub fn uuid_v5(namespace: &Uuid, name: &[u8]) -> Uuid {
+    use sha1::{Digest, Sha1};
+    let digest = Sha1::new()
+        .chain_update(namespace.as_bytes())
+        .chain_update(name)
+        .finalize();
+    let mut bytes = [0; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_sha1_bytes(bytes).into_uuid()
 }
 
 /// Reshapes records.
@@ -77,6 +91,7 @@ impl FieldsConfig {
             set: parse("set", &self.set)?,
             uuid_v5: parse("uuid_v5", &self.uuid_v5)?,
             namespace,
+            // In name order (a BTreeMap's), as `missing_rename` walks it.
             rename: self.rename.clone().into_iter().collect(),
             drop: self.drop.clone(),
             keep_only: self.keep_only.clone(),
@@ -159,10 +174,65 @@ impl Fields {
             let name = t
                 .render(record)
                 .map_err(|Missing(m)| (m, format!("uuid_v5 template for `{field}`")))?;
-            let id = Uuid::new_v5(&self.namespace, name.as_bytes());
-            values.push((field.clone(), Value::String(id.to_string())));
+            let id = uuid_v5(&self.namespace, name.as_bytes());
+            let text = id
+                .hyphenated()
+                .encode_lower(&mut Uuid::encode_buffer())
+                .to_owned();
+            values.push((field.clone(), Value::String(text)));
         }
         Ok(values)
+    }
+}
+
+impl Fields {
+    /// The first name to rename that the record lacks: both lists in name order, walked once.
+    fn missing_rename(&self, value: &Value) -> Option<&str> {
+        let object = value.as_object()?;
+        let mut names = object.keys().peekable();
+        for (from, _) in &self.rename {
+            while names.next_if(|name| *name < from).is_some() {}
+            if names.next_if(|name| *name == from).is_none() {
+                return Some(from);
+            }
+        }
+        None
+    }
+
+    /// The object renamed, set, dropped and kept, built once from its entries in order (those
+    /// kept as they were, then the renamed, then the set: of two with one name the later wins),
+    /// instead of a removal and an insertion in the ordered map per name.
+    fn reshaped(
+        &self,
+        object: Map<String, Value>,
+        values: Vec<(String, Value)>,
+    ) -> Map<String, Value> {
+        let wanted = |name: &str| {
+            !self.drop.iter().any(|d| d == name)
+                && self
+                    .keep_only
+                    .as_ref()
+                    .is_none_or(|keep| keep.iter().any(|k| k == name))
+        };
+        let mut entries = Vec::with_capacity(object.len() + values.len());
+        let mut renamed = Vec::with_capacity(self.rename.len());
+        for (mut name, value) in object {
+            match self.rename.iter().find(|(from, _)| *from == name) {
+                Some((_, to)) if wanted(to) => {
+                    // The old name's buffer, where the new one fits.
+                    name.clear();
+                    name.push_str(to);
+                    renamed.push((name, value));
+                }
+                Some(_) => {}
+                None if wanted(&name) => entries.push((name, value)),
+                None => {}
+            }
+        }
+        entries.append(&mut renamed);
+        entries.extend(values.into_iter().filter(|(name, _)| wanted(name)));
+        // A stable sort, then the last of equal names: as successive insertions would leave it.
+        entries.into_iter().collect()
     }
 }
 
@@ -179,30 +249,14 @@ impl Enricher for Fields {
             Ok(values) => values,
             Err((field, context)) => return self.if_missing.resolve(&field, &context),
         };
-        if let Some((from, _)) = self
-            .rename
-            .iter()
-            .find(|(from, _)| record.value.get(from).is_none())
-        {
+        if let Some(from) = self.missing_rename(&record.value) {
             return self.if_missing.resolve(from, "rename");
         }
         let object = record
             .value
             .as_object_mut()
             .expect("checked to be an object above");
-        let renamed: Vec<(String, Value)> = self
-            .rename
-            .iter()
-            .filter_map(|(from, to)| object.remove(from).map(|v| (to.clone(), v)))
-            .collect();
-        object.extend(renamed);
-        object.extend(values);
-        for field in &self.drop {
-            object.remove(field);
-        }
-        if let Some(keep) = &self.keep_only {
-            object.retain(|k, _| keep.iter().any(|f| f == k));
-        }
+        *object = self.reshaped(std::mem::take(object), values);
         Ok(Verdict::Keep)
     }
 }
@@ -266,6 +320,77 @@ mod tests {
         assert_ne!(a.value["Id"], other.value["Id"]);
         let expected = Uuid::new_v5(&default_namespace(), b"waze/shardId-0/7").to_string();
         assert_eq!(a.value["Id"], expected.as_str());
+    }
+
+    #[tokio::test]
+    async fn renames_may_swap_or_replace_names_and_sets_drops_and_keep_only_come_after() {
+        let f = build(json!({
+            "set": {"c": "{a}!", "d": "set"},
+            "rename": {"a": "b", "b": "a", "x": "y", "p": "q"},
+            "drop": ["d", "q"],
+            "keep_only": ["a", "b", "c", "y", "z", "d", "q"]
+        }))
+        .await
+        .expect("builds");
+        let mut r = record(
+            json!({"a": 1, "b": 2, "x": "x", "y": "old y", "z": [3], "p": 0, "gone": true}),
+            1,
+        );
+        assert_eq!(f.enrich(&mut r).await, Ok(Verdict::Keep));
+        assert_eq!(
+            r.value,
+            json!({"a": 2, "b": 1, "c": "1!", "y": "x", "z": [3]}),
+            "swapped, the renamed `x` over `y`, `c` from the name before renames, `d` set then \
+             dropped, `q` renamed then dropped, `gone` not kept"
+        );
+
+        let mut r = record(json!({"a": 1, "p": 0, "x": "x"}), 1);
+        let err = f.enrich(&mut r).await.expect_err("b is missing");
+        assert!(
+            matches!(&err, EnrichError::MissingField { field, .. } if field == "b"),
+            "{err}"
+        );
+        let mut r = record(json!({"a": 1, "b": 2, "p": 0, "w": 0}), 1);
+        let err = f.enrich(&mut r).await.expect_err("x is missing");
+        assert!(
+            matches!(&err, EnrichError::MissingField { field, .. } if field == "x"),
+            "{err}"
+        );
+
+        // Two renamed onto one name: the later `from` (in name order) wins, as before.
+        let f = build(json!({"rename": {"a": "t", "b": "t"}, "set": {"u": "{a}"}}))
+            .await
+            .expect("builds");
+        let mut r = record(json!({"a": 1, "b": 2, "t": 0}), 1);
+        f.enrich(&mut r).await.expect("enriches");
+        assert_eq!(r.value, json!({"t": 2, "u": "1"}));
+
+        // A set field wins over a renamed one of its name.
+        let f = build(json!({"rename": {"a": "t"}, "set": {"t": "set"}}))
+            .await
+            .expect("builds");
+        let mut r = record(json!({"a": 1}), 1);
+        f.enrich(&mut r).await.expect("enriches");
+        assert_eq!(r.value, json!({"t": "set"}));
+    }
+
+    #[test]
+    fn uuid_v5_ids_are_those_of_the_uuid_crate() {
+        let namespaces = [
+            default_namespace(),
+            Uuid::NAMESPACE_DNS,
+            Uuid::NAMESPACE_URL,
+        ];
+        // Names of every length around SHA-1's 64-byte blocks, and a long one.
+        let names: Vec<Vec<u8>> = (0..200)
+            .map(|n| (0..n).map(|i| b'a' + (i % 26) as u8).collect())
+            .chain([vec![0xff; 5000]])
+            .collect();
+        for ns in &namespaces {
+            for name in &names {
+                assert_eq!(uuid_v5(ns, name), Uuid::new_v5(ns, name), "{}", name.len());
+            }
+        }
     }
 
     #[tokio::test]

@@ -18,10 +18,7 @@ pub fn to_item(
     all_strings: bool,
 ) -> Result<HashMap<String, AttributeValue>, String> {
     match value {
-        Value::Object(map) => map
-            .iter()
-            .map(|(k, v)| Ok((k.clone(), to_attribute(v, all_strings)?)))
-            .collect(),
+        Value::Object(map) => to_map(map, all_strings),
         other => Err(format!(
             "a DynamoDB item must be a JSON object, not {}",
             kind_of(other)
@@ -47,12 +44,21 @@ fn to_attribute(value: &Value, all_strings: bool) -> Result<AttributeValue, Stri
                 .map(|v| to_attribute(v, all_strings))
                 .collect::<Result<_, _>>()?,
         ),
-        Value::Object(map) => AttributeValue::M(
-            map.iter()
-                .map(|(k, v)| Ok((k.clone(), to_attribute(v, all_strings)?)))
-                .collect::<Result<_, String>>()?,
-        ),
+        Value::Object(map) => AttributeValue::M(to_map(map, all_strings)?),
     })
+}
+
+/// An object's attributes, the map sized once (collecting from fallible items would grow it
+/// step by step, rehashing every key each time).
+fn to_map(
+    map: &serde_json::Map<String, Value>,
+    all_strings: bool,
+) -> Result<HashMap<String, AttributeValue>, String> {
+    let mut item = HashMap::with_capacity(map.len());
+    for (k, v) in map {
+        item.insert(k.clone(), to_attribute(v, all_strings)?);
+    }
+    Ok(item)
 }
 
 /// A number as written, or why DynamoDB cannot hold it exactly (it would round, never store,
