@@ -2,6 +2,7 @@
 //! stored goes to the error sink; every record ends with exactly one [`Outcome`].
 
 mod ledger;
+mod prepare;
 mod retry;
 mod run;
 mod summary;
@@ -14,9 +15,8 @@ pub use crate::outcome::Counts;
 pub use summary::{Progress, RunSummary};
 
 use crate::calls::ApiCalls;
-use crate::component::{Enricher, Shutdown, Sink, Verdict};
+use crate::component::{Enricher, Shutdown, Sink};
 use crate::dead_letter::Reason;
-use crate::decode::decode;
 use crate::error::SinkError;
 use crate::metrics::metrics;
 use crate::outcome::{BatchReport, ErrorKind, SkippedBy, Stage};
@@ -139,104 +139,10 @@ impl Pipeline {
     ) -> BatchReport {
         let positions = raw.iter().map(|r| r.meta.position()).collect();
         let mut ledger = Ledger::new(&self.name, self.retry.on_exhausted, raw.len());
-        let mut live = decode_all(raw, &mut ledger);
-        live = self.expire(live, &mut ledger);
-        for enricher in &self.enrichers {
-            live = self.enrich(enricher, live, deadline, &mut ledger).await;
-        }
+        let live = self.prepare(raw, deadline, &mut ledger).await;
         self.store(live, deadline, &mut ledger).await;
         self.write_dead_letters(deadline, &mut ledger).await;
         ledger.into_report(shard_id, positions)
-    }
-
-    /// Dead-letters the records older than `max_record_age` (by their arrival time; a record
-    /// that has none never expires): after a long outage, stale data must not be written over
-    /// fresh. The payload goes to the error sink, unlike with a Lambda mapping's own limit.
-    fn expire(&self, live: Vec<(usize, Record)>, ledger: &mut Ledger<'_>) -> Vec<(usize, Record)> {
-        let Some(max) = self.max_record_age else {
-            return live;
-        };
-        let now = chrono::Utc::now();
-        let mut fresh = Vec::with_capacity(live.len());
-        let mut expired = 0;
-        for (index, record) in live {
-            let age = record
-                .meta
-                .arrival_time
-                .and_then(|t| (now - t).to_std().ok());
-            match age {
-                Some(age) if age > max => {
-                    let show = |d: std::time::Duration| {
-                        humantime_serde::re::humantime::format_duration(
-                            std::time::Duration::from_secs(d.as_secs()),
-                        )
-                        .to_string()
-                    };
-                    let reason = Reason {
-                        stage: Stage::Age,
-                        kind: ErrorKind::Expired,
-                        message: format!(
-                            "the record arrived {} ago, longer than max_record_age ({})",
-                            show(age),
-                            show(max)
-                        ),
-                        attempts: 1,
-                    };
-                    ledger.dead_letter(index, reason, &record.data, &record.meta);
-                    expired += 1;
-                }
-                _ => fresh.push((index, record)),
-            }
-        }
-        if expired > 0 {
-            metrics().expired(&self.name, expired);
-        }
-        fresh
-    }
-
-    async fn enrich(
-        &self,
-        named: &NamedEnricher,
-        live: Vec<(usize, Record)>,
-        deadline: Instant,
-        ledger: &mut Ledger<'_>,
-    ) -> Vec<(usize, Record)> {
-        let stage = Stage::Enrich(named.name.clone());
-        let mut kept = Vec::with_capacity(live.len());
-        let mut rounds = RetryRounds::new(self.retry, deadline, &named.name, &self.retried);
-        let mut pending = live;
-        let exhausted = loop {
-            let mut failing = Vec::new();
-            for (index, mut record) in pending {
-                match named.enricher.enrich(&mut record).await {
-                    Ok(Verdict::Keep) => kept.push((index, record)),
-                    Ok(Verdict::Skip) => {
-                        ledger.skipped(index, SkippedBy::Enricher(named.name.clone()))
-                    }
-                    Err(e) if e.is_retryable() => failing.push(((index, record), e.to_string())),
-                    Err(e) => {
-                        let reason = Reason {
-                            stage: stage.clone(),
-                            kind: e.kind(),
-                            message: e.to_string(),
-                            attempts: rounds.attempt(),
-                        };
-                        ledger.dead_letter(index, reason, &record.data, &record.meta)
-                    }
-                }
-            }
-            match rounds.retry(failing).await {
-                Ok(again) => pending = again,
-                Err(exhausted) => break exhausted,
-            }
-        };
-        let attempts = rounds.attempt();
-        for ((index, record), error) in exhausted {
-            ledger.exhausted(index, &record, stage.clone(), error, attempts);
-        }
-        // Retried records rejoin in their original order.
-        kept.sort_unstable_by_key(|(i, _)| *i);
-        kept
     }
 
     async fn store(&self, live: Vec<(usize, Record)>, deadline: Instant, ledger: &mut Ledger<'_>) {
@@ -292,27 +198,6 @@ impl Pipeline {
             ledger.dead_lettered(index, stage, result);
         }
     }
-}
-
-/// Decodes each record; those that are not JSON objects are dead-lettered at stage `decode`.
-fn decode_all(raw: Vec<RawRecord>, ledger: &mut Ledger<'_>) -> Vec<(usize, Record)> {
-    let mut live = Vec::with_capacity(raw.len());
-    for (index, raw) in raw.into_iter().enumerate() {
-        match decode(raw) {
-            Ok(record) => live.push((index, record)),
-            Err(undecodable) => {
-                let (error, raw) = *undecodable;
-                let reason = Reason {
-                    stage: Stage::Decode,
-                    kind: ErrorKind::Decode,
-                    message: error.to_string(),
-                    attempts: 1,
-                };
-                ledger.dead_letter(index, reason, &raw.data, &raw.meta);
-            }
-        }
-    }
-    live
 }
 
 /// A sink's final answer for one record after retries.

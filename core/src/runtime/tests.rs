@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use proptest::strategy::Strategy as _;
 
 use super::*;
-use crate::component::Source;
+use crate::component::{Source, Verdict};
 use crate::outcome::Outcome;
 use crate::settings::OnExhausted;
 use crate::testkit::{raw, FailingSink, Failure, FlakyEnricher, MemorySink, MemorySource};

@@ -1,0 +1,197 @@
+//! Decoding, expiry and the enrichers, record by record: each record goes through every stage
+//! while its bytes are in cache, instead of each stage walking the whole batch (a batch of 10,000
+//! records does not fit in a core's cache, so stage by stage read every record from memory once
+//! per stage). A record an enricher fails retryably waits at that enricher; when the pass is over,
+//! each enricher's waiting records are tried again in rounds, as a group, and those that pass go on
+//! through the enrichers after it.
+
+use tokio::time::Instant;
+
+use super::ledger::Ledger;
+use super::retry::RetryRounds;
+use super::{NamedEnricher, Pipeline};
+use crate::component::Verdict;
+use crate::dead_letter::Reason;
+use crate::decode::decode;
+use crate::metrics::metrics;
+use crate::outcome::{ErrorKind, SkippedBy, Stage};
+use crate::record::{RawRecord, Record};
+
+/// Records that failed an enricher retryably, each with its error.
+type Waiting = Vec<((usize, Record), String)>;
+
+impl Pipeline {
+    /// The batch's records that every enricher kept, in the batch's order; every other record's
+    /// outcome (or dead letter) is in `ledger`.
+    pub(super) async fn prepare(
+        &self,
+        raw: Vec<RawRecord>,
+        deadline: Instant,
+        ledger: &mut Ledger<'_>,
+    ) -> Vec<(usize, Record)> {
+        let now = self.max_record_age.map(|_| chrono::Utc::now());
+        let mut waiting: Vec<Waiting> = self.enrichers.iter().map(|_| Vec::new()).collect();
+        let mut kept = Vec::with_capacity(raw.len());
+        let mut expired = 0;
+        for (index, raw) in raw.into_iter().enumerate() {
+            let record = match decode(raw) {
+                Ok(record) => record,
+                Err(undecodable) => {
+                    let (error, raw) = *undecodable;
+                    let reason = Reason {
+                        stage: Stage::Decode,
+                        kind: ErrorKind::Decode,
+                        message: error.to_string(),
+                        attempts: 1,
+                    };
+                    ledger.dead_letter(index, reason, &raw.data, &raw.meta);
+                    continue;
+                }
+            };
+            if let Some(reason) = now.and_then(|now| self.expiry(&record, now)) {
+                ledger.dead_letter(index, reason, &record.data, &record.meta);
+                expired += 1;
+                continue;
+            }
+            if let Some(record) = self
+                .enrich_from(0, index, record, &mut waiting, ledger)
+                .await
+            {
+                kept.push((index, record));
+            }
+        }
+        if expired > 0 {
+            metrics().expired(&self.name, expired);
+        }
+        for at in 0..self.enrichers.len() {
+            let failing = std::mem::take(&mut waiting[at]);
+            if failing.is_empty() {
+                continue;
+            }
+            for (index, record) in self.retry_enricher(at, failing, deadline, ledger).await {
+                if let Some(record) = self
+                    .enrich_from(at + 1, index, record, &mut waiting, ledger)
+                    .await
+                {
+                    kept.push((index, record));
+                }
+            }
+        }
+        // Records kept after a retry rejoin in their original order.
+        kept.sort_unstable_by_key(|(i, _)| *i);
+        kept
+    }
+
+    /// Why a record that arrived longer ago than `max_record_age` is dead-lettered (a record
+    /// with no arrival time never expires): after a long outage, stale data must not be
+    /// written over fresh. The payload goes to the error sink, unlike with a Lambda mapping's
+    /// own limit.
+    fn expiry(&self, record: &Record, now: chrono::DateTime<chrono::Utc>) -> Option<Reason> {
+        let max = self.max_record_age?;
+        let age = (now - record.meta.arrival_time?).to_std().ok()?;
+        if age <= max {
+            return None;
+        }
+        let show = |d: std::time::Duration| {
+            humantime_serde::re::humantime::format_duration(std::time::Duration::from_secs(
+                d.as_secs(),
+            ))
+            .to_string()
+        };
+        Some(Reason {
+            stage: Stage::Age,
+            kind: ErrorKind::Expired,
+            message: format!(
+                "the record arrived {} ago, longer than max_record_age ({})",
+                show(age),
+                show(max)
+            ),
+            attempts: 1,
+        })
+    }
+
+    /// Runs a record through the enrichers from number `first` on, on their first attempt: the
+    /// record when every one kept it; `None` when one skipped or dead-lettered it (in `ledger`)
+    /// or failed it retryably (it waits at that enricher, in `waiting`).
+    async fn enrich_from(
+        &self,
+        first: usize,
+        index: usize,
+        mut record: Record,
+        waiting: &mut [Waiting],
+        ledger: &mut Ledger<'_>,
+    ) -> Option<Record> {
+        for (at, named) in self.enrichers.iter().enumerate().skip(first) {
+            match named.enricher.enrich(&mut record).await {
+                Ok(Verdict::Keep) => {}
+                Ok(Verdict::Skip) => {
+                    ledger.skipped(index, SkippedBy::Enricher(named.name.clone()));
+                    return None;
+                }
+                Err(e) if e.is_retryable() => {
+                    waiting[at].push(((index, record), e.to_string()));
+                    return None;
+                }
+                Err(e) => {
+                    let reason = Reason {
+                        stage: Stage::Enrich(named.name.clone()),
+                        kind: e.kind(),
+                        message: e.to_string(),
+                        attempts: 1,
+                    };
+                    ledger.dead_letter(index, reason, &record.data, &record.meta);
+                    return None;
+                }
+            }
+        }
+        Some(record)
+    }
+
+    /// Tries the records that enricher number `at` failed retryably again, in rounds within the
+    /// retry policy and `deadline`: answers those it kept; the others are skipped,
+    /// dead-lettered or, still failing when the rounds end, exhausted (in `ledger`).
+    async fn retry_enricher(
+        &self,
+        at: usize,
+        failing: Waiting,
+        deadline: Instant,
+        ledger: &mut Ledger<'_>,
+    ) -> Vec<(usize, Record)> {
+        let named: &NamedEnricher = &self.enrichers[at];
+        let stage = Stage::Enrich(named.name.clone());
+        // The first attempt was the pass's.
+        let mut rounds = RetryRounds::new(self.retry, deadline, &named.name, &self.retried);
+        let mut kept = Vec::new();
+        let mut failing = failing;
+        let exhausted = loop {
+            let pending = match rounds.retry(failing).await {
+                Ok(again) => again,
+                Err(exhausted) => break exhausted,
+            };
+            failing = Vec::new();
+            for (index, mut record) in pending {
+                match named.enricher.enrich(&mut record).await {
+                    Ok(Verdict::Keep) => kept.push((index, record)),
+                    Ok(Verdict::Skip) => {
+                        ledger.skipped(index, SkippedBy::Enricher(named.name.clone()))
+                    }
+                    Err(e) if e.is_retryable() => failing.push(((index, record), e.to_string())),
+                    Err(e) => {
+                        let reason = Reason {
+                            stage: stage.clone(),
+                            kind: e.kind(),
+                            message: e.to_string(),
+                            attempts: rounds.attempt(),
+                        };
+                        ledger.dead_letter(index, reason, &record.data, &record.meta)
+                    }
+                }
+            }
+        };
+        let attempts = rounds.attempt();
+        for ((index, record), error) in exhausted {
+            ledger.exhausted(index, &record, stage.clone(), error, attempts);
+        }
+        kept
+    }
+}
