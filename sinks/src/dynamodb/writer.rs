@@ -150,16 +150,25 @@ impl BatchWriter {
         prepared
     }
 
-    /// Writes one chunk of at most 25 items; a chunk DynamoDB rejects as invalid is split in
-    /// halves until the invalid items are alone, so their neighbours are still written.
-    fn write_chunk(&self, chunk: Vec<Pending>) -> BoxFuture<'_, Answers> {
+    /// Writes one chunk of at most 25 items, moving its requests into the call; a chunk
+    /// DynamoDB rejects as invalid is encoded again from `batch` and split in halves until the
+    /// invalid items are alone, so their neighbours are still written.
+    fn write_chunk<'a>(
+        &'a self,
+        batch: &'a [Record],
+        chunk: Vec<Pending>,
+    ) -> BoxFuture<'a, Answers> {
         async move {
             let mut requests: HashMap<String, Vec<WriteRequest>> = HashMap::new();
-            for p in &chunk {
-                requests
-                    .entry(p.table.to_string())
-                    .or_default()
-                    .push(p.request.clone());
+            let mut sent = Vec::with_capacity(chunk.len());
+            for p in chunk {
+                match requests.get_mut(&*p.table) {
+                    Some(table) => table.push(p.request),
+                    None => {
+                        requests.insert(p.table.to_string(), vec![p.request]);
+                    }
+                }
+                sent.push((p.index, p.table, p.key));
             }
             let call = self
                 .client
@@ -188,12 +197,11 @@ impl BatchWriter {
                         let e = SinkError::Retryable(
                             "DynamoDB returned unprocessed items this batch cannot match".into(),
                         );
-                        return chunk.iter().map(|p| (p.index, Err(e.clone()))).collect();
+                        return sent.iter().map(|(i, _, _)| (*i, Err(e.clone()))).collect();
                     }
-                    chunk
-                        .iter()
-                        .map(|p| {
-                            let answer = if unprocessed.contains(&(&*p.table, p.key.clone())) {
+                    sent.into_iter()
+                        .map(|(index, table, key)| {
+                            let answer = if unprocessed.contains(&(&*table, key)) {
                                 Err(SinkError::Retryable(
                                     "DynamoDB returned the item unprocessed (throughput exceeded)"
                                         .into(),
@@ -201,14 +209,13 @@ impl BatchWriter {
                             } else {
                                 Ok(())
                             };
-                            (p.index, answer)
+                            (index, answer)
                         })
                         .collect()
                 }
                 Err(e) if aws::error_code(&e) == Some("ValidationException") => {
                     let message = aws::describe_error(&e);
-                    if chunk.len() == 1 {
-                        let index = chunk[0].index;
+                    if let [(index, _, _)] = sent[..] {
                         return vec![(
                             index,
                             Err(SinkError::Permanent(format!(
@@ -216,23 +223,53 @@ impl BatchWriter {
                             ))),
                         )];
                     }
-                    let mut first = chunk;
+                    let mut first = self.encoded_again(batch, sent).await;
                     let second = first.split_off(first.len() / 2);
-                    let (a, b) = futures::join!(self.write_chunk(first), self.write_chunk(second));
+                    let (a, b) = futures::join!(
+                        self.write_chunk(batch, first),
+                        self.write_chunk(batch, second)
+                    );
                     a.into_iter().chain(b).collect()
                 }
                 Err(e) => {
                     // Throttling, 5xx and timeouts, but also a missing table or denied access:
                     // none is the record's fault, so none may dead-letter it; retried, then Failed.
                     let message = format!("BatchWriteItem failed: {}", aws::describe_error(&e));
-                    chunk
-                        .into_iter()
-                        .map(|p| (p.index, Err(SinkError::Retryable(message.clone()))))
+                    sent.into_iter()
+                        .map(|(index, _, _)| (index, Err(SinkError::Retryable(message.clone()))))
                         .collect()
                 }
             }
         }
         .boxed()
+    }
+}
+
+impl BatchWriter {
+    /// The requests of records sent once (their first requests went into the call), encoded
+    /// again as they were: the same value, table and key attributes.
+    async fn encoded_again(
+        &self,
+        batch: &[Record],
+        sent: Vec<(usize, Arc<str>, ItemKey)>,
+    ) -> Vec<Pending> {
+        let keys = self.keys.read().await;
+        sent.into_iter()
+            .map(|(index, table, key)| {
+                let attributes = keys
+                    .get(&*table)
+                    .expect("described before it was first encoded");
+                let (_, request) =
+                    write_request(&batch[index].value, self.config.all_strings, attributes)
+                        .expect("encoded once before, so again");
+                Pending {
+                    index,
+                    table,
+                    key,
+                    request,
+                }
+            })
+            .collect()
     }
 }
 
@@ -243,28 +280,39 @@ impl Sink for BatchWriter {
         let prepared = self.prepare(batch, &mut answers).await;
         // DynamoDB rejects a call that names an item twice: the last record with a key wins, and
         // the ones it replaces share its answer.
-        let winner: HashMap<(Arc<str>, ItemKey), usize> = prepared
-            .iter()
-            .map(|p| ((p.table.clone(), p.key.clone()), p.index))
-            .collect();
-        let (unique, replaced): (Vec<_>, Vec<_>) = prepared
-            .into_iter()
-            .partition(|p| winner[&(p.table.clone(), p.key.clone())] == p.index);
+        let replaced_by: Vec<Option<usize>> = {
+            let mut last: HashMap<(&str, &ItemKey), usize> = HashMap::with_capacity(prepared.len());
+            for p in &prepared {
+                last.insert((&p.table, &p.key), p.index);
+            }
+            prepared
+                .iter()
+                .map(|p| Some(last[&(&*p.table, &p.key)]).filter(|&w| w != p.index))
+                .collect()
+        };
+        let mut unique = Vec::with_capacity(prepared.len());
+        let mut replaced = Vec::new();
+        for (p, by) in prepared.into_iter().zip(replaced_by) {
+            match by {
+                Some(winner) => replaced.push((p.index, winner)),
+                None => unique.push(p),
+            }
+        }
         let mut chunks = Vec::with_capacity(unique.len().div_ceil(MAX_BATCH_ITEMS));
         let mut rest = unique.into_iter().peekable();
         while rest.peek().is_some() {
             chunks.push(rest.by_ref().take(MAX_BATCH_ITEMS).collect::<Vec<_>>());
         }
         let written: Vec<Answers> = futures::stream::iter(chunks)
-            .map(|chunk| self.write_chunk(chunk))
+            .map(|chunk| self.write_chunk(batch, chunk))
             .buffer_unordered(self.config.max_concurrency)
             .collect()
             .await;
         for (index, answer) in written.into_iter().flatten() {
             answers[index] = answer;
         }
-        for p in replaced {
-            answers[p.index] = answers[winner[&(p.table, p.key)]].clone();
+        for (index, winner) in replaced {
+            answers[index] = answers[winner].clone();
         }
         answers
     }
