@@ -81,6 +81,7 @@ pub struct Metrics {
     leases_held: Family<PipelineLabels, Gauge>,
     lease_transitions: Family<TransitionLabels, Counter>,
     millis_behind: Family<ShardLabels, Gauge>,
+    in_flight: Family<PipelineLabels, Gauge>,
     rewinds: Family<ShardLabels, Counter>,
     expired: Family<PipelineLabels, Counter>,
     aws_calls: Family<CallLabels, Counter>,
@@ -120,6 +121,12 @@ impl Metrics {
             "How far a held shard's reader is behind its tip, as Kinesis reports it",
             millis_behind.clone(),
         );
+        let in_flight = Family::default();
+        registry.register(
+            "records_in_flight",
+            "Records read but not yet done, of the budget max_records_in_flight (sampled at each read)",
+            in_flight.clone(),
+        );
         let rewinds = Family::default();
         registry.register(
             "shard_rewinds",
@@ -152,6 +159,7 @@ impl Metrics {
             leases_held,
             lease_transitions,
             millis_behind,
+            in_flight,
             rewinds,
             expired,
             aws_calls,
@@ -207,6 +215,15 @@ impl Metrics {
         self.millis_behind
             .get_or_create(&shard_labels(pipeline, shard))
             .set(millis);
+    }
+
+    /// Records read but not yet done, across the process's shards.
+    pub fn records_in_flight(&self, pipeline: &str, records: usize) {
+        self.in_flight
+            .get_or_create(&PipelineLabels {
+                pipeline: pipeline.to_owned(),
+            })
+            .set(i64::try_from(records).unwrap_or(i64::MAX));
     }
 
     /// A shard read again from its checkpoint.

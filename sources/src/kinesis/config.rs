@@ -52,6 +52,10 @@ fn default_poll_interval() -> Duration {
     Duration::from_secs(1)
 }
 
+fn default_max_records_in_flight() -> usize {
+    20_000
+}
+
 fn default_checkpoint_interval() -> Duration {
     Duration::from_secs(5)
 }
@@ -75,6 +79,11 @@ pub struct KinesisSourceConfig {
     /// Records per GetRecords call, at most 10,000 (the default).
     #[serde(default = "default_limit")]
     pub limit: i32,
+    /// The most records this process holds read but not yet done, across all its shards
+    /// (default 20,000): what bounds its memory, whatever the number of shards. A KPL aggregate
+    /// counts as one record.
+    #[serde(default = "default_max_records_in_flight")]
+    pub max_records_in_flight: usize,
     /// How long a shard that is caught up waits before asking again (default 1s).
     #[serde(default = "default_poll_interval", with = "humantime_serde")]
     #[schemars(with = "String")]
@@ -194,6 +203,12 @@ impl KinesisSourceConfig {
                 ),
             ));
         }
+        if self.max_records_in_flight == 0 {
+            return Err(BuildError::invalid(
+                "max_records_in_flight",
+                "must be at least 1; it bounds the records read but not yet done (default 20000)",
+            ));
+        }
         for (key, value) in [
             ("poll_interval", self.poll_interval),
             ("checkpoint_interval", self.checkpoint_interval),
@@ -231,6 +246,11 @@ mod tests {
     fn settings_out_of_range_are_named() {
         for (text, key, says) in [
             ("limit = 20000", "limit", "between 1 and 10000"),
+            (
+                "max_records_in_flight = 0",
+                "max_records_in_flight",
+                "at least 1",
+            ),
             ("start = \"at_timestamp\"", "timestamp", "needs `timestamp`"),
             (
                 "timestamp = \"2026-01-01T00:00:00Z\"",

@@ -9,6 +9,7 @@
 //! - `lease_table`: the DynamoDB items, keyed like the Kinesis Client Library's.
 
 mod balance;
+mod budget;
 mod config;
 mod consumer;
 mod fan_out;
@@ -23,6 +24,7 @@ use async_trait::async_trait;
 use sluice_core::aws::{self, Connection, Retries};
 use sluice_core::{BuildContext, BuildError, Source, SourceConfig};
 
+use budget::Budget;
 pub use config::{KinesisSourceConfig, Mode, Start};
 use consumer::KinesisSource;
 use lease_table::LeaseTable;
@@ -109,6 +111,7 @@ impl SourceConfig for KinesisSourceConfig {
                 stream_arn: self.stream_arn().map(str::to_owned),
                 start,
                 limit: self.limit,
+                budget: Arc::new(Budget::new(self.max_records_in_flight)),
                 poll_interval: self.poll_interval,
                 max_records: 0,
                 until_caught_up: ctx.until_caught_up,

@@ -13,6 +13,8 @@ use sluice_core::{
     SourceError,
 };
 use tokio::sync::{watch, Notify};
+
+use super::budget::Reserved;
 use tokio::time::Instant;
 
 /// One shard's checkpoint, whether it moved since last stored, and the batches in flight.
@@ -169,11 +171,16 @@ impl ShardProgress {
 
     /// A batch starting at `first` is handed out; an acknowledgement (or its drop) will account
     /// for it.
-    pub fn handed_out(self: &Arc<Self>, first: Position) -> Box<dyn Acknowledge> {
+    pub fn handed_out(
+        self: &Arc<Self>,
+        first: Position,
+        records: Reserved,
+    ) -> Box<dyn Acknowledge> {
         self.outstanding.fetch_add(1, Ordering::AcqRel);
         Box::new(ShardAck {
             progress: Some(self.clone()),
             first,
+            _records: records,
         })
     }
 
@@ -224,6 +231,8 @@ impl ShardProgress {
 struct ShardAck {
     progress: Option<Arc<ShardProgress>>,
     first: Position,
+    /// The batch's share of the budget of records in flight, given back with the ack.
+    _records: Reserved,
 }
 
 #[async_trait]
@@ -281,8 +290,8 @@ mod tests {
     #[tokio::test]
     async fn a_dropped_ack_counts_as_failed_so_nothing_waits_and_no_checkpoint_passes_it() {
         let progress = Arc::new(ShardProgress::new(Some(Checkpoint::at(1))));
-        let lost = progress.handed_out(2.into());
-        let acked = progress.handed_out(5.into());
+        let lost = progress.handed_out(2.into(), Reserved::default());
+        let acked = progress.handed_out(5.into(), Reserved::default());
         drop(lost);
         acked
             .acknowledge(&report(&[(5, true), (6, true)]))
@@ -307,7 +316,7 @@ mod tests {
     async fn the_checkpoint_follows_acks_and_the_shard_finishes_when_all_is_done() {
         let progress = Arc::new(ShardProgress::new(None));
         progress
-            .handed_out(1.into())
+            .handed_out(1.into(), Reserved::default())
             .acknowledge(&report(&[(1, true), (2, true)]))
             .await
             .unwrap();
@@ -328,7 +337,7 @@ mod lease_tests {
     async fn batches_stop_when_the_lease_is_past_its_time_and_resume_when_renewed() {
         let progress = Arc::new(ShardProgress::new(None));
         progress.lease_written(Instant::now(), Duration::from_secs(3));
-        let ack = progress.handed_out(1.into());
+        let ack = progress.handed_out(1.into(), Reserved::default());
         assert!(ack.is_current());
         // Paused past the lease duration (a stopped process): not current until renewed.
         tokio::time::advance(Duration::from_secs(4)).await;

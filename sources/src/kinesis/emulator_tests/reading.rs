@@ -546,3 +546,73 @@ async fn a_subscription_dropped_mid_run_resumes_without_loss() {
         "every record once"
     );
 }
+
+#[tokio::test]
+async fn a_process_holds_no_more_records_than_its_budget_whatever_its_shards() {
+    use futures::StreamExt;
+    use sluice_core::{BatchReport, Outcome, Source, SourceBatch};
+    let Some(endpoint) = moto_endpoint() else {
+        return;
+    };
+    let stream = Stream::create(&endpoint, 4).await;
+    stream.put(0, 200).await;
+    let mut ctx = testing::context("test", &FaultPlan::new());
+    ctx.until_caught_up = true;
+    let source = stream
+        .config("max_records_in_flight = 30")
+        .build(&ctx)
+        .await
+        .expect("the source builds");
+    let mut batches = source.batches(BatchSettings {
+        max_records: 10,
+        max_age: Duration::from_secs(1),
+    });
+    let done = |batch: SourceBatch| async move {
+        let outcomes = batch
+            .records
+            .iter()
+            .map(|r| (r.meta.position(), Outcome::Stored))
+            .collect();
+        let report = BatchReport::new(batch.shard_id.clone(), outcomes);
+        let numbers: Vec<u64> = batch
+            .records
+            .iter()
+            .map(|r| {
+                serde_json::from_slice::<serde_json::Value>(&r.data).unwrap()["n"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        batch
+            .ack
+            .expect("an ack")
+            .acknowledge(&report)
+            .await
+            .expect("acknowledged");
+        numbers
+    };
+
+    // Batches held, not done: the four readers stop once 30 records are out, though each
+    // shard holds 50 and GetRecords could give them all.
+    let first = tokio::time::timeout(Duration::from_secs(30), batches.next()).await;
+    let mut held = vec![first.expect("a first batch").expect("one").expect("read")];
+    while let Ok(next) = tokio::time::timeout(Duration::from_secs(3), batches.next()).await {
+        held.push(next.expect("more to come").expect("read"));
+    }
+    let out: usize = held.iter().map(|b| b.records.len()).sum();
+    assert!(out <= 30, "{out} records handed out with a budget of 30");
+
+    // Each batch done gives its records back, and the rest of the stream is read.
+    let mut seen = Vec::new();
+    for batch in held {
+        seen.extend(done(batch).await);
+    }
+    while let Some(batch) = tokio::time::timeout(Duration::from_secs(60), batches.next())
+        .await
+        .expect("the stream goes on")
+    {
+        seen.extend(done(batch.expect("read")).await);
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, (0..200).collect::<Vec<_>>());
+}

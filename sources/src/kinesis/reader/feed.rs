@@ -97,13 +97,15 @@ impl ShardReader {
     }
 
     /// The next records from `feed`.
+    /// The next records from `feed`: a poll asks for at most `limit`.
     pub(super) async fn fetch(
         &self,
         feed: &mut Feed,
+        limit: usize,
         pacer: &mut Pacer,
     ) -> Result<Fetch, SourceError> {
         match feed {
-            Feed::Poll { iterator } => self.poll(iterator, pacer).await,
+            Feed::Poll { iterator } => self.poll(iterator, limit, pacer).await,
             Feed::Push {
                 consumer_arn,
                 from,
@@ -112,14 +114,19 @@ impl ShardReader {
         }
     }
 
-    async fn poll(&self, iterator: &mut String, pacer: &mut Pacer) -> Result<Fetch, SourceError> {
+    async fn poll(
+        &self,
+        iterator: &mut String,
+        limit: usize,
+        pacer: &mut Pacer,
+    ) -> Result<Fetch, SourceError> {
         let cx = &*self.context;
         pacer.pace().await;
         let out = match cx
             .client
             .get_records()
             .shard_iterator(iterator.as_str())
-            .limit(cx.limit)
+            .limit(i32::try_from(limit).unwrap_or(cx.limit).clamp(1, cx.limit))
             .send()
             .await
         {

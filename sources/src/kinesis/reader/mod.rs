@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 mod feed;
 mod pacing;
 
+use super::budget::{Budget, Reserved, Window};
 use super::config::StartPosition;
 use super::lease_table::Initial;
 use super::progress::ShardProgress;
@@ -71,6 +72,8 @@ pub struct ReaderContext {
     pub stream_arn: Option<String>,
     pub start: StartPosition,
     pub limit: i32,
+    /// Records read but not yet done, shared by every shard reader of the consumer.
+    pub budget: Arc<Budget>,
     pub poll_interval: Duration,
     pub max_records: usize,
     pub until_caught_up: bool,
@@ -173,6 +176,7 @@ impl ShardReader {
         let mut done_through = from.done_through();
         let mut feed = self.open(&from).await?;
         let mut pacer = Pacer::default();
+        let mut window = Window::new(usize::try_from(cx.limit).unwrap_or(1));
         loop {
             if cx.shutdown.is_triggered() {
                 self.progress.settled().await;
@@ -197,7 +201,14 @@ impl ShardReader {
                 continue;
             }
             healing.note_recovery(&self.shard.id, &self.progress);
-            let fetched = match self.fetch(&mut feed, &mut pacer).await? {
+            // Nothing is read without room in the process's budget of records in flight.
+            let mut reserved = tokio::select! {
+                reserved = cx.budget.reserve(window.size()) => reserved,
+                _ = cx.shutdown.triggered() => continue,
+                _ = self.progress.lost() => continue,
+            };
+            let asked = reserved.len();
+            let fetched = match self.fetch(&mut feed, asked, &mut pacer).await? {
                 Fetch::Got(fetched) => fetched,
                 Fetch::Again => continue,
                 Fetch::Expired => {
@@ -210,31 +221,46 @@ impl ShardReader {
                     continue;
                 }
             };
+            let millis_behind = fetched.millis_behind;
+            let (closed, fetched) = (fetched.closed, fetched.records);
+            // The response's buffers become the records' own (no copy).
             let records: Vec<RawRecord> = fetched
-                .records
-                .iter()
+                .into_iter()
                 .map(|r| RawRecord {
-                    data: Bytes::copy_from_slice(r.data().as_ref()),
-                    encoding: Encoding::Raw,
                     meta: Meta {
                         source: "kinesis".into(),
                         stream: cx.stream_name.clone(),
                         shard_id: self.shard.id.clone(),
-                        sequence_number: SequenceNumber::new(r.sequence_number()),
-                        partition_key: r.partition_key().map(str::to_owned),
+                        sequence_number: SequenceNumber::new(r.sequence_number),
+                        partition_key: r.partition_key,
                         arrival_time: r
-                            .approximate_arrival_timestamp()
+                            .approximate_arrival_timestamp
                             .and_then(|t| t.to_millis().ok())
                             .and_then(chrono::DateTime::from_timestamp_millis),
                         ..Meta::default()
                     },
+                    data: Bytes::from(r.data.into_inner()),
+                    encoding: Encoding::Raw,
                 })
                 .collect();
+            window.observe(records.len(), asked);
+            if records.len() > asked {
+                // A subscription pushes what it has: held in full before it is handed out
+                // (given back first, so no reader waits while it holds part of the budget).
+                drop(reserved);
+                reserved = tokio::select! {
+                    reserved = cx.budget.reserve(records.len()) => reserved,
+                    _ = cx.shutdown.triggered() => continue,
+                    _ = self.progress.lost() => continue,
+                };
+            }
+            reserved.keep(records.len());
+            metrics().records_in_flight(&cx.pipeline, cx.budget.in_flight());
             let empty = records.is_empty();
             if let Some(r) = records.first() {
                 first_read.get_or_insert_with(|| r.meta.sequence_number.clone());
             }
-            if let Some(behind) = fetched.millis_behind {
+            if let Some(behind) = millis_behind {
                 metrics().millis_behind(&cx.pipeline, &self.shard.id, behind);
             }
             // KPL aggregates become their user records; what the checkpoint covers is dropped.
@@ -249,7 +275,7 @@ impl ShardReader {
                 .into_iter()
                 .filter(|r| done_through.as_ref().is_none_or(|d| r.meta.position() > *d))
                 .collect();
-            if !self.hand_out(records).await? {
+            if !self.hand_out(records, reserved).await? {
                 self.progress.settled().await;
                 return Ok(ReadEnd::Lost);
             }
@@ -258,8 +284,8 @@ impl ShardReader {
             let ending = self.shard.ending.clone().or_else(|| self.progress.ending());
             let past_end =
                 matches!((&ending, &last_read), (Some(end), Some(read)) if read.sequence >= *end);
-            let caught_up = empty && matches!(fetched.millis_behind, Some(0) | None);
-            if fetched.closed || (empty && past_end) {
+            let caught_up = empty && matches!(millis_behind, Some(0) | None);
+            if closed || (empty && past_end) {
                 // Closed: everything it will ever hold has been read.
                 self.progress.settled().await;
                 if !cx.until_caught_up && self.progress.freezes() > healing.rewound_for {
@@ -293,15 +319,21 @@ impl ShardReader {
         }
     }
 
-    /// Hands records out in batches; answers false (nothing handed out) once the lease is lost.
-    async fn hand_out(&self, records: Vec<RawRecord>) -> Result<bool, SourceError> {
+    /// Hands records out in batches, each holding its records' share of `reserved` until it is
+    /// done; answers false (nothing handed out) once the lease is lost.
+    async fn hand_out(
+        &self,
+        records: Vec<RawRecord>,
+        mut reserved: Reserved,
+    ) -> Result<bool, SourceError> {
         let batches = self
             .context
             .batches
             .as_ref()
             .expect("set when the source starts");
-        let mut rest = records;
-        while !rest.is_empty() {
+        let size = self.context.max_records.max(1);
+        let mut rest = records.into_iter().peekable();
+        while rest.peek().is_some() {
             // A lease past its time waits for its renewal; a lost one ends the shard here.
             tokio::select! {
                 current = self.progress.lease_current() => if !current {
@@ -310,11 +342,18 @@ impl ShardReader {
                 // Stopping: what is not handed out is read again by the next holder.
                 _ = self.context.shutdown.triggered() => return Ok(true),
             }
-            let tail = rest.split_off(rest.len().min(self.context.max_records));
-            let batch = std::mem::replace(&mut rest, tail);
+            // Taken from the front, each record moved once.
+            let batch: Vec<RawRecord> = rest.by_ref().take(size).collect();
+            // The last batch takes what is left (user records of KPL aggregates outnumber the
+            // aggregates reserved).
+            let share = if rest.peek().is_none() {
+                std::mem::take(&mut reserved)
+            } else {
+                reserved.take(batch.len())
+            };
             let batch = SourceBatch {
                 shard_id: self.shard.id.clone(),
-                ack: Some(self.progress.handed_out(batch[0].meta.position())),
+                ack: Some(self.progress.handed_out(batch[0].meta.position(), share)),
                 records: batch,
             };
             if batches.send(Ok(batch)).await.is_err() {
