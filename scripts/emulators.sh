@@ -110,6 +110,12 @@ install_cfn_lint() {
     export SLUICE_TEST_CFN_LINT=$PWD/.venv/bin/cfn-lint
 }
 
+waze_world() {
+    eval "$(.venv/bin/python scripts/waze-on-moto.py "$SLUICE_TEST_MOTO" "$@")"
+    export AWS_ENDPOINT_URL=$SLUICE_TEST_MOTO AWS_REGION=us-east-1
+    export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_EC2_METADATA_DISABLED=true
+}
+
 stop_emulators() {
     local pid
     for pid in "${EMULATOR_PIDS[@]}"; do

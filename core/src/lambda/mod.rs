@@ -48,24 +48,26 @@ pub async fn handle(
     let started = Instant::now();
     let retries_until = deadline.min(started + pipeline.retry_policy().max_elapsed);
     let shards = event.into_shard_batches("lambda");
-    // Every call of the invocation is bounded by the deadline, not only new retries: a shard
-    // not finished by then is reported from its first record, and Lambda delivers it again.
+    // Every call of the invocation is bounded by the deadline, not only new retries: what a
+    // shard has not finished by then is reported from its first such record, and Lambda
+    // delivers it again.
     let reports = futures::future::join_all(shards.into_iter().map(|(shard, records)| async move {
         let positions: Vec<Position> = records.iter().map(|r| r.meta.position()).collect();
-        let processed = pipeline.process_batch_until(shard.clone(), records, retries_until);
-        match tokio::time::timeout_at(deadline, processed).await {
-            Ok(report) => report,
-            Err(_) => {
-                tracing::warn!(%shard, records = positions.len(), "not finished by the invocation's deadline; reported for delivery again");
-                let unfinished = Outcome::Failed {
-                    error: "not finished before the invocation's deadline".into(),
-                };
-                BatchReport::new(
-                    shard,
-                    positions.into_iter().map(|p| (p, unfinished.clone())).collect(),
-                )
-            }
-        }
+        let mut done = Vec::with_capacity(positions.len());
+        let processed = process_shard(pipeline, &shard, records, retries_until, &mut done);
+        let finished = tokio::time::timeout_at(deadline, processed).await.is_ok();
+        let error = if finished {
+            "not processed: an earlier record of its shard is to be delivered again"
+        } else {
+            tracing::warn!(%shard, records = positions.len() - done.len(), "not finished by the invocation's deadline; reported for delivery again");
+            "not finished before the invocation's deadline"
+        };
+        let unfinished = Outcome::Failed {
+            error: error.into(),
+        };
+        let rest = positions.into_iter().skip(done.len());
+        done.extend(rest.map(|p| (p, unfinished.clone())));
+        BatchReport::new(shard, done)
     }))
     .await;
     let mut summary = RunSummary {
@@ -83,6 +85,33 @@ pub async fn handle(
     }
     summary.elapsed = started.elapsed();
     (response, summary)
+}
+
+/// Processes a shard's records in batches of the pipeline's `max_records`, in order, adding each
+/// record's outcome to `done`: the invocation holds one batch's decoded records and requests at a
+/// time, not the whole event's. After a batch with a record to be delivered again, the rest wait
+/// for that delivery: Lambda resumes the shard from that record, and processing them now would
+/// only spend the invocation's time on records written again then.
+async fn process_shard(
+    pipeline: &Pipeline,
+    shard: &str,
+    records: Vec<crate::record::RawRecord>,
+    retries_until: Instant,
+    done: &mut Vec<(Position, Outcome)>,
+) {
+    let size = pipeline.batch_settings().max_records.max(1);
+    let mut rest = records.into_iter().peekable();
+    while rest.peek().is_some() {
+        let batch: Vec<_> = rest.by_ref().take(size).collect();
+        let report = pipeline
+            .process_batch_until(shard.to_owned(), batch, retries_until)
+            .await;
+        let failed = report.first_failure().is_some();
+        done.extend(report.outcomes);
+        if failed {
+            return;
+        }
+    }
 }
 
 /// Serves invocations until the Lambda runtime ends: one summary log line per invocation.
@@ -194,6 +223,59 @@ mod tests {
             .collect();
         assert_eq!(failed, ["7"], "the shard comes back from its first record");
         assert_eq!(summary.counts.failed, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shard_is_processed_a_batch_at_a_time_up_to_the_batch_with_a_record_to_come_again() {
+        use crate::testkit::{quick_retry, FailingSink, Failure, MemorySink};
+        let sink = FailingSink::default().failing(3, Failure::AlwaysRetryable);
+        let pipeline = Pipeline::new(
+            "test",
+            Vec::new(),
+            std::sync::Arc::new(sink.clone()),
+            std::sync::Arc::new(MemorySink::default()),
+            crate::settings::BatchSettings {
+                max_records: 2,
+                max_age: Duration::from_secs(1),
+            },
+            quick_retry(),
+        );
+        let records: Vec<_> = (1..=6)
+            .map(|n| {
+                serde_json::json!({"eventSourceARN": "arn:aws:kinesis:us-east-1:1:stream/s",
+                    "eventID": format!("shardId-0:{n}"),
+                    "kinesis": {"data": "eyJhIjogMX0=", "sequenceNumber": n.to_string()}})
+            })
+            .collect();
+        let event: KinesisEvent =
+            serde_json::from_value(serde_json::json!({ "Records": records })).expect("an event");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let (response, summary) = handle(&pipeline, event, deadline).await;
+        let failed: Vec<_> = response
+            .batch_item_failures
+            .iter()
+            .map(|f| f.item_identifier.clone().unwrap())
+            .collect();
+        assert_eq!(failed, ["3"]);
+        let c = &summary.counts;
+        assert_eq!(
+            (c.stored, c.failed),
+            (3, 3),
+            "1, 2 and 4 stored; 3 failed, 5 and 6 wait for the next delivery"
+        );
+        assert_eq!(
+            (sink.offered(4), sink.offered(5), sink.offered(6)),
+            (1, 0, 0),
+            "the batch after the failure is not written"
+        );
+        assert!(
+            summary
+                .failures
+                .iter()
+                .any(|f| f.contains("an earlier record")),
+            "{:?}",
+            summary.failures
+        );
     }
 
     fn epoch_ms_in(d: Duration) -> u64 {
