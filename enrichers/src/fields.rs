@@ -186,17 +186,23 @@ impl Fields {
 }
 
 impl Fields {
-    /// The first name to rename that the record lacks: both lists in name order, walked once.
+    /// The first name to rename that the record lacks. Both lists are in name order (serde_json's
+    /// map, without `preserve_order`), so one walk finds them all; a miss is confirmed by lookup,
+    /// which holds whatever the map's order.
     fn missing_rename(&self, value: &Value) -> Option<&str> {
         let object = value.as_object()?;
         let mut names = object.keys().peekable();
-        for (from, _) in &self.rename {
+        let all_found = self.rename.iter().all(|(from, _)| {
             while names.next_if(|name| *name < from).is_some() {}
-            if names.next_if(|name| *name == from).is_none() {
-                return Some(from);
-            }
+            names.next_if(|name| *name == from).is_some()
+        });
+        if all_found {
+            return None;
         }
-        None
+        self.rename
+            .iter()
+            .map(|(from, _)| from.as_str())
+            .find(|from| !object.contains_key(*from))
     }
 
     /// The object renamed, set, dropped and kept, built once from its entries in order (those

@@ -11,6 +11,7 @@ use sluice_core::{SequenceNumber, SourceError};
 
 use super::pacing::Pacer;
 use super::{Resume, ShardReader};
+use crate::kinesis::budget::Reserved;
 
 /// How long a subscription may stay silent before it is given up.
 const SILENCE: std::time::Duration = std::time::Duration::from_secs(60);
@@ -46,6 +47,9 @@ impl Feed {
 /// What one fetch brought.
 pub(super) struct Fetched {
     pub records: Vec<Record>,
+    /// The records' room in the process's budget: what a poll asked for (no fewer than it got),
+    /// or, for a push, what it brought.
+    pub reserved: Reserved,
     pub millis_behind: Option<i64>,
     /// The shard is closed and everything in it is delivered.
     pub closed: bool,
@@ -97,7 +101,9 @@ impl ShardReader {
     }
 
     /// The next records from `feed`.
-    /// The next records from `feed`: a poll asks for at most `limit`.
+    /// The next records from `feed`, held in the process's budget: a poll first waits for room
+    /// for `limit` (its window) and asks for no more; a push is held as it comes. The budget is
+    /// never held through a wait for Kinesis (pacing, backoff, a subscription's silence).
     pub(super) async fn fetch(
         &self,
         feed: &mut Feed,
@@ -122,6 +128,10 @@ impl ShardReader {
     ) -> Result<Fetch, SourceError> {
         let cx = &*self.context;
         pacer.pace().await;
+        let Some(reserved) = self.reserve(limit).await else {
+            return Ok(Fetch::Again);
+        };
+        let limit = reserved.len();
         let out = match cx
             .client
             .get_records()
@@ -135,6 +145,7 @@ impl ShardReader {
                 return Ok(Fetch::Expired)
             }
             Err(e) if aws::is_retryable(&e) => {
+                drop(reserved);
                 pacer
                     .failed(&self.shard.id, &aws::describe_error(&e))
                     .await?;
@@ -159,6 +170,7 @@ impl ShardReader {
         Ok(Fetch::Got(Fetched {
             millis_behind: out.millis_behind_latest(),
             records: out.records,
+            reserved,
             closed,
         }))
     }
@@ -230,6 +242,11 @@ impl ShardReader {
         match received {
             Ok(Some(SubscribeToShardEventStream::SubscribeToShardEvent(event))) => {
                 pacer.succeeded();
+                // Held before the subscription moves on past them; stopping or a lost lease
+                // leaves them to whoever reads the shard from its checkpoint.
+                let Some(reserved) = self.reserve(event.records.len()).await else {
+                    return Ok(Fetch::Again);
+                };
                 let continuation = event.continuation_sequence_number();
                 if !continuation.is_empty() {
                     // A new subscription goes on after what this one delivered.
@@ -240,6 +257,7 @@ impl ShardReader {
                     // A closed shard's last event names its children.
                     closed: !event.child_shards().is_empty(),
                     records: event.records,
+                    reserved,
                 }))
             }
             Ok(Some(_)) => Ok(Fetch::Again),

@@ -201,14 +201,7 @@ impl ShardReader {
                 continue;
             }
             healing.note_recovery(&self.shard.id, &self.progress);
-            // Nothing is read without room in the process's budget of records in flight.
-            let mut reserved = tokio::select! {
-                reserved = cx.budget.reserve(window.size()) => reserved,
-                _ = cx.shutdown.triggered() => continue,
-                _ = self.progress.lost() => continue,
-            };
-            let asked = reserved.len();
-            let fetched = match self.fetch(&mut feed, asked, &mut pacer).await? {
+            let fetched = match self.fetch(&mut feed, window.size(), &mut pacer).await? {
                 Fetch::Got(fetched) => fetched,
                 Fetch::Again => continue,
                 Fetch::Expired => {
@@ -222,7 +215,8 @@ impl ShardReader {
                 }
             };
             let millis_behind = fetched.millis_behind;
-            let (closed, fetched) = (fetched.closed, fetched.records);
+            let (closed, mut reserved) = (fetched.closed, fetched.reserved);
+            let fetched = fetched.records;
             // The response's buffers become the records' own (no copy).
             let records: Vec<RawRecord> = fetched
                 .into_iter()
@@ -243,17 +237,7 @@ impl ShardReader {
                     encoding: Encoding::Raw,
                 })
                 .collect();
-            window.observe(records.len(), asked);
-            if records.len() > asked {
-                // A subscription pushes what it has: held in full before it is handed out
-                // (given back first, so no reader waits while it holds part of the budget).
-                drop(reserved);
-                reserved = tokio::select! {
-                    reserved = cx.budget.reserve(records.len()) => reserved,
-                    _ = cx.shutdown.triggered() => continue,
-                    _ = self.progress.lost() => continue,
-                };
-            }
+            window.observe(records.len(), reserved.len());
             reserved.keep(records.len());
             metrics().records_in_flight(&cx.pipeline, cx.budget.in_flight());
             let empty = records.is_empty();
@@ -319,6 +303,20 @@ impl ShardReader {
         }
     }
 
+    /// Waits for `n` records of the process's budget (none for `n = 0`); `None` when stopping or
+    /// the lease is lost meanwhile (the loop then ends the reader).
+    async fn reserve(&self, n: usize) -> Option<Reserved> {
+        if n == 0 {
+            return Some(Reserved::default());
+        }
+        let cx = &*self.context;
+        tokio::select! {
+            reserved = cx.budget.reserve(n) => Some(reserved),
+            _ = cx.shutdown.triggered() => None,
+            _ = self.progress.lost() => None,
+        }
+    }
+
     /// Hands records out in batches, each holding its records' share of `reserved` until it is
     /// done; answers false (nothing handed out) once the lease is lost.
     async fn hand_out(
@@ -332,6 +330,7 @@ impl ShardReader {
             .as_ref()
             .expect("set when the source starts");
         let size = self.context.max_records.max(1);
+        let mut left = records.len();
         let mut rest = records.into_iter().peekable();
         while rest.peek().is_some() {
             // A lease past its time waits for its renewal; a lost one ends the shard here.
@@ -344,13 +343,14 @@ impl ShardReader {
             }
             // Taken from the front, each record moved once.
             let batch: Vec<RawRecord> = rest.by_ref().take(size).collect();
-            // The last batch takes what is left (user records of KPL aggregates outnumber the
-            // aggregates reserved).
+            // Shares in proportion to the records (user records of KPL aggregates outnumber the
+            // aggregates reserved); the last batch takes what is left.
             let share = if rest.peek().is_none() {
                 std::mem::take(&mut reserved)
             } else {
-                reserved.take(batch.len())
+                reserved.take(reserved.len() * batch.len() / left)
             };
+            left -= batch.len();
             let batch = SourceBatch {
                 shard_id: self.shard.id.clone(),
                 ack: Some(self.progress.handed_out(batch[0].meta.position(), share)),
