@@ -1,0 +1,101 @@
+"""Cost curves of the Waze job's daemon: records/s, CPU per record and peak RSS against the
+stream's shard count and the records' size. Kinesis is kinesis-local, the lease table, parameter
+and queue are moto's; the sink is switched off (PERSIST_RECORDS=0), so each row measures sluice
+reading, decoding and enriching, not the emulator's DynamoDB (scripts/bench measures the writes).
+
+    python scripts/curves.py shards|sizes BINARY
+
+Run by scripts/bench-curves, which starts the emulators. Each row is one whole `sluice run
+--until-caught-up` process on a fresh stream: start-up, leases and checkpoints included.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import boto3
+
+
+def client(service: str, endpoint: str):
+    return boto3.client(service, endpoint_url=endpoint, region_name="us-east-1",
+                        aws_access_key_id="testing", aws_secret_access_key="testing")
+
+
+def payloads(count: int, size: int) -> list[bytes]:
+    """`count` Waze records from the sample generator, padded to about `size` bytes each."""
+    lines = subprocess.run([sys.executable, "scripts/gen-waze-sample.py", str(count)], check=True,
+                           capture_output=True, text=True).stdout.splitlines()
+    out = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # the generator's malformed lines: not part of a cost curve
+        pad = size - len(line)
+        if pad > 20:
+            record["padding"] = "x" * (pad - 16)
+        out.append(json.dumps(record).encode())
+        if len(out) == count:
+            break
+    return out
+
+
+def run(binary: str, shards: int, records: list[bytes]) -> dict:
+    moto, kinesis_local = os.environ["SLUICE_TEST_MOTO"], os.environ["SLUICE_TEST_KINESIS_LOCAL"]
+    world = subprocess.run([sys.executable, "scripts/waze-on-moto.py", moto, "--shards", str(shards),
+                            "--kinesis-endpoint", kinesis_local],
+                           check=True, capture_output=True, text=True).stdout
+    env = dict(os.environ)
+    for line in world.splitlines():
+        if line.startswith("export "):
+            name, value = line[len("export "):].split("=", 1)
+            env[name] = json.loads(value)
+    kinesis = client("kinesis", kinesis_local)
+    chunk, size = [], 0
+    for i, data in enumerate(records):
+        chunk.append({"Data": data, "PartitionKey": f"pk-{i}"})
+        size += len(data)
+        if len(chunk) == 500 or size > 4_000_000 or i == len(records) - 1:
+            kinesis.put_records(StreamName=env["KINESIS_STREAM"], Records=chunk)
+            chunk, size = [], 0
+    dynamodb = client("dynamodb", moto)
+    try:  # the job's lease table holds one stream's leases
+        dynamodb.delete_table(TableName="waze-persist-checkpoints")
+    except dynamodb.exceptions.ResourceNotFoundException:
+        pass
+    env.update(AWS_ENDPOINT_URL=moto, AWS_ENDPOINT_URL_KINESIS=kinesis_local, AWS_REGION="us-east-1",
+               AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", PERSIST_RECORDS="0")
+    with tempfile.NamedTemporaryFile() as timing:
+        out = subprocess.run(["/usr/bin/time", "-f", '{"wall": %e, "user": %U, "system": %S, "rss_kb": %M}',
+                              "-o", timing.name, binary, "run", "pipelines/waze-persist.toml",
+                              "--until-caught-up", "--summary", "json", "--no-progress"],
+                             env=env, check=True, capture_output=True, text=True)
+        t = json.load(open(timing.name))
+    summary = json.loads(out.stdout)
+    n = summary["counts"]["records"]
+    assert n == len(records), f"read {n} of {len(records)}: {summary}"
+    return {"records": n, "per_s": n / t["wall"], "cpu_us": (t["user"] + t["system"]) * 1e6 / n,
+            "rss_mb": t["rss_kb"] / 1024}
+
+
+def main() -> None:
+    curve, binary = sys.argv[1], sys.argv[2]
+    if curve == "shards":
+        rows = [(f"{s} shards, 400 B", s, payloads(64_000, 400)) for s in (1, 8, 64)]
+    elif curve == "sizes":
+        rows = [(f"8 shards, {label}", 8, payloads(count, size))
+                for label, count, size in (("400 B", 20_000, 400), ("4 KB", 20_000, 4_000),
+                                           ("100 KB", 2_000, 100_000))]
+    else:
+        sys.exit("curve: shards or sizes")
+    print(f"{'row':<20} {'records':>8} {'records/s':>10} {'CPU/record':>11} {'peak RSS':>9}")
+    for label, shards, records in rows:
+        r = run(binary, shards, records)
+        print(f"{label:<20} {r['records']:>8} {r['per_s']:>10,.0f} {r['cpu_us']:>8.1f} us {r['rss_mb']:>6.1f} MB",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
