@@ -550,7 +550,7 @@ async fn a_subscription_dropped_mid_run_resumes_without_loss() {
 #[tokio::test]
 async fn a_process_holds_no_more_records_than_its_budget_whatever_its_shards() {
     use futures::StreamExt;
-    use sluice_core::{BatchReport, Outcome, Source, SourceBatch};
+    use sluice_core::{BatchReport, Outcome, SourceBatch};
     let Some(endpoint) = moto_endpoint() else {
         return;
     };
