@@ -1,6 +1,6 @@
 """Cost curves of the Waze job's daemon: records/s, CPU per record and peak RSS against the
-stream's shard count and the records' size. Kinesis is kinesis-local, the lease table, parameter
-and queue are moto's; the sink is switched off (PERSIST_RECORDS=0), so each row measures sluice
+stream's shard count and the records' size, on moto (kinesis-local took seconds per PutRecords of
+500 records here); the sink is switched off (PERSIST_RECORDS=0), so each row measures sluice
 reading, decoding and enriching, not the emulator's DynamoDB (scripts/bench measures the writes).
 
     python scripts/curves.py shards|sizes BINARY
@@ -33,6 +33,8 @@ def payloads(count: int, size: int) -> list[bytes]:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue  # the generator's malformed lines: not part of a cost curve
+        if not isinstance(record, dict):
+            continue
         pad = size - len(line)
         if pad > 20:
             record["padding"] = "x" * (pad - 16)
@@ -43,16 +45,15 @@ def payloads(count: int, size: int) -> list[bytes]:
 
 
 def run(binary: str, shards: int, records: list[bytes]) -> dict:
-    moto, kinesis_local = os.environ["SLUICE_TEST_MOTO"], os.environ["SLUICE_TEST_KINESIS_LOCAL"]
-    world = subprocess.run([sys.executable, "scripts/waze-on-moto.py", moto, "--shards", str(shards),
-                            "--kinesis-endpoint", kinesis_local],
+    moto = os.environ["SLUICE_TEST_MOTO"]
+    world = subprocess.run([sys.executable, "scripts/waze-on-moto.py", moto, "--shards", str(shards)],
                            check=True, capture_output=True, text=True).stdout
     env = dict(os.environ)
     for line in world.splitlines():
         if line.startswith("export "):
             name, value = line[len("export "):].split("=", 1)
             env[name] = json.loads(value)
-    kinesis = client("kinesis", kinesis_local)
+    kinesis = client("kinesis", moto)
     chunk, size = [], 0
     for i, data in enumerate(records):
         chunk.append({"Data": data, "PartitionKey": f"pk-{i}"})
@@ -65,7 +66,7 @@ def run(binary: str, shards: int, records: list[bytes]) -> dict:
         dynamodb.delete_table(TableName="waze-persist-checkpoints")
     except dynamodb.exceptions.ResourceNotFoundException:
         pass
-    env.update(AWS_ENDPOINT_URL=moto, AWS_ENDPOINT_URL_KINESIS=kinesis_local, AWS_REGION="us-east-1",
+    env.update(AWS_ENDPOINT_URL=moto, AWS_REGION="us-east-1",
                AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", PERSIST_RECORDS="0")
     with tempfile.NamedTemporaryFile() as timing:
         out = subprocess.run(["/usr/bin/time", "-f", '{"wall": %e, "user": %U, "system": %S, "rss_kb": %M}',
@@ -83,11 +84,12 @@ def run(binary: str, shards: int, records: list[bytes]) -> dict:
 def main() -> None:
     curve, binary = sys.argv[1], sys.argv[2]
     if curve == "shards":
-        rows = [(f"{s} shards, 400 B", s, payloads(64_000, 400)) for s in (1, 8, 64)]
+        records = payloads(32_000, 400)
+        rows = [(f"{s} shards, 400 B", s, records) for s in (1, 8, 64)]
     elif curve == "sizes":
         rows = [(f"8 shards, {label}", 8, payloads(count, size))
-                for label, count, size in (("400 B", 20_000, 400), ("4 KB", 20_000, 4_000),
-                                           ("100 KB", 2_000, 100_000))]
+                for label, count, size in (("400 B", 10_000, 400), ("4 KB", 10_000, 4_000),
+                                           ("100 KB", 1_000, 100_000))]
     else:
         sys.exit("curve: shards or sizes")
     print(f"{'row':<20} {'records':>8} {'records/s':>10} {'CPU/record':>11} {'peak RSS':>9}")
