@@ -81,6 +81,18 @@ impl Reserved {
     }
 }
 
+impl Reserved {
+    /// The share of a batch of `batch` records out of `left` still to be handed out: in
+    /// proportion (user records of KPL aggregates outnumber the aggregates reserved), and all
+    /// that is held for the last batch.
+    pub fn share(&mut self, batch: usize, left: usize) -> Reserved {
+        if batch >= left {
+            return std::mem::take(self);
+        }
+        self.take(self.len() * batch / left)
+    }
+}
+
 /// How many records a shard reader asks for next.
 #[derive(Debug, Clone, Copy)]
 pub struct Window {
@@ -146,6 +158,34 @@ mod tests {
             "at most the whole budget"
         );
         assert_eq!(budget.reserve(0).await.len(), 1, "at least one record");
+    }
+
+    #[tokio::test]
+    async fn batches_share_a_read_in_proportion_and_the_last_takes_the_rest() {
+        let budget = Budget::new(20_000);
+        // Plain records: each batch holds its own records.
+        let mut read = budget.reserve(1200).await;
+        let shares: Vec<usize> = [500, 500, 200]
+            .iter()
+            .scan(1200, |left, &n| {
+                let share = read.share(n, *left).len();
+                *left -= n;
+                Some(share)
+            })
+            .collect();
+        assert_eq!(shares, [500, 500, 200]);
+        // 100 KPL aggregates of 100 user records: every batch of 500 holds 5, none holds all.
+        let mut read = budget.reserve(100).await;
+        let mut left = 10_000;
+        let mut shares = Vec::new();
+        while left > 0 {
+            shares.push(read.share(500, left));
+            left -= 500;
+        }
+        let counts: Vec<usize> = shares.iter().map(Reserved::len).collect();
+        assert_eq!(counts, vec![5; 20]);
+        drop(shares.split_off(1));
+        assert_eq!(budget.in_flight(), 5, "given back as each batch is done");
     }
 
     #[tokio::test(start_paused = true)]

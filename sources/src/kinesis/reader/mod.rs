@@ -343,13 +343,7 @@ impl ShardReader {
             }
             // Taken from the front, each record moved once.
             let batch: Vec<RawRecord> = rest.by_ref().take(size).collect();
-            // Shares in proportion to the records (user records of KPL aggregates outnumber the
-            // aggregates reserved); the last batch takes what is left.
-            let share = if rest.peek().is_none() {
-                std::mem::take(&mut reserved)
-            } else {
-                reserved.take(reserved.len() * batch.len() / left)
-            };
+            let share = reserved.share(batch.len(), left);
             left -= batch.len();
             let batch = SourceBatch {
                 shard_id: self.shard.id.clone(),
