@@ -44,7 +44,7 @@ pub use outcome::{BatchReport, ErrorKind, Failure, Outcome, ShardTracker, Skippe
 pub use position::{Checkpoint, Position, SequenceNumber};
 pub use record::{Encoding, Meta, RawRecord, Record};
 pub use runtime::{Pipeline, Progress, RunSummary};
-pub use settings::{Backoff, BatchSettings, OnExhausted, RetryPolicy};
+pub use settings::{owned_chunks, Backoff, BatchSettings, OnExhausted, RetryPolicy};
 pub use typetag;
 
 /// The sluice version, written into dead-letter envelopes.

@@ -25,6 +25,18 @@ impl Default for BatchSettings {
     }
 }
 
+/// `items` in runs of at most `size` (at least one), in order, each item moved once: how sources
+/// cut batches and sinks cut calls, without copying what they cut.
+pub fn owned_chunks<T>(items: Vec<T>, size: usize) -> impl Iterator<Item = Vec<T>> {
+    let size = size.max(1);
+    let mut rest = items.into_iter().peekable();
+    std::iter::from_fn(move || {
+        rest.peek()
+            .is_some()
+            .then(|| rest.by_ref().take(size).collect())
+    })
+}
+
 /// What happens to a record whose retries are exhausted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -162,6 +174,14 @@ impl BatchSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn owned_chunks_keep_the_order_and_cut_at_the_size() {
+        let chunks: Vec<Vec<u32>> = owned_chunks((1..=5).collect(), 2).collect();
+        assert_eq!(chunks, vec![vec![1, 2], vec![3, 4], vec![5]]);
+        assert_eq!(owned_chunks(Vec::<u32>::new(), 2).count(), 0);
+        assert_eq!(owned_chunks(vec![1, 2], 0).count(), 2, "a size of 0 is one");
+    }
 
     #[test]
     fn zero_durations_that_make_no_sense_are_refused_naming_the_key() {

@@ -198,11 +198,10 @@ fn read_file(
                 (FileFormat::KinesisEvent, _) => read_event(&path, &data, settings)?,
                 (FileFormat::Json, Some(documents)) => {
                     let records = documents.split(data, &path, &base);
-                    records
-                        .chunks(settings.max_records)
-                        .map(|chunk| SourceBatch {
+                    sluice_core::owned_chunks(records, settings.max_records)
+                        .map(|records| SourceBatch {
                             shard_id: "file".into(),
-                            records: chunk.to_vec(),
+                            records,
                             ack: None,
                         })
                         .collect()
@@ -242,10 +241,10 @@ fn read_event(
     })?;
     let mut batches = Vec::new();
     for (shard_id, records) in event.into_shard_batches("file") {
-        for chunk in records.chunks(settings.max_records) {
+        for records in sluice_core::owned_chunks(records, settings.max_records) {
             batches.push(SourceBatch {
                 shard_id: shard_id.clone(),
-                records: chunk.to_vec(),
+                records,
                 ack: None,
             });
         }

@@ -99,10 +99,8 @@ async fn process_shard(
     retries_until: Instant,
     done: &mut Vec<(Position, Outcome)>,
 ) {
-    let size = pipeline.batch_settings().max_records.max(1);
-    let mut rest = records.into_iter().peekable();
-    while rest.peek().is_some() {
-        let batch: Vec<_> = rest.by_ref().take(size).collect();
+    let size = pipeline.batch_settings().max_records;
+    for batch in crate::settings::owned_chunks(records, size) {
         let report = pipeline
             .process_batch_until(shard.to_owned(), batch, retries_until)
             .await;

@@ -127,13 +127,8 @@ impl Source for MemorySource {
             .into_iter()
             .flat_map(|(shard, records)| {
                 // Moved into their batches, not copied: a bench times the runtime, not this.
-                let mut rest = records.into_iter().peekable();
-                let mut batches = Vec::new();
-                while rest.peek().is_some() {
-                    let batch: Vec<_> = rest.by_ref().take(settings.max_records.max(1)).collect();
-                    batches.push((shard.clone(), batch));
-                }
-                batches
+                crate::settings::owned_chunks(records, settings.max_records)
+                    .map(move |batch| (shard.clone(), batch))
             })
             .map(move |(shard_id, records)| {
                 Ok(SourceBatch {

@@ -298,11 +298,7 @@ impl Sink for BatchWriter {
                 None => unique.push(p),
             }
         }
-        let mut chunks = Vec::with_capacity(unique.len().div_ceil(MAX_BATCH_ITEMS));
-        let mut rest = unique.into_iter().peekable();
-        while rest.peek().is_some() {
-            chunks.push(rest.by_ref().take(MAX_BATCH_ITEMS).collect::<Vec<_>>());
-        }
+        let chunks = sluice_core::owned_chunks(unique, MAX_BATCH_ITEMS);
         let written: Vec<Answers> = futures::stream::iter(chunks)
             .map(|chunk| self.write_chunk(batch, chunk))
             .buffer_unordered(self.config.max_concurrency)

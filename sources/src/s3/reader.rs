@@ -347,9 +347,8 @@ impl Reader {
         tracing::debug!(object = %object.key, records = records.len(), "object read");
         let mut acks = Vec::new();
         let mut handed_out_all = true;
-        let mut records = records.into_iter().peekable();
-        while records.peek().is_some() {
-            let chunk: Vec<_> = records.by_ref().take(settings.max_records).collect();
+        let mut chunks = sluice_core::owned_chunks(records, settings.max_records).peekable();
+        while let Some(chunk) = chunks.next() {
             let (ack, acked) = oneshot::channel();
             let batch = SourceBatch {
                 shard_id: self.location.clone(),
@@ -360,7 +359,7 @@ impl Reader {
                 return Ok(Done::Closed);
             }
             acks.push(acked);
-            if self.shutdown.is_triggered() && records.peek().is_some() {
+            if self.shutdown.is_triggered() && chunks.peek().is_some() {
                 handed_out_all = false;
                 break;
             }

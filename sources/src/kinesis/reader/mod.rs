@@ -9,7 +9,8 @@ use aws_sdk_kinesis::types::ShardIteratorType;
 use bytes::Bytes;
 use sluice_core::metrics::metrics;
 use sluice_core::{
-    Encoding, Meta, Position, RawRecord, SequenceNumber, Shutdown, SourceBatch, SourceError,
+    owned_chunks, Encoding, Meta, Position, RawRecord, SequenceNumber, Shutdown, SourceBatch,
+    SourceError,
 };
 use tokio::sync::mpsc;
 
@@ -329,10 +330,8 @@ impl ShardReader {
             .batches
             .as_ref()
             .expect("set when the source starts");
-        let size = self.context.max_records.max(1);
         let mut left = records.len();
-        let mut rest = records.into_iter().peekable();
-        while rest.peek().is_some() {
+        for batch in owned_chunks(records, self.context.max_records) {
             // A lease past its time waits for its renewal; a lost one ends the shard here.
             tokio::select! {
                 current = self.progress.lease_current() => if !current {
@@ -341,8 +340,6 @@ impl ShardReader {
                 // Stopping: what is not handed out is read again by the next holder.
                 _ = self.context.shutdown.triggered() => return Ok(true),
             }
-            // Taken from the front, each record moved once.
-            let batch: Vec<RawRecord> = rest.by_ref().take(size).collect();
             let share = reserved.share(batch.len(), left);
             left -= batch.len();
             let batch = SourceBatch {
