@@ -122,26 +122,13 @@ impl Pipeline {
         ledger: &mut Ledger<'_>,
     ) -> Option<Record> {
         for (at, named) in self.enrichers.iter().enumerate().skip(first) {
-            match named.enricher.enrich(&mut record).await {
-                Ok(Verdict::Keep) => {}
-                Ok(Verdict::Skip) => {
-                    ledger.skipped(index, SkippedBy::Enricher(named.name.clone()));
+            match tried(named, index, record, 1, ledger).await {
+                Tried::Kept(kept) => record = kept,
+                Tried::Failing(failing, error) => {
+                    waiting[at].push(((index, failing), error));
                     return None;
                 }
-                Err(e) if e.is_retryable() => {
-                    waiting[at].push(((index, record), e.to_string()));
-                    return None;
-                }
-                Err(e) => {
-                    let reason = Reason {
-                        stage: Stage::Enrich(named.name.clone()),
-                        kind: e.kind(),
-                        message: e.to_string(),
-                        attempts: 1,
-                    };
-                    ledger.dead_letter(index, reason, &record.data, &record.meta);
-                    return None;
-                }
+                Tried::Settled => return None,
             }
         }
         Some(record)
@@ -158,7 +145,6 @@ impl Pipeline {
         ledger: &mut Ledger<'_>,
     ) -> Vec<(usize, Record)> {
         let named: &NamedEnricher = &self.enrichers[at];
-        let stage = Stage::Enrich(named.name.clone());
         // The first attempt was the pass's.
         let mut rounds = RetryRounds::new(self.retry, deadline, &named.name, &self.retried);
         let mut kept = Vec::new();
@@ -169,29 +155,58 @@ impl Pipeline {
                 Err(exhausted) => break exhausted,
             };
             failing = Vec::new();
-            for (index, mut record) in pending {
-                match named.enricher.enrich(&mut record).await {
-                    Ok(Verdict::Keep) => kept.push((index, record)),
-                    Ok(Verdict::Skip) => {
-                        ledger.skipped(index, SkippedBy::Enricher(named.name.clone()))
-                    }
-                    Err(e) if e.is_retryable() => failing.push(((index, record), e.to_string())),
-                    Err(e) => {
-                        let reason = Reason {
-                            stage: stage.clone(),
-                            kind: e.kind(),
-                            message: e.to_string(),
-                            attempts: rounds.attempt(),
-                        };
-                        ledger.dead_letter(index, reason, &record.data, &record.meta)
-                    }
+            for (index, record) in pending {
+                match tried(named, index, record, rounds.attempt(), ledger).await {
+                    Tried::Kept(record) => kept.push((index, record)),
+                    Tried::Failing(record, error) => failing.push(((index, record), error)),
+                    Tried::Settled => {}
                 }
             }
         };
         let attempts = rounds.attempt();
+        let stage = Stage::Enrich(named.name.clone());
         for ((index, record), error) in exhausted {
             ledger.exhausted(index, &record, stage.clone(), error, attempts);
         }
         kept
+    }
+}
+
+/// A record after one attempt of an enricher.
+enum Tried {
+    /// Kept: on to the next stage.
+    Kept(Record),
+    /// Failed retryably, with the error: to be tried again.
+    Failing(Record, String),
+    /// Skipped or dead-lettered (in the ledger): done here.
+    Settled,
+}
+
+/// Attempt number `attempt` of `named` on record `index`; a skip or a permanent failure is
+/// entered in `ledger`.
+async fn tried(
+    named: &NamedEnricher,
+    index: usize,
+    mut record: Record,
+    attempt: u32,
+    ledger: &mut Ledger<'_>,
+) -> Tried {
+    match named.enricher.enrich(&mut record).await {
+        Ok(Verdict::Keep) => Tried::Kept(record),
+        Ok(Verdict::Skip) => {
+            ledger.skipped(index, SkippedBy::Enricher(named.name.clone()));
+            Tried::Settled
+        }
+        Err(e) if e.is_retryable() => Tried::Failing(record, e.to_string()),
+        Err(e) => {
+            let reason = Reason {
+                stage: Stage::Enrich(named.name.clone()),
+                kind: e.kind(),
+                message: e.to_string(),
+                attempts: attempt,
+            };
+            ledger.dead_letter(index, reason, &record.data, &record.meta);
+            Tried::Settled
+        }
     }
 }
