@@ -34,16 +34,20 @@ class RuntimeApi(http.server.BaseHTTPRequestHandler):
         pass
 
 
+def lambda_env(port: int) -> dict:
+    """The environment Lambda gives the function, with the Runtime API at `port` on loopback."""
+    return dict(os.environ, AWS_LAMBDA_RUNTIME_API=f"127.0.0.1:{port}",
+                AWS_LAMBDA_FUNCTION_NAME="sluice-bench", AWS_LAMBDA_FUNCTION_MEMORY_SIZE="256",
+                AWS_LAMBDA_FUNCTION_VERSION="$LATEST", SLUICE_PIPELINE="pipelines/waze-persist.toml",
+                SLUICE_LOG="warn")
+
+
 def main() -> None:
     binary, runs = sys.argv[1], int(sys.argv[2])
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), RuntimeApi)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    env = dict(os.environ,
-               AWS_LAMBDA_RUNTIME_API=f"127.0.0.1:{server.server_address[1]}",
-               AWS_LAMBDA_FUNCTION_NAME="sluice-bench", AWS_LAMBDA_FUNCTION_MEMORY_SIZE="256",
-               AWS_LAMBDA_FUNCTION_VERSION="$LATEST", SLUICE_PIPELINE="pipelines/waze-persist.toml",
-               SLUICE_LOG="warn")
+    env = lambda_env(server.server_address[1])
     times, peaks = [], []
     for _ in range(runs):
         first_next.clear()

@@ -19,6 +19,8 @@ import sys
 import threading
 import time
 
+from cold_start_probe import lambda_env
+
 state = {}
 answered = threading.Event()
 
@@ -93,10 +95,7 @@ def main() -> None:
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), RuntimeApi)
         server.daemon_threads = True
         threading.Thread(target=server.serve_forever, daemon=True).start()
-        env = dict(os.environ, AWS_LAMBDA_RUNTIME_API=f"127.0.0.1:{server.server_address[1]}",
-                   AWS_LAMBDA_FUNCTION_NAME="sluice-bench", AWS_LAMBDA_FUNCTION_MEMORY_SIZE="256",
-                   AWS_LAMBDA_FUNCTION_VERSION="$LATEST", SLUICE_PIPELINE="pipelines/waze-persist.toml",
-                   SLUICE_LOG="warn")
+        env = lambda_env(server.server_address[1])
         answered.clear()
         state.pop("served", None)
         proc = subprocess.Popen([binary], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
