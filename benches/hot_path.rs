@@ -17,6 +17,7 @@ use sluice::sluice_sinks::dynamodb_encode::{write_request, KeyAttribute};
 const RECORDS: usize = 1000;
 
 fn per_record(c: &mut Criterion) {
+    sluice::memory::tune();
     let enrichers = common::waze_enrichers();
     let key = vec![KeyAttribute {
         name: "CurationRecordId".into(),

@@ -30,6 +30,7 @@ impl Sink for DropSink {
 }
 
 fn runtime(c: &mut Criterion) {
+    sluice::memory::tune();
     let enrichers: Vec<NamedEnricher> = common::waze_enrichers()
         .into_iter()
         .map(|(name, enricher)| NamedEnricher { name, enricher })

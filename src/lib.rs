@@ -9,3 +9,5 @@ pub use sluice_sinks;
 pub use sluice_sources;
 
 pub use sluice_core::{Pipeline, PipelineConfig, RunSummary};
+
+pub mod memory;

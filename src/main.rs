@@ -197,21 +197,8 @@ fn init_logs(format: LogFormat) {
     }
 }
 
-/// Turns transparent huge pages off for this process. mimalloc asks for them on its arena, and
-/// each first touch of a 2 MB page zeroes all of it: for a heap of tens of megabytes that costs
-/// more (CPU in page faults, resident memory) than it saves in TLB misses. Measured in
-/// BENCHMARKS.md (Memory).
-fn no_huge_pages() {
-    #[cfg(target_os = "linux")]
-    // SAFETY: prctl(PR_SET_THP_DISABLE) takes integers and writes no memory of this process; a
-    // kernel without it answers an error, which leaves things as they were.
-    unsafe {
-        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
-    }
-}
-
 fn main() -> ExitCode {
-    no_huge_pages();
+    sluice::memory::tune();
     // Started by AWS Lambda: serve invocations instead of reading a command line.
     if lambda::is_lambda() {
         return lambda_main();
