@@ -1,5 +1,6 @@
 //! Runtime overhead: a memory source → the Waze enrichers → a sink that drops everything, on one
-//! core (a current-thread runtime), at batch sizes 100, 500 and 10,000.
+//! core (a current-thread runtime), at batch sizes 100, 500 and 10,000. The sink takes runs of
+//! 800 records, as the DynamoDB sink does (`DROP_SINK_MAX_WRITE=0`: whole batches).
 
 mod common;
 
@@ -27,7 +28,16 @@ impl Sink for DropSink {
     async fn write(&self, batch: &[Record]) -> Vec<Result<(), SinkError>> {
         vec![Ok(()); batch.len()]
     }
+    /// Runs of 800 records, as the DynamoDB sink takes at its default concurrency; with
+    /// `DROP_SINK_MAX_WRITE=0`, one write per batch (a sink that needs its batch whole).
+    fn max_write(&self) -> Option<std::num::NonZeroUsize> {
+        std::num::NonZeroUsize::new(*MAX_WRITE.get_or_init(|| {
+            std::env::var("DROP_SINK_MAX_WRITE").map_or(800, |n| n.parse().expect("a number"))
+        }))
+    }
 }
+
+static MAX_WRITE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
 
 fn runtime(c: &mut Criterion) {
     sluice::memory::tune();

@@ -265,4 +265,12 @@ pub trait Sink: Send + Sync {
     fn enabled(&self) -> bool {
         true
     }
+    /// The most records this sink takes in one [`Sink::write`], when it does not need a batch
+    /// whole (`None`, the default: one write per batch, as a sink that makes one object of
+    /// each batch needs). The runtime then writes a larger batch in runs of this size, in the
+    /// batch's order, each run as soon as its records are enriched and while they are in
+    /// cache; the batch is checkpointed only after every run.
+    fn max_write(&self) -> Option<std::num::NonZeroUsize> {
+        None
+    }
 }

@@ -139,8 +139,7 @@ impl Pipeline {
     ) -> BatchReport {
         let positions = raw.iter().map(|r| r.meta.position()).collect();
         let mut ledger = Ledger::new(&self.name, self.retry.on_exhausted, raw.len());
-        let live = self.prepare(raw, deadline, &mut ledger).await;
-        self.store(live, deadline, &mut ledger).await;
+        self.prepare_and_store(raw, deadline, &mut ledger).await;
         self.write_dead_letters(deadline, &mut ledger).await;
         ledger.into_report(shard_id, positions)
     }

@@ -1,9 +1,11 @@
 //! Decoding, expiry and the enrichers, record by record: each record goes through every stage
 //! while its bytes are in cache, instead of each stage walking the whole batch (a batch of 10,000
 //! records does not fit in a core's cache, so stage by stage read every record from memory once
-//! per stage). A record an enricher fails retryably waits at that enricher; when the pass is over,
+//! per stage). A sink that takes runs of records gets each run while it is still in cache. A record an enricher fails retryably waits at that enricher; when the pass is over,
 //! each enricher's waiting records are tried again in rounds, as a group, and those that pass go on
 //! through the enrichers after it.
+
+use std::num::NonZeroUsize;
 
 use tokio::time::Instant;
 
@@ -21,17 +23,22 @@ use crate::record::{RawRecord, Record};
 type Waiting = Vec<((usize, Record), String)>;
 
 impl Pipeline {
-    /// The batch's records that every enricher kept, in the batch's order; every other record's
-    /// outcome (or dead letter) is in `ledger`.
-    pub(super) async fn prepare(
+    /// Decodes, checks and enriches the batch's records, and stores those every enricher kept,
+    /// in the batch's order; every other record's outcome (or dead letter) is in `ledger`.
+    /// A sink with a [`Sink::max_write`](crate::Sink::max_write) gets each run of that many
+    /// records as soon as they are enriched, while no record waits for a retry: one that waits
+    /// rejoins the batch's order later, so nothing after it is written before it.
+    pub(super) async fn prepare_and_store(
         &self,
         raw: Vec<RawRecord>,
         deadline: Instant,
         ledger: &mut Ledger<'_>,
-    ) -> Vec<(usize, Record)> {
+    ) {
+        let run = self.sink.max_write().map_or(usize::MAX, NonZeroUsize::get);
         let now = self.max_record_age.map(|_| chrono::Utc::now());
         let mut waiting: Vec<Waiting> = self.enrichers.iter().map(|_| Vec::new()).collect();
-        let mut kept = Vec::with_capacity(raw.len());
+        let total = raw.len();
+        let mut kept = Vec::with_capacity(total.min(run));
         let mut expired = 0;
         for (index, raw) in raw.into_iter().enumerate() {
             let record = match decode(raw) {
@@ -53,11 +60,17 @@ impl Pipeline {
                 expired += 1;
                 continue;
             }
-            if let Some(record) = self
+            let Some(record) = self
                 .enrich_from(0, index, record, &mut waiting, ledger)
                 .await
-            {
-                kept.push((index, record));
+            else {
+                continue;
+            };
+            kept.push((index, record));
+            if kept.len() >= run && waiting.iter().all(Vec::is_empty) {
+                let rest = total - index - 1;
+                let full = std::mem::replace(&mut kept, Vec::with_capacity(rest.min(run)));
+                self.store(full, deadline, ledger).await;
             }
         }
         if expired > 0 {
@@ -79,7 +92,7 @@ impl Pipeline {
         }
         // Records kept after a retry rejoin in their original order.
         kept.sort_unstable_by_key(|(i, _)| *i);
-        kept
+        self.store(kept, deadline, ledger).await;
     }
 
     /// Why a record that arrived longer ago than `max_record_age` is dead-lettered (a record

@@ -286,6 +286,47 @@ async fn enrichers_run_in_order_and_retry_retryable_errors() {
     assert_eq!(letters[1]["error"]["kind"], "decode");
 }
 
+/// Fails the record whose `n` is `self.0` retryably on its first attempt only.
+struct FailsOnceAt(u64, std::sync::atomic::AtomicBool);
+
+#[async_trait]
+impl Enricher for FailsOnceAt {
+    async fn enrich(&self, r: &mut Record) -> Result<Verdict, crate::error::EnrichError> {
+        if r.value["n"].as_u64() == Some(self.0)
+            && !self.1.swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            return Err(crate::error::EnrichError::Retryable("throttled".into()));
+        }
+        Ok(Verdict::Keep)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sink_that_takes_runs_gets_them_in_order_and_none_passes_a_waiting_record() {
+    // Nothing waits: runs of two as the records are enriched, the last one short.
+    let sink = MemorySink::default().with_max_write(2);
+    let dlq = Arc::new(MemorySink::default());
+    let p = pipeline(vec![], Arc::new(sink.clone()), dlq.clone(), policy());
+    let report = p.process_batch("s".into(), records("s", 1..=7)).await;
+    assert_eq!(sink.writes(), vec![2, 2, 2, 1]);
+    assert!((1..=7).all(|seq| outcome(&report, seq) == &Outcome::Stored));
+
+    // Record 3 waits for a retry: the run before it is written, then nothing until it is kept,
+    // and it goes out in its place, with everything after it.
+    let sink = MemorySink::default().with_max_write(2);
+    let enrichers = vec![NamedEnricher {
+        name: "fails-once".into(),
+        enricher: Arc::new(FailsOnceAt(3, Default::default())),
+    }];
+    let p = pipeline(enrichers, Arc::new(sink.clone()), dlq, policy());
+    let report = p.process_batch("s".into(), records("s", 1..=8)).await;
+    assert_eq!(sink.writes(), vec![2, 6]);
+    let stored: Vec<_> = sink.values().iter().map(|v| v["n"].clone()).collect();
+    assert_eq!(stored, (1..=8).collect::<Vec<u64>>());
+    assert!((1..=8).all(|seq| outcome(&report, seq) == &Outcome::Stored));
+    assert_eq!(p.records_retried(), 1);
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_enricher_that_never_recovers_fails_its_records() {
     let sink = MemorySink::default();
@@ -416,12 +457,20 @@ async fn outcomes_always_add_up_to_the_input() {
             name: "skip-odd".into(),
             enricher: Arc::new(SkipOdd),
         }];
+        // Half the rounds write in runs (Sink::max_write), the others a batch at a time.
+        let stored = MemorySink::default().with_max_write(fastrand::usize(0..8) * (round % 2));
+        sink.inner = stored.clone();
         let p = pipeline(enrichers, Arc::new(sink), dlq, policy());
         let source = MemorySource::new(vec![("s".into(), batch)]);
         let summary = p
             .run(Box::new(source) as Box<dyn Source>, Arc::default())
             .await;
         assert_eq!(summary.counts.records, n, "round {round}");
+        assert_eq!(
+            summary.counts.stored,
+            stored.records().len() as u64,
+            "round {round}: counted as stored is what the sink took"
+        );
         assert!(
             summary.counts.adds_up(),
             "round {round}: {:?}",

@@ -142,11 +142,12 @@ impl Source for MemorySource {
     }
 }
 
-/// A sink that keeps what it is given, in order, and counts its calls.
+/// A sink that keeps what it is given, in order, and the size of each write.
 #[derive(Clone, Default)]
 pub struct MemorySink {
     records: Arc<Mutex<Vec<Record>>>,
-    calls: Arc<Mutex<usize>>,
+    writes: Arc<Mutex<Vec<usize>>>,
+    max_write: Option<std::num::NonZeroUsize>,
 }
 
 impl MemorySink {
@@ -162,19 +163,34 @@ impl MemorySink {
 
     /// How many times `write` was called.
     pub fn calls(&self) -> usize {
-        *self.calls.lock().expect("sink lock")
+        self.writes().len()
+    }
+
+    /// How many records each `write` was given, in order.
+    pub fn writes(&self) -> Vec<usize> {
+        self.writes.lock().expect("sink lock").clone()
+    }
+
+    /// A sink that takes runs of at most `n` records ([`Sink::max_write`]).
+    pub fn with_max_write(mut self, n: usize) -> Self {
+        self.max_write = std::num::NonZeroUsize::new(n);
+        self
     }
 }
 
 #[async_trait]
 impl Sink for MemorySink {
     async fn write(&self, batch: &[Record]) -> Vec<Result<(), SinkError>> {
-        *self.calls.lock().expect("sink lock") += 1;
+        self.writes.lock().expect("sink lock").push(batch.len());
         self.records
             .lock()
             .expect("sink lock")
             .extend(batch.iter().cloned());
         vec![Ok(()); batch.len()]
+    }
+
+    fn max_write(&self) -> Option<std::num::NonZeroUsize> {
+        self.max_write
     }
 }
 
@@ -266,6 +282,10 @@ impl Sink for FailingSink {
             self.inner.write(&passed).await;
         }
         results
+    }
+
+    fn max_write(&self) -> Option<std::num::NonZeroUsize> {
+        self.inner.max_write()
     }
 }
 

@@ -23,6 +23,11 @@ use crate::route::Routes;
 /// BatchWriteItem's limit on requests per call.
 pub const MAX_BATCH_ITEMS: usize = 25;
 
+/// Calls' worth of items per write ([`Sink::max_write`]), for each call in flight: a run is
+/// encoded while its records are in cache; the next run starts when the slowest call of this
+/// one is answered, so a run is several rounds of calls.
+const CALLS_PER_RUN: usize = 8;
+
 /// One record's item, ready to send.
 struct Pending {
     index: usize,
@@ -315,5 +320,9 @@ impl Sink for BatchWriter {
 
     fn enabled(&self) -> bool {
         self.config.enabled
+    }
+
+    fn max_write(&self) -> Option<std::num::NonZeroUsize> {
+        std::num::NonZeroUsize::new(MAX_BATCH_ITEMS * CALLS_PER_RUN * self.config.max_concurrency)
     }
 }
