@@ -150,7 +150,7 @@ impl Metrics {
         });
         registry.register(
             "sink_write_duration_seconds",
-            "Time of one write call of a sink (one attempt of a batch or its remainder)",
+            "Time of one write call of a sink (one attempt of a batch, of a run of a batch for a sink with max_write, or of their remainder)",
             write_seconds.clone(),
         );
         Self {

@@ -144,21 +144,30 @@ impl Pipeline {
         ledger.into_report(shard_id, positions)
     }
 
-    async fn store(&self, live: Vec<(usize, Record)>, deadline: Instant, ledger: &mut Ledger<'_>) {
+    /// Writes `live` to the sink with retries and enters each record's outcome in `ledger`:
+    /// `true` when the sink stored every record on its first attempt (or was switched off).
+    async fn store(
+        &self,
+        live: Vec<(usize, Record)>,
+        deadline: Instant,
+        ledger: &mut Ledger<'_>,
+    ) -> bool {
         if live.is_empty() {
-            return;
+            return true;
         }
         if !self.sink.enabled() {
             for (index, _) in live {
                 ledger.skipped(index, SkippedBy::DisabledSink);
             }
-            return;
+            return true;
         }
         let (indices, records): (Vec<usize>, Vec<Record>) = live.into_iter().unzip();
-        let written = self
+        let (written, attempts) = self
             .write_with_retries(&*self.sink, &records, deadline, "sink")
             .await;
+        let mut whole = attempts == 1;
         for ((index, record), written) in indices.into_iter().zip(&records).zip(written) {
+            whole &= matches!(written, Written::Done);
             match written {
                 Written::Done => ledger.stored(index),
                 Written::Rejected { error, attempts } => {
@@ -175,6 +184,7 @@ impl Pipeline {
                 }
             }
         }
+        whole
     }
 
     async fn write_dead_letters(&self, deadline: Instant, ledger: &mut Ledger<'_>) {
@@ -186,7 +196,7 @@ impl Pipeline {
             .into_iter()
             .map(|(index, d)| ((index, d.stage.clone()), d.into_record()))
             .unzip();
-        let written = self
+        let (written, _) = self
             .write_with_retries(&*self.error_sink, &letters, deadline, "error sink")
             .await;
         for ((index, stage), written) in stages.into_iter().zip(written) {
@@ -207,14 +217,15 @@ enum Written {
 }
 
 impl Pipeline {
-    /// Writes `records` to `sink`, retrying the retryable failures; one answer per record, in order.
+    /// Writes `records` to `sink`, retrying the retryable failures: one answer per record, in
+    /// order, and the number of attempts made.
     async fn write_with_retries(
         &self,
         sink: &dyn Sink,
         records: &[Record],
         deadline: Instant,
         what: &'static str,
-    ) -> Vec<Written> {
+    ) -> (Vec<Written>, u32) {
         let policy = self.retry;
         let label = if what == "sink" { "sink" } else { "error_sink" };
         let mut written: Vec<Option<Written>> = (0..records.len()).map(|_| None).collect();
@@ -259,10 +270,11 @@ impl Pipeline {
         for (index, error) in exhausted {
             written[index] = Some(Written::Exhausted { error, attempts });
         }
-        written
+        let written = written
             .into_iter()
             .map(|w| w.expect("every record is answered before the retries end"))
-            .collect()
+            .collect();
+        (written, attempts)
     }
 }
 

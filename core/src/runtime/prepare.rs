@@ -26,15 +26,16 @@ impl Pipeline {
     /// Decodes, checks and enriches the batch's records, and stores those every enricher kept,
     /// in the batch's order; every other record's outcome (or dead letter) is in `ledger`.
     /// A sink with a [`Sink::max_write`](crate::Sink::max_write) gets each run of that many
-    /// records as soon as they are enriched, while no record waits for a retry: one that waits
-    /// rejoins the batch's order later, so nothing after it is written before it.
+    /// records as soon as they are enriched, while no record waits for a retry (one that waits
+    /// rejoins the batch's order later, so nothing after it is written before it) and every run
+    /// so far was stored whole on its first attempt.
     pub(super) async fn prepare_and_store(
         &self,
         raw: Vec<RawRecord>,
         deadline: Instant,
         ledger: &mut Ledger<'_>,
     ) {
-        let run = self.sink.max_write().map_or(usize::MAX, NonZeroUsize::get);
+        let mut run = self.sink.max_write().map_or(usize::MAX, NonZeroUsize::get);
         let now = self.max_record_age.map(|_| chrono::Utc::now());
         let mut waiting: Vec<Waiting> = self.enrichers.iter().map(|_| Vec::new()).collect();
         let total = raw.len();
@@ -70,7 +71,12 @@ impl Pipeline {
             if kept.len() >= run && waiting.iter().all(Vec::is_empty) {
                 let rest = total - index - 1;
                 let full = std::mem::replace(&mut kept, Vec::with_capacity(rest.min(run)));
-                self.store(full, deadline, ledger).await;
+                if !self.store(full, deadline, ledger).await {
+                    // A run the sink did not take whole at once (throttling, an outage, a
+                    // rejected record): the rest goes in one write, with one retry budget, as
+                    // a sink without runs gets it.
+                    run = usize::MAX;
+                }
             }
         }
         if expired > 0 {

@@ -318,13 +318,28 @@ async fn a_sink_that_takes_runs_gets_them_in_order_and_none_passes_a_waiting_rec
         name: "fails-once".into(),
         enricher: Arc::new(FailsOnceAt(3, Default::default())),
     }];
-    let p = pipeline(enrichers, Arc::new(sink.clone()), dlq, policy());
+    let p = pipeline(enrichers, Arc::new(sink.clone()), dlq.clone(), policy());
     let report = p.process_batch("s".into(), records("s", 1..=8)).await;
     assert_eq!(sink.writes(), vec![2, 6]);
     let stored: Vec<_> = sink.values().iter().map(|v| v["n"].clone()).collect();
     assert_eq!(stored, (1..=8).collect::<Vec<u64>>());
     assert!((1..=8).all(|seq| outcome(&report, seq) == &Outcome::Stored));
     assert_eq!(p.records_retried(), 1);
+
+    // The first run needs a retry (record 2 is throttled once): the rest of the batch goes in one
+    // write, with one retry budget, instead of a budget per run.
+    let stored = MemorySink::default().with_max_write(2);
+    let mut sink = FailingSink::default().failing(2, Failure::RetryableTimes(1));
+    sink.inner = stored.clone();
+    let p = pipeline(vec![], Arc::new(sink), dlq.clone(), policy());
+    let report = p.process_batch("s".into(), records("s", 1..=7)).await;
+    assert_eq!(
+        stored.writes(),
+        vec![1, 1, 5],
+        "1 and 2 (retried), then 3..=7 at once"
+    );
+    assert!((1..=7).all(|seq| outcome(&report, seq) == &Outcome::Stored));
+    assert!(dlq.records().is_empty());
 }
 
 #[tokio::test(start_paused = true)]
