@@ -5,17 +5,17 @@
 /// memory stays with the process before it is given back to the system.
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
-/// How long freed memory stays, in milliseconds. mimalloc's default, 10 ms, is shorter than one
-/// batch: each batch's records, and each GetRecords response, landed in pages given back and
-/// faulted in (and zeroed) again. A second keeps them between batches and still gives memory
-/// back after a burst.
+/// How long freed memory stays, in milliseconds (ten times this for mimalloc's arenas). mimalloc's
+/// default, 10 ms, is shorter than one batch: each batch's records, and each GetRecords response,
+/// landed in pages given back and faulted in (and zeroed) again. A second keeps them between
+/// batches and still gives memory back after a burst.
 pub const PURGE_DELAY_MS: std::os::raw::c_long = 1000;
 
 /// Sets the process's memory up as the sluice binary does: transparent huge pages off (mimalloc
 /// asks for them on its arena, and each first touch of a 2 MB page zeroes all of it: for a heap
 /// of tens of megabytes that costs more in page faults and resident memory than it saves in TLB
 /// misses), and freed memory kept for [`PURGE_DELAY_MS`] before it is given back, unless
-/// `MIMALLOC_PURGE_DELAY` sets another delay. Call it first thing in `main`. Without mimalloc as
+/// the environment sets another delay (`MIMALLOC_PURGE_DELAY`). Call it first thing in `main`. Without mimalloc as
 /// the allocator, the second part changes nothing.
 pub fn tune() {
     #[cfg(target_os = "linux")]
@@ -24,12 +24,9 @@ pub fn tune() {
     unsafe {
         libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
     }
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
-        return;
-    }
-    // SAFETY: mi_option_set stores an integer in mimalloc's option table; any value is valid for
-    // this option.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
+    // SAFETY: mi_option_set_default stores an integer in mimalloc's option table unless the
+    // environment set the option; any value is valid for this option. No other thread runs yet.
+    unsafe { libmimalloc_sys::mi_option_set_default(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
 }
 
 /// mimalloc's current purge delay in milliseconds.
@@ -46,7 +43,8 @@ mod tests {
     fn tune_sets_mimallocs_purge_delay() {
         // Option 15 must be mimalloc's purge delay: its default is 10 ms, and tune() makes it a
         // second (a delay set in the environment is left as it is).
-        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+        let set = |name: &str| std::env::vars_os().any(|(k, _)| k.eq_ignore_ascii_case(name));
+        if set("MIMALLOC_PURGE_DELAY") || set("MIMALLOC_RESET_DELAY") {
             return;
         }
         assert_eq!(purge_delay_ms(), 10, "not mimalloc's purge_delay option");
