@@ -1,7 +1,9 @@
 # Local AWS emulators for the tests; sourced by scripts/test (and scripts/bench).
 #
 #   start_moto    installs moto's server into .venv (once; reused after), starts it on a free
-#                 loopback port and exports SLUICE_TEST_MOTO=http://127.0.0.1:PORT
+#                 loopback port and exports SLUICE_TEST_MOTO=http://127.0.0.1:PORT; with
+#                 MOTO_KEEPALIVE=1, moto's app is served by waitress, which keeps connections
+#                 alive as AWS does (scripts/moto-keepalive.py; for benchmarks)
 #   start_kinesis_local
 #                 installs the npm package kinesis-local (a build of kinesis-mock) into
 #                 .venv/npm (once), starts it and exports SLUICE_TEST_KINESIS_LOCAL; it behaves
@@ -51,7 +53,12 @@ start_moto() {
     port=$(free_port)
     log=target/emulators/moto.log
     mkdir -p target/emulators
-    .venv/bin/moto_server -H 127.0.0.1 -p "$port" > "$log" 2>&1 &
+    if [ "${MOTO_KEEPALIVE:-0}" = 1 ]; then
+        .venv/bin/pip install --quiet --disable-pip-version-check waitress==3.0.2
+        .venv/bin/python scripts/moto-keepalive.py "$port" > "$log" 2>&1 &
+    else
+        .venv/bin/moto_server -H 127.0.0.1 -p "$port" > "$log" 2>&1 &
+    fi
     EMULATOR_PIDS+=("$!")
     wait_for "http://127.0.0.1:$port/moto-api/" "$log"
     export SLUICE_TEST_MOTO="http://127.0.0.1:$port"
