@@ -161,6 +161,41 @@ async fn a_batch_goes_out_in_calls_of_at_most_25_and_duplicate_keys_merge_last_w
 }
 
 #[tokio::test]
+async fn a_large_batch_is_written_in_runs_in_order() {
+    let Some(endpoint) = moto_endpoint() else {
+        return;
+    };
+    let table = Table::create(&endpoint).await;
+    let plan = FaultPlan::new();
+    // One call in flight: runs of 200 records (8 full calls each).
+    let (pipeline, dead, calls) = table.pipeline("max_concurrency = 1", &plan).await;
+    let mut values: Vec<Value> = (0..450)
+        .map(|i| json!({"Id": format!("r{i}"), "v": i}))
+        .collect();
+    // r7 (first run) comes again in the second run: the runs go out in order, so it wins.
+    values.insert(300, json!({"Id": "r7", "v": "latest"}));
+    let report = pipeline
+        .process_batch("shard-0".into(), records(&values))
+        .await;
+    assert!(
+        report.outcomes.iter().all(|(_, o)| *o == Outcome::Stored),
+        "{report:?}"
+    );
+    assert!(dead.records().is_empty());
+    let items = table.items().await;
+    assert_eq!(items.len(), 450);
+    assert_eq!(items["r7"]["v"], s("latest"));
+    assert_eq!(items["r449"]["v"], AttributeValue::N("449".into()));
+    // Runs of 200, 200 and 51 records: 8 + 8 + 3 calls (the whole batch at once would be 18).
+    assert_eq!(
+        calls.snapshot()["DynamoDB.BatchWriteItem"],
+        19,
+        "{:?}",
+        calls.snapshot()
+    );
+}
+
+#[tokio::test]
 async fn different_composite_keys_are_never_merged_and_equal_numbers_are() {
     let Some(endpoint) = moto_endpoint() else {
         return;
