@@ -42,7 +42,7 @@ impl Pipeline {
         let mut kept = Vec::with_capacity(total.min(run));
         let mut expired = 0;
         for (index, raw) in raw.into_iter().enumerate() {
-            let record = match decode(raw) {
+            let mut record = match decode(raw) {
                 Ok(record) => record,
                 Err(undecodable) => {
                     let (error, raw) = *undecodable;
@@ -61,13 +61,12 @@ impl Pipeline {
                 expired += 1;
                 continue;
             }
-            let Some(record) = self
-                .enrich_from(0, index, record, &mut waiting, ledger)
-                .await
-            else {
-                continue;
-            };
-            kept.push((index, record));
+            self.enrich_from(0, index, &mut record, ledger).await.place(
+                index,
+                record,
+                &mut kept,
+                &mut waiting,
+            );
             if kept.len() >= run && waiting.iter().all(Vec::is_empty) {
                 let rest = total - index - 1;
                 let full = std::mem::replace(&mut kept, Vec::with_capacity(rest.min(run)));
@@ -87,13 +86,10 @@ impl Pipeline {
             if failing.is_empty() {
                 continue;
             }
-            for (index, record) in self.retry_enricher(at, failing, deadline, ledger).await {
-                if let Some(record) = self
-                    .enrich_from(at + 1, index, record, &mut waiting, ledger)
+            for (index, mut record) in self.retry_enricher(at, failing, deadline, ledger).await {
+                self.enrich_from(at + 1, index, &mut record, ledger)
                     .await
-                {
-                    kept.push((index, record));
-                }
+                    .place(index, record, &mut kept, &mut waiting);
             }
         }
         // Records kept after a retry rejoin in their original order.
@@ -129,28 +125,24 @@ impl Pipeline {
         })
     }
 
-    /// Runs a record through the enrichers from number `first` on, on their first attempt: the
-    /// record when every one kept it; `None` when one skipped or dead-lettered it (in `ledger`)
-    /// or failed it retryably (it waits at that enricher, in `waiting`).
+    /// Runs record number `index` through the enrichers from number `first` on, on their first
+    /// attempt: kept when every one kept it; settled when one skipped or dead-lettered it (in
+    /// `ledger`); waiting at the one that failed it retryably.
     async fn enrich_from(
         &self,
         first: usize,
         index: usize,
-        mut record: Record,
-        waiting: &mut [Waiting],
+        record: &mut Record,
         ledger: &mut Ledger<'_>,
-    ) -> Option<Record> {
+    ) -> Through {
         for (at, named) in self.enrichers.iter().enumerate().skip(first) {
             match tried(named, index, record, 1, ledger).await {
-                Tried::Kept(kept) => record = kept,
-                Tried::Failing(failing, error) => {
-                    waiting[at].push(((index, failing), error));
-                    return None;
-                }
-                Tried::Settled => return None,
+                Tried::Kept => {}
+                Tried::Failing(error) => return Through::Waits(at, error),
+                Tried::Settled => return Through::Settled,
             }
         }
-        Some(record)
+        Through::Kept
     }
 
     /// Tries the records that enricher number `at` failed retryably again, in rounds within the
@@ -174,10 +166,10 @@ impl Pipeline {
                 Err(exhausted) => break exhausted,
             };
             failing = Vec::new();
-            for (index, record) in pending {
-                match tried(named, index, record, rounds.attempt(), ledger).await {
-                    Tried::Kept(record) => kept.push((index, record)),
-                    Tried::Failing(record, error) => failing.push(((index, record), error)),
+            for (index, mut record) in pending {
+                match tried(named, index, &mut record, rounds.attempt(), ledger).await {
+                    Tried::Kept => kept.push((index, record)),
+                    Tried::Failing(error) => failing.push(((index, record), error)),
                     Tried::Settled => {}
                 }
             }
@@ -191,32 +183,61 @@ impl Pipeline {
     }
 }
 
+/// Where a record stands after the enrichers' first attempts.
+enum Through {
+    /// Every enricher kept it: on to the sink.
+    Kept,
+    /// The enricher at this number failed it retryably, with the error: it waits there.
+    Waits(usize, String),
+    /// Skipped or dead-lettered (in the ledger): done here.
+    Settled,
+}
+
+impl Through {
+    /// Moves record number `index` to where it stands: the kept records, an enricher's waiting
+    /// ones, or nowhere. Records are moved once here rather than through each stage's future.
+    fn place(
+        self,
+        index: usize,
+        record: Record,
+        kept: &mut Vec<(usize, Record)>,
+        waiting: &mut [Waiting],
+    ) {
+        match self {
+            Through::Kept => kept.push((index, record)),
+            Through::Waits(at, error) => waiting[at].push(((index, record), error)),
+            Through::Settled => {}
+        }
+    }
+}
+
 /// A record after one attempt of an enricher.
 enum Tried {
     /// Kept: on to the next stage.
-    Kept(Record),
+    Kept,
     /// Failed retryably, with the error: to be tried again.
-    Failing(Record, String),
+    Failing(String),
     /// Skipped or dead-lettered (in the ledger): done here.
     Settled,
 }
 
 /// Attempt number `attempt` of `named` on record `index`; a skip or a permanent failure is
-/// entered in `ledger`.
+/// entered in `ledger`. The record is borrowed, not moved: a record is a few hundred bytes, and
+/// moving it into and out of each attempt's future was a tenth of the runtime's time.
 async fn tried(
     named: &NamedEnricher,
     index: usize,
-    mut record: Record,
+    record: &mut Record,
     attempt: u32,
     ledger: &mut Ledger<'_>,
 ) -> Tried {
-    match named.enricher.enrich(&mut record).await {
-        Ok(Verdict::Keep) => Tried::Kept(record),
+    match named.enricher.enrich(record).await {
+        Ok(Verdict::Keep) => Tried::Kept,
         Ok(Verdict::Skip) => {
             ledger.skipped(index, SkippedBy::Enricher(named.name.clone()));
             Tried::Settled
         }
-        Err(e) if e.is_retryable() => Tried::Failing(record, e.to_string()),
+        Err(e) if e.is_retryable() => Tried::Failing(e.to_string()),
         Err(e) => {
             let reason = Reason {
                 stage: Stage::Enrich(named.name.clone()),
