@@ -126,20 +126,22 @@ async fn items_keep_their_json_types_and_all_strings_turns_scalars_into_strings(
     assert_eq!(item["b"], s("true"));
 }
 
-#[tokio::test]
-async fn a_batch_goes_out_in_calls_of_at_most_25_and_duplicate_keys_merge_last_wins() {
-    let Some(endpoint) = moto_endpoint() else {
-        return;
-    };
-    let table = Table::create(&endpoint).await;
+/// Writes one batch of `n` records keyed `r0`.. with a second `r7` (`"v": "latest"`) inserted at
+/// `at`, with the sink settings `extra`; checks every record is stored and answers the table's
+/// items and the BatchWriteItem calls made.
+async fn a_batch_with_a_late_duplicate(
+    endpoint: &str,
+    extra: &str,
+    n: usize,
+    at: usize,
+) -> (HashMap<String, HashMap<String, AttributeValue>>, u64) {
+    let table = Table::create(endpoint).await;
     let plan = FaultPlan::new();
-    let (pipeline, dead, calls) = table.pipeline("max_concurrency = 2", &plan).await;
-    let mut values: Vec<Value> = (0..60)
+    let (pipeline, dead, calls) = table.pipeline(extra, &plan).await;
+    let mut values: Vec<Value> = (0..n)
         .map(|i| json!({"Id": format!("r{i}"), "v": i}))
         .collect();
-    // r7 comes again later in the batch with another value: DynamoDB would reject a call that
-    // names a key twice, so the sink merges them and the later one wins.
-    values.push(json!({"Id": "r7", "v": "latest"}));
+    values.insert(at, json!({"Id": "r7", "v": "latest"}));
     let report = pipeline
         .process_batch("shard-0".into(), records(&values))
         .await;
@@ -148,16 +150,23 @@ async fn a_batch_goes_out_in_calls_of_at_most_25_and_duplicate_keys_merge_last_w
         "{report:?}"
     );
     assert!(dead.records().is_empty());
-    let items = table.items().await;
+    let made = calls.snapshot()["DynamoDB.BatchWriteItem"];
+    (table.items().await, made)
+}
+
+#[tokio::test]
+async fn a_batch_goes_out_in_calls_of_at_most_25_and_duplicate_keys_merge_last_wins() {
+    let Some(endpoint) = moto_endpoint() else {
+        return;
+    };
+    // r7 comes again at the end of the batch with another value: DynamoDB would reject a call
+    // that names a key twice, so the sink merges them and the later one wins.
+    let (items, calls) =
+        a_batch_with_a_late_duplicate(&endpoint, "max_concurrency = 2", 60, 60).await;
     assert_eq!(items.len(), 60);
     assert_eq!(items["r7"]["v"], s("latest"));
     // 60 distinct keys: 25 + 25 + 10.
-    assert_eq!(
-        calls.snapshot()["DynamoDB.BatchWriteItem"],
-        3,
-        "{:?}",
-        calls.snapshot()
-    );
+    assert_eq!(calls, 3);
 }
 
 #[tokio::test]
@@ -165,34 +174,15 @@ async fn a_large_batch_is_written_in_runs_in_order() {
     let Some(endpoint) = moto_endpoint() else {
         return;
     };
-    let table = Table::create(&endpoint).await;
-    let plan = FaultPlan::new();
-    // One call in flight: runs of 200 records (8 full calls each).
-    let (pipeline, dead, calls) = table.pipeline("max_concurrency = 1", &plan).await;
-    let mut values: Vec<Value> = (0..450)
-        .map(|i| json!({"Id": format!("r{i}"), "v": i}))
-        .collect();
-    // r7 (first run) comes again in the second run: the runs go out in order, so it wins.
-    values.insert(300, json!({"Id": "r7", "v": "latest"}));
-    let report = pipeline
-        .process_batch("shard-0".into(), records(&values))
-        .await;
-    assert!(
-        report.outcomes.iter().all(|(_, o)| *o == Outcome::Stored),
-        "{report:?}"
-    );
-    assert!(dead.records().is_empty());
-    let items = table.items().await;
+    // One call in flight: runs of 200 records (8 full calls each). r7 (first run) comes again in
+    // the second run: the runs go out in order, so the later value wins.
+    let (items, calls) =
+        a_batch_with_a_late_duplicate(&endpoint, "max_concurrency = 1", 450, 300).await;
     assert_eq!(items.len(), 450);
     assert_eq!(items["r7"]["v"], s("latest"));
     assert_eq!(items["r449"]["v"], AttributeValue::N("449".into()));
     // Runs of 200, 200 and 51 records: 8 + 8 + 3 calls (the whole batch at once would be 18).
-    assert_eq!(
-        calls.snapshot()["DynamoDB.BatchWriteItem"],
-        19,
-        "{:?}",
-        calls.snapshot()
-    );
+    assert_eq!(calls, 19);
 }
 
 #[tokio::test]
