@@ -14,9 +14,9 @@ pub const PURGE_DELAY_MS: std::os::raw::c_long = 1000;
 /// Sets the process's memory up as the sluice binary does: transparent huge pages off (mimalloc
 /// asks for them on its arena, and each first touch of a 2 MB page zeroes all of it: for a heap
 /// of tens of megabytes that costs more in page faults and resident memory than it saves in TLB
-/// misses), and freed memory kept for [`PURGE_DELAY_MS`] before it is given back, unless
-/// the environment sets another delay (`MIMALLOC_PURGE_DELAY`). Call it first thing in `main`. Without mimalloc as
-/// the allocator, the second part changes nothing.
+/// misses), and freed memory kept for [`PURGE_DELAY_MS`] before it is given back, unless the
+/// environment sets another delay (`MIMALLOC_PURGE_DELAY`). Call it first thing in `main`.
+/// Without mimalloc as the allocator, the second part changes nothing.
 pub fn tune() {
     #[cfg(target_os = "linux")]
     // SAFETY: prctl(PR_SET_THP_DISABLE) takes integers and writes no memory of this process; a
@@ -29,15 +29,15 @@ pub fn tune() {
     unsafe { libmimalloc_sys::mi_option_set_default(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
 }
 
-/// mimalloc's current purge delay in milliseconds.
-pub fn purge_delay_ms() -> std::os::raw::c_long {
-    // SAFETY: reads an integer from mimalloc's option table.
-    unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// mimalloc's current purge delay in milliseconds.
+    fn purge_delay_ms() -> std::os::raw::c_long {
+        // SAFETY: reads an integer from mimalloc's option table.
+        unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) }
+    }
 
     #[test]
     fn tune_sets_mimallocs_purge_delay() {

@@ -1,8 +1,9 @@
 //! Decoding, expiry and the enrichers, record by record: each record goes through every stage
 //! while its bytes are in cache, instead of each stage walking the whole batch (a batch of 10,000
 //! records does not fit in a core's cache, so stage by stage read every record from memory once
-//! per stage). A sink that takes runs of records gets each run while it is still in cache. A record an enricher fails retryably waits at that enricher; when the pass is over,
-//! each enricher's waiting records are tried again in rounds, as a group, and those that pass go on
+//! per stage). A sink that takes runs of records gets each run while it is still in cache. A
+//! record an enricher fails retryably waits at that enricher; when the pass is over, each
+//! enricher's waiting records are tried again in rounds, as a group, and those that pass go on
 //! through the enrichers after it.
 
 use std::num::NonZeroUsize;

@@ -79,9 +79,7 @@ impl Reserved {
             _ => Reserved(None),
         }
     }
-}
 
-impl Reserved {
     /// The share of a batch of `batch` records out of `left` still to be handed out: in
     /// proportion (user records of KPL aggregates outnumber the aggregates reserved), and all
     /// that is held for the last batch.

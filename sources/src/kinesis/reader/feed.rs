@@ -100,7 +100,6 @@ impl ShardReader {
         Ok(Feed::Poll { iterator })
     }
 
-    /// The next records from `feed`.
     /// The next records from `feed`, held in the process's budget: a poll first waits for room
     /// for `limit` (its window) and asks for no more; a push is held as it comes. The budget is
     /// never held through a wait for Kinesis (pacing, backoff, a subscription's silence).
