@@ -33,10 +33,23 @@ pub enum DecodeError {
 
 /// A base64 payload's bytes (surrounding whitespace ignored), if it is valid base64.
 pub(crate) fn base64_payload(data: &[u8]) -> Option<Bytes> {
-    base64::engine::general_purpose::STANDARD
-        .decode(data.trim_ascii())
-        .ok()
-        .map(Bytes::from)
+    from_base64(data).ok()
+}
+
+/// Standard base64 (padded, canonical) to bytes, surrounding whitespace ignored, or why not.
+///
+/// Decoded with `base64-simd` (the AWS SDK's own decoder, about four times the `base64` crate's
+/// speed here); it accepts exactly what the `base64` crate's standard engine accepts (a property
+/// test holds the two together), and a refusal is worded by the `base64` crate, which names the
+/// bad symbol and its offset.
+fn from_base64(data: &[u8]) -> Result<Bytes, String> {
+    let text = data.trim_ascii();
+    match base64_simd::STANDARD.decode_to_vec(text) {
+        Ok(bytes) => Ok(Bytes::from(bytes)),
+        Err(_) => Err(base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_or_else(|e| e.to_string(), |_| "refused by base64-simd".into())),
+    }
 }
 
 /// A payload that did not decode, with the record as received, so nothing is lost.
@@ -44,17 +57,17 @@ pub type Undecodable = Box<(DecodeError, RawRecord)>;
 
 /// Decodes a raw record; on failure returns the error with the raw record.
 pub fn decode(raw: RawRecord) -> Result<Record, Undecodable> {
-    let data = match &raw.encoding {
-        Encoding::Raw => raw.data.clone(),
-        Encoding::Refused(reason) => {
+    // Raw bytes move into the record (a clone and a drop of a shared `Bytes` are two atomic
+    // operations per record).
+    let data = match raw.encoding {
+        Encoding::Raw => raw.data,
+        Encoding::Refused(ref reason) => {
             return Err(Box::new((DecodeError::Refused(reason.to_string()), raw)))
         }
-        Encoding::Base64 => {
-            match base64::engine::general_purpose::STANDARD.decode(raw.data.trim_ascii()) {
-                Ok(bytes) => Bytes::from(bytes),
-                Err(e) => return Err(Box::new((DecodeError::Base64(e.to_string()), raw))),
-            }
-        }
+        Encoding::Base64 => match from_base64(&raw.data) {
+            Ok(bytes) => bytes,
+            Err(e) => return Err(Box::new((DecodeError::Base64(e), raw))),
+        },
     };
     let parsed = match crate::kpl::split(&data) {
         Some(Err(e)) => Err(DecodeError::Aggregate(e.to_string())),
@@ -203,6 +216,36 @@ pub(crate) mod tests {
                     if !base64 || matches!(error, DecodeError::Base64(_)) {
                         proptest::prop_assert_eq!(&kept.data[..], &data[..]);
                     }
+                }
+            }
+        }
+
+        /// base64-simd accepts exactly what the `base64` crate's standard engine accepts, with
+        /// the same bytes: text from the base64 alphabet with padding, whitespace and a stray
+        /// symbol, and the encodings of arbitrary bytes with a symbol changed (non-canonical
+        /// trailing bits among them).
+        #[test]
+        fn base64_decoding_agrees_with_the_base64_crate(
+            text in "[A-Za-z0-9+/=\\s_-]{0,24}",
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40),
+            at in proptest::prelude::any::<proptest::sample::Index>(),
+            symbol in "[A-Za-z0-9+/=]",
+        ) {
+            let reference = base64::engine::general_purpose::STANDARD;
+            let mut encoded = reference.encode(&bytes).into_bytes();
+            if !encoded.is_empty() {
+                let i = at.index(encoded.len());
+                encoded[i] = symbol.as_bytes()[0];
+            }
+            for input in [text.as_bytes(), &encoded[..]] {
+                let ours = from_base64(input).map(|b| b.to_vec());
+                let theirs = reference.decode(input.trim_ascii());
+                proptest::prop_assert_eq!(ours.is_ok(), theirs.is_ok(), "{:?}", input);
+                if let (Ok(ours), Ok(theirs)) = (&ours, &theirs) {
+                    proptest::prop_assert_eq!(ours, theirs);
+                }
+                if let (Err(ours), Err(theirs)) = (ours, theirs) {
+                    proptest::prop_assert_eq!(ours, theirs.to_string());
                 }
             }
         }

@@ -85,39 +85,38 @@ impl Meta {
 
     /// Appends the meta field `name` to `out`, as [`Meta::get`] reads it, without a copy of its
     /// own; false (and `out` unchanged) when it is unset.
-    pub fn write_to(&self, name: &str, out: &mut String) -> bool {
-        use std::fmt::Write;
-        // Writing into a String cannot fail.
-        let text = |out: &mut String, s: &str| {
-            out.push_str(s);
-            true
-        };
+    pub fn write_to(&self, name: &str, out: &mut impl std::fmt::Write) -> bool {
+        self.write_field(&MetaName::parse(name), out)
+    }
+
+    /// [`Meta::write_to`] for a name resolved once, as a template holds it.
+    pub(crate) fn write_field(&self, name: &MetaName, out: &mut impl std::fmt::Write) -> bool {
+        let text = |out: &mut _, s: &str| std::fmt::Write::write_str(out, s).is_ok();
         match name {
-            "source" => text(out, &self.source),
-            "stream" => text(out, &self.stream),
-            "shard_id" => text(out, &self.shard_id),
-            "sequence_number" => text(out, self.sequence_number.as_str()),
-            "sub_sequence" => self
+            MetaName::Source => text(out, &self.source),
+            MetaName::Stream => text(out, &self.stream),
+            MetaName::ShardId => text(out, &self.shard_id),
+            MetaName::SequenceNumber => text(out, self.sequence_number.as_str()),
+            MetaName::SubSequence => self
                 .sub_sequence
                 .is_some_and(|s| write!(out, "{s}").is_ok()),
             // The sequence number, and `.N` for user record N of a KPL aggregate: unique per
             // record, and for a record that is not aggregated its sequence number alone.
-            "position" => {
-                out.push_str(self.sequence_number.as_str());
-                if let Some(sub) = self.sub_sequence {
-                    let _ = write!(out, ".{sub}");
-                }
-                true
+            MetaName::Position => {
+                text(out, self.sequence_number.as_str())
+                    && self
+                        .sub_sequence
+                        .is_none_or(|sub| write!(out, ".{sub}").is_ok())
             }
-            "partition_key" => self.partition_key.as_deref().is_some_and(|s| text(out, s)),
-            "record_path" => self.record_path.as_deref().is_some_and(|s| text(out, s)),
-            "record_index" => self
+            MetaName::PartitionKey => self.partition_key.as_deref().is_some_and(|s| text(out, s)),
+            MetaName::RecordPath => self.record_path.as_deref().is_some_and(|s| text(out, s)),
+            MetaName::RecordIndex => self
                 .record_index
                 .is_some_and(|i| write!(out, "{i}").is_ok()),
-            "arrival_time" => self
+            MetaName::ArrivalTime => self
                 .arrival_time
                 .is_some_and(|t| text(out, &t.to_rfc3339())),
-            other => self.extra.get(other).is_some_and(|s| text(out, s)),
+            MetaName::Extra(other) => self.extra.get(other).is_some_and(|s| text(out, s)),
         }
     }
 
@@ -142,6 +141,58 @@ impl Meta {
         "record_path",
         "record_index",
     ];
+}
+
+/// A meta field's name ([`Meta::FIELDS`], or an entry of `extra`), resolved once: templates
+/// resolve theirs when parsed, so rendering one compares no names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum MetaName {
+    Source,
+    Stream,
+    ShardId,
+    SequenceNumber,
+    SubSequence,
+    Position,
+    PartitionKey,
+    RecordPath,
+    RecordIndex,
+    ArrivalTime,
+    Extra(String),
+}
+
+impl MetaName {
+    pub(crate) fn parse(name: &str) -> Self {
+        match name {
+            "source" => Self::Source,
+            "stream" => Self::Stream,
+            "shard_id" => Self::ShardId,
+            "sequence_number" => Self::SequenceNumber,
+            "sub_sequence" => Self::SubSequence,
+            "position" => Self::Position,
+            "partition_key" => Self::PartitionKey,
+            "record_path" => Self::RecordPath,
+            "record_index" => Self::RecordIndex,
+            "arrival_time" => Self::ArrivalTime,
+            other => Self::Extra(other.to_owned()),
+        }
+    }
+
+    /// The name as a template writes it after `$meta.`.
+    pub(crate) fn as_str(&self) -> &str {
+        match self {
+            Self::Source => "source",
+            Self::Stream => "stream",
+            Self::ShardId => "shard_id",
+            Self::SequenceNumber => "sequence_number",
+            Self::SubSequence => "sub_sequence",
+            Self::Position => "position",
+            Self::PartitionKey => "partition_key",
+            Self::RecordPath => "record_path",
+            Self::RecordIndex => "record_index",
+            Self::ArrivalTime => "arrival_time",
+            Self::Extra(name) => name,
+        }
+    }
 }
 
 #[cfg(test)]

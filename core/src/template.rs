@@ -8,7 +8,7 @@
 
 use serde_json::Value;
 
-use crate::record::{Meta, Record};
+use crate::record::{Meta, MetaName, Record};
 
 /// A template parsed once at build time.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,7 +28,7 @@ enum Part {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Name {
     Field(String),
-    Meta(String),
+    Meta(MetaName),
     /// The arrival time in a strftime format.
     ArrivalTime(String),
 }
@@ -48,7 +48,7 @@ impl Name {
             return Ok(Name::ArrivalTime(format.to_owned()));
         }
         match name.strip_prefix("$meta.") {
-            Some(m) if !m.is_empty() => Ok(Name::Meta(m.to_owned())),
+            Some(m) if !m.is_empty() => Ok(Name::Meta(MetaName::parse(m))),
             _ if name.starts_with('$') => Err(format!(
                 "`{{{name}}}`: meta fields are read as `{{$meta.NAME}}`, NAME one of {}",
                 Meta::FIELDS.join(", ")
@@ -61,7 +61,7 @@ impl Name {
     fn display(&self) -> String {
         match self {
             Name::Field(f) => f.clone(),
-            Name::Meta(m) => format!("$meta.{m}"),
+            Name::Meta(m) => format!("$meta.{}", m.as_str()),
             Name::ArrivalTime(_) => "$meta.arrival_time".into(),
         }
     }
@@ -193,45 +193,48 @@ impl Template {
     pub fn render(&self, record: &Record) -> Result<String, Missing> {
         // Room for the text and a few dozen bytes per value: one allocation for most renders.
         let mut out = String::with_capacity(self.size_hint);
+        self.render_to(record, &mut out)?;
+        Ok(out)
+    }
+
+    /// Renders the template into `out`, a writer that cannot fail (a `String`, or a hasher that
+    /// only needs the bytes); on `Missing`, `out` holds the parts before the missing value.
+    pub fn render_to(
+        &self,
+        record: &Record,
+        out: &mut impl std::fmt::Write,
+    ) -> Result<(), Missing> {
         for part in &self.parts {
             match part {
-                Part::Text(t) => out.push_str(t),
+                Part::Text(t) => {
+                    let _ = out.write_str(t);
+                }
                 Part::Value(names) => {
-                    if !names.iter().any(|n| render_name(n, record, &mut out)) {
+                    if !names.iter().any(|n| render_name(n, record, out)) {
                         let names: Vec<_> = names.iter().map(Name::display).collect();
                         return Err(Missing(names.join("|")));
                     }
                 }
             }
         }
-        Ok(out)
+        Ok(())
     }
 }
 
 /// Appends the value of `name` to `out`; false when the record does not have it.
-fn render_name(name: &Name, record: &Record, out: &mut String) -> bool {
+fn render_name(name: &Name, record: &Record, out: &mut impl std::fmt::Write) -> bool {
     match name {
         Name::Field(f) => match record.value.get(f) {
             None | Some(Value::Null) => false,
-            Some(Value::String(s)) => {
-                out.push_str(s);
-                true
-            }
-            Some(other) => {
-                out.push_str(&other.to_string());
-                true
-            }
+            Some(Value::String(s)) => out.write_str(s).is_ok(),
+            Some(other) => write!(out, "{other}").is_ok(),
         },
-        Name::Meta(m) => record.meta.write_to(m, out),
-        Name::ArrivalTime(format) => match record.meta.arrival_time {
-            Some(t) => {
-                use std::fmt::Write;
-                // Checked when parsed, so writing cannot fail.
-                let _ = write!(out, "{}", t.format(format));
-                true
-            }
-            None => false,
-        },
+        Name::Meta(m) => record.meta.write_field(m, out),
+        // Checked when parsed, so writing cannot fail.
+        Name::ArrivalTime(format) => record
+            .meta
+            .arrival_time
+            .is_some_and(|t| write!(out, "{}", t.format(format)).is_ok()),
     }
 }
 

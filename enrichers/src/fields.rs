@@ -21,18 +21,32 @@ pub fn default_namespace() -> Uuid {
     Uuid::new_v5(&Uuid::NAMESPACE_URL, b"urn:sluice:record")
 }
 
-/// The uuid v5 of `name` in `namespace`, as `Uuid::new_v5` makes it, with a SHA-1 that uses the
-/// CPU's SHA extensions where there are some (uuid's own is portable code, the `fields`
-/// enricher's largest cost per record).
-pub fn uuid_v5(namespace: &Uuid, name: &[u8]) -> Uuid {
-    use sha1::{Digest, Sha1};
-    let digest = Sha1::new()
-        .chain_update(namespace.as_bytes())
-        .chain_update(name)
-        .finalize();
-    let mut bytes = [0; 16];
-    bytes.copy_from_slice(&digest[..16]);
-    uuid::Builder::from_sha1_bytes(bytes).into_uuid()
+/// A uuid v5 in the making, as `Uuid::new_v5` makes it: its namespace, then its name's bytes as a
+/// template writes them, so a name is hashed without being kept. Its SHA-1 (RustCrypto's) uses
+/// the CPU's SHA extensions where there are some; uuid's own is portable code, and was the
+/// `fields` enricher's largest cost per record.
+struct UuidV5(sha1::Sha1);
+
+impl UuidV5 {
+    fn new(namespace: &Uuid) -> Self {
+        use sha1::Digest;
+        Self(sha1::Sha1::new_with_prefix(namespace.as_bytes()))
+    }
+
+    fn finish(self) -> Uuid {
+        use sha1::Digest;
+        let digest = self.0.finalize();
+        let mut bytes = [0; 16];
+        bytes.copy_from_slice(&digest[..16]);
+        uuid::Builder::from_sha1_bytes(bytes).into_uuid()
+    }
+}
+
+impl std::fmt::Write for UuidV5 {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        sha1::Digest::update(&mut self.0, s.as_bytes());
+        Ok(())
+    }
 }
 
 /// Reshapes records.
@@ -171,11 +185,11 @@ impl Fields {
             values.push((field.clone(), Value::String(text)));
         }
         for (field, t) in &self.uuid_v5 {
-            let name = t
-                .render(record)
+            let mut id = UuidV5::new(&self.namespace);
+            t.render_to(record, &mut id)
                 .map_err(|Missing(m)| (m, format!("uuid_v5 template for `{field}`")))?;
-            let id = uuid_v5(&self.namespace, name.as_bytes());
             let text = id
+                .finish()
                 .hyphenated()
                 .encode_lower(&mut Uuid::encode_buffer())
                 .to_owned();
@@ -387,14 +401,20 @@ mod tests {
             Uuid::NAMESPACE_DNS,
             Uuid::NAMESPACE_URL,
         ];
-        // Names of every length around SHA-1's 64-byte blocks, and a long one.
-        let names: Vec<Vec<u8>> = (0..200)
-            .map(|n| (0..n).map(|i| b'a' + (i % 26) as u8).collect())
-            .chain([vec![0xff; 5000]])
+        // Names of every length around SHA-1's 64-byte blocks, and a long one, each written in
+        // two pieces as a template writes its parts.
+        let names: Vec<String> = (0..200)
+            .map(|n| (0..n).map(|i| char::from(b'a' + (i % 26) as u8)).collect())
+            .chain(["é".repeat(2500)])
             .collect();
         for ns in &namespaces {
             for name in &names {
-                assert_eq!(uuid_v5(ns, name), Uuid::new_v5(ns, name), "{}", name.len());
+                let mut id = UuidV5::new(ns);
+                let (first, second) = name.split_at(name.len() / 2);
+                std::fmt::Write::write_str(&mut id, first).expect("hashed");
+                std::fmt::Write::write_str(&mut id, second).expect("hashed");
+                let expected = Uuid::new_v5(ns, name.as_bytes());
+                assert_eq!(id.finish(), expected, "{}", name.len());
             }
         }
     }
@@ -431,5 +451,59 @@ mod tests {
             .err()
             .expect("bad uuid");
         assert!(err.to_string().contains("uuid_namespace"), "{err}");
+    }
+
+    /// The settings applied one after another, as the module's documentation states them: set
+    /// (from the record as it came), rename (all at once), drop, keep only.
+    fn applied_in_order(config: &FieldsConfig, record: &Map<String, Value>) -> Map<String, Value> {
+        let mut out: Map<String, Value> = record
+            .iter()
+            .filter(|(name, _)| !config.rename.contains_key(*name))
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect();
+        for (from, to) in &config.rename {
+            out.insert(to.clone(), record[from].clone());
+        }
+        for (field, text) in &config.set {
+            out.insert(field.clone(), Value::String(text.clone()));
+        }
+        out.retain(|name, _| {
+            !config.drop.contains(name)
+                && config.keep_only.as_ref().is_none_or(|k| k.contains(name))
+        });
+        out
+    }
+
+    proptest::proptest! {
+        /// Any mix of set, rename, drop and keep_only over a few shared names (so renames land
+        /// on kept names, sets on renamed ones, drops on either) gives what applying them one
+        /// after another gives.
+        #[test]
+        fn reshaping_is_the_settings_applied_in_order(
+            record in proptest::collection::btree_map("[a-e]", "[a-z]{0,3}", 0..5),
+            set in proptest::collection::btree_map("[a-f]", "[x-z]{1,2}", 0..3),
+            rename in proptest::collection::btree_map("[a-e]", "[a-f]", 0..3),
+            drop in proptest::collection::vec("[a-f]", 0..3),
+            keep_only in proptest::option::of(proptest::collection::vec("[a-f]", 0..4)),
+        ) {
+            let record: Map<String, Value> =
+                record.into_iter().map(|(n, v)| (n, Value::String(v))).collect();
+            // Renames read fields the record has (a missing one is `if_missing`'s business).
+            let rename = rename.into_iter().filter(|(from, _)| record.contains_key(from)).collect();
+            let config = FieldsConfig { set, rename, drop, keep_only, ..FieldsConfig::default() };
+            let fields = config.compile().expect("compiles");
+            let mut r = super::tests::record(Value::Object(record.clone()), 1);
+            let verdict = run_to_end(fields.enrich(&mut r));
+            proptest::prop_assert_eq!(verdict.expect("enriched"), Verdict::Keep);
+            proptest::prop_assert_eq!(r.value, Value::Object(applied_in_order(&config, &record)));
+        }
+    }
+
+    /// Runs an enricher's future, which makes no call here, to its end.
+    fn run_to_end<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime")
+            .block_on(f)
     }
 }
