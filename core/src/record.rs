@@ -86,7 +86,13 @@ impl Meta {
     /// Appends the meta field `name` to `out`, as [`Meta::get`] reads it, without a copy of its
     /// own; false (and `out` unchanged) when it is unset.
     pub fn write_to(&self, name: &str, out: &mut impl std::fmt::Write) -> bool {
-        self.write_field(&MetaName::parse(name), out)
+        match MetaName::known(name) {
+            Some(known) => self.write_field(&known, out),
+            None => self
+                .extra
+                .get(name)
+                .is_some_and(|s| out.write_str(s).is_ok()),
+        }
     }
 
     /// [`Meta::write_to`] for a name resolved once, as a template holds it.
@@ -162,7 +168,12 @@ pub(crate) enum MetaName {
 
 impl MetaName {
     pub(crate) fn parse(name: &str) -> Self {
-        match name {
+        Self::known(name).unwrap_or_else(|| Self::Extra(name.to_owned()))
+    }
+
+    /// One of [`Meta::FIELDS`], or `None` for a name of `extra`.
+    fn known(name: &str) -> Option<Self> {
+        Some(match name {
             "source" => Self::Source,
             "stream" => Self::Stream,
             "shard_id" => Self::ShardId,
@@ -173,8 +184,8 @@ impl MetaName {
             "record_path" => Self::RecordPath,
             "record_index" => Self::RecordIndex,
             "arrival_time" => Self::ArrivalTime,
-            other => Self::Extra(other.to_owned()),
-        }
+            _ => return None,
+        })
     }
 
     /// The name as a template writes it after `$meta.`.

@@ -1,6 +1,8 @@
 //! `type = "fields"`: set fields from templates, derive uuid v5 ids, rename, drop, keep only.
 //!
-//! Applied in that order; templates read the record as it reached this enricher, before renames.
+//! Templates read the record as it reached this enricher. Renames come first, then the fields
+//! `set` and `uuid_v5` make (which win over a renamed field of their name), then `drop`, then
+//! `keep_only`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -153,11 +155,12 @@ impl EnricherConfig for FieldsConfig {
             return Some(keep.iter().cloned().collect());
         }
         let mut fields = before?;
-        fields.extend(self.set.keys().chain(self.uuid_v5.keys()).cloned());
-        for (old, new) in &self.rename {
+        // Renames happen at once (two names may swap), then the set fields join.
+        for old in self.rename.keys() {
             fields.remove(old);
-            fields.insert(new.clone());
         }
+        fields.extend(self.rename.values().cloned());
+        fields.extend(self.set.keys().chain(self.uuid_v5.keys()).cloned());
         for field in &self.drop {
             fields.remove(field);
         }
@@ -284,6 +287,7 @@ impl Enricher for Fields {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::{any, prop_oneof, Just, Strategy};
     use serde_json::json;
     use sluice_core::Meta;
 
@@ -453,9 +457,22 @@ mod tests {
         assert!(err.to_string().contains("uuid_namespace"), "{err}");
     }
 
-    /// The settings applied one after another, as the module's documentation states them: set
-    /// (from the record as it came), rename (all at once), drop, keep only.
-    fn applied_in_order(config: &FieldsConfig, record: &Map<String, Value>) -> Map<String, Value> {
+    /// The settings applied one after another, as the module's documentation states them, or
+    /// `None` when a `set` template reads a field the record lacks: templates read the record as
+    /// it came; renames (all at once); the `set` fields, which win over renamed ones; `drop`;
+    /// `keep_only`. A `set` value is literal text, or `{name}` for a field's text.
+    fn applied_in_order(
+        config: &FieldsConfig,
+        record: &Map<String, Value>,
+    ) -> Option<Map<String, Value>> {
+        let mut set = Vec::new();
+        for (field, template) in &config.set {
+            let value = match template.strip_prefix('{') {
+                Some(name) => record.get(name.trim_end_matches('}'))?.clone(),
+                None => Value::String(template.clone()),
+            };
+            set.push((field.clone(), value));
+        }
         let mut out: Map<String, Value> = record
             .iter()
             .filter(|(name, _)| !config.rename.contains_key(*name))
@@ -464,24 +481,22 @@ mod tests {
         for (from, to) in &config.rename {
             out.insert(to.clone(), record[from].clone());
         }
-        for (field, text) in &config.set {
-            out.insert(field.clone(), Value::String(text.clone()));
-        }
+        out.extend(set);
         out.retain(|name, _| {
             !config.drop.contains(name)
                 && config.keep_only.as_ref().is_none_or(|k| k.contains(name))
         });
-        out
+        Some(out)
     }
 
     proptest::proptest! {
         /// Any mix of set, rename, drop and keep_only over a few shared names (so renames land
         /// on kept names, sets on renamed ones, drops on either) gives what applying them one
-        /// after another gives.
+        /// after another gives, and only fields `fields_after` says a record can have.
         #[test]
         fn reshaping_is_the_settings_applied_in_order(
             record in proptest::collection::btree_map("[a-e]", "[a-z]{0,3}", 0..5),
-            set in proptest::collection::btree_map("[a-f]", "[x-z]{1,2}", 0..3),
+            set in proptest::collection::btree_map("[a-f]", "[X-Z]{1,2}|\\{[a-e]\\}", 0..3),
             rename in proptest::collection::btree_map("[a-e]", "[a-f]", 0..3),
             drop in proptest::collection::vec("[a-f]", 0..3),
             keep_only in proptest::option::of(proptest::collection::vec("[a-f]", 0..4)),
@@ -494,8 +509,66 @@ mod tests {
             let fields = config.compile().expect("compiles");
             let mut r = super::tests::record(Value::Object(record.clone()), 1);
             let verdict = run_to_end(fields.enrich(&mut r));
-            proptest::prop_assert_eq!(verdict.expect("enriched"), Verdict::Keep);
-            proptest::prop_assert_eq!(r.value, Value::Object(applied_in_order(&config, &record)));
+            match applied_in_order(&config, &record) {
+                Some(expected) => {
+                    proptest::prop_assert_eq!(verdict.expect("enriched"), Verdict::Keep);
+                    let can_have = config
+                        .fields_after(Some(record.keys().cloned().collect()))
+                        .expect("a known shape");
+                    proptest::prop_assert!(
+                        expected.keys().all(|k| can_have.contains(k)),
+                        "{:?} has fields beyond {:?}", expected, can_have
+                    );
+                    proptest::prop_assert_eq!(r.value, Value::Object(expected));
+                }
+                None => {
+                    proptest::prop_assert!(verdict.is_err(), "a missing field dead-letters");
+                    proptest::prop_assert_eq!(r.value, Value::Object(record));
+                }
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// A uuid v5 hashed as its template renders (`UuidV5`) is the uuid crate's of the
+        /// rendered text: alternatives whose first is absent or null, numbers and objects,
+        /// positions with and without a KPL sub-sequence, and names that are missing alike.
+        #[test]
+        fn a_uuid_hashed_while_rendered_is_that_of_the_rendered_name(
+            a in proptest::option::of(prop_oneof![
+                Just(Value::Null),
+                any::<i64>().prop_map(Value::from),
+                "[a-z/é]{0,70}".prop_map(Value::String),
+            ]),
+            b in proptest::option::of("[a-z]{0,5}".prop_map(Value::String)),
+            sub_sequence in proptest::option::of(any::<u64>()),
+            template in prop_oneof![
+                Just("{a|b}/{$meta.position}"),
+                Just("{$meta.stream}/{b|a}"),
+                Just("x{{{a}}}{$meta.sub_sequence|b}"),
+                Just("{a}{a}{a}{a}"),
+            ],
+        ) {
+            let mut value = Map::new();
+            value.extend(a.map(|a| ("a".to_owned(), a)));
+            value.extend(b.map(|b| ("b".to_owned(), b)));
+            let mut r = record(Value::Object(value), 49_590_338);
+            r.meta.sub_sequence = sub_sequence;
+            let template = Template::parse(template).expect("a template");
+            let mut id = UuidV5::new(&default_namespace());
+            match (template.render(&r), template.render_to(&r, &mut id)) {
+                (Ok(name), Ok(())) => proptest::prop_assert_eq!(
+                    id.finish(),
+                    Uuid::new_v5(&default_namespace(), name.as_bytes())
+                ),
+                (Err(Missing(rendered)), Err(Missing(hashed))) => {
+                    proptest::prop_assert_eq!(rendered, hashed)
+                }
+                (rendered, hashed) => proptest::prop_assert!(
+                    false,
+                    "render gave {:?}, the hasher {:?}", rendered, hashed
+                ),
+            }
         }
     }
 
