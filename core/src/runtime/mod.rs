@@ -23,6 +23,7 @@ use crate::outcome::{BatchReport, ErrorKind, SkippedBy, Stage};
 use crate::record::{RawRecord, Record};
 use crate::settings::{BatchSettings, RetryPolicy};
 use ledger::Ledger;
+use prepare::Kept;
 use retry::RetryRounds;
 
 /// An enricher with the name it has in stages and summaries (`filter`, or `filter#2` for a second).
@@ -146,22 +147,17 @@ impl Pipeline {
 
     /// Writes `live` to the sink with retries and enters each record's outcome in `ledger`:
     /// `true` when the sink stored every record on its first attempt (or was switched off).
-    async fn store(
-        &self,
-        live: Vec<(usize, Record)>,
-        deadline: Instant,
-        ledger: &mut Ledger<'_>,
-    ) -> bool {
-        if live.is_empty() {
+    async fn store(&self, live: Kept, deadline: Instant, ledger: &mut Ledger<'_>) -> bool {
+        if live.records.is_empty() {
             return true;
         }
         if !self.sink.enabled() {
-            for (index, _) in live {
+            for index in live.indices {
                 ledger.skipped(index, SkippedBy::DisabledSink);
             }
             return true;
         }
-        let (indices, records): (Vec<usize>, Vec<Record>) = live.into_iter().unzip();
+        let Kept { indices, records } = live;
         let (written, attempts) = self
             .write_with_retries(&*self.sink, &records, deadline, "sink")
             .await;

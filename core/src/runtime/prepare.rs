@@ -40,7 +40,7 @@ impl Pipeline {
         let now = self.max_record_age.map(|_| chrono::Utc::now());
         let mut waiting: Vec<Waiting> = self.enrichers.iter().map(|_| Vec::new()).collect();
         let total = raw.len();
-        let mut kept = Vec::with_capacity(total.min(run));
+        let mut kept = Kept::with_capacity(total.min(run));
         let mut expired = 0;
         for (index, raw) in raw.into_iter().enumerate() {
             let mut record = match decode(raw) {
@@ -70,7 +70,7 @@ impl Pipeline {
             );
             if kept.len() >= run && waiting.iter().all(Vec::is_empty) {
                 let rest = total - index - 1;
-                let full = std::mem::replace(&mut kept, Vec::with_capacity(rest.min(run)));
+                let full = std::mem::replace(&mut kept, Kept::with_capacity(rest.min(run)));
                 if !self.store(full, deadline, ledger).await {
                     // A run the sink did not take whole at once (throttling, an outage, a
                     // rejected record): the rest goes in one write, with one retry budget, as
@@ -94,8 +94,7 @@ impl Pipeline {
             }
         }
         // Records kept after a retry rejoin in their original order.
-        kept.sort_unstable_by_key(|(i, _)| *i);
-        self.store(kept, deadline, ledger).await;
+        self.store(kept.in_order(), deadline, ledger).await;
     }
 
     /// Why a record that arrived longer ago than `max_record_age` is dead-lettered (a record
@@ -197,18 +196,48 @@ enum Through {
 impl Through {
     /// Moves record number `index` to where it stands: the kept records, an enricher's waiting
     /// ones, or nowhere. Records are moved once here rather than through each stage's future.
-    fn place(
-        self,
-        index: usize,
-        record: Record,
-        kept: &mut Vec<(usize, Record)>,
-        waiting: &mut [Waiting],
-    ) {
+    fn place(self, index: usize, record: Record, kept: &mut Kept, waiting: &mut [Waiting]) {
         match self {
-            Through::Kept => kept.push((index, record)),
+            Through::Kept => kept.push(index, record),
             Through::Waits(at, error) => waiting[at].push(((index, record), error)),
             Through::Settled => {}
         }
+    }
+}
+
+/// The records on their way to the sink, with their numbers in the batch: two vectors, so the
+/// sink's slice of records is there as it is (unzipping pairs copied every record once more).
+pub(super) struct Kept {
+    pub(super) indices: Vec<usize>,
+    pub(super) records: Vec<Record>,
+}
+
+impl Kept {
+    fn with_capacity(n: usize) -> Self {
+        Self {
+            indices: Vec::with_capacity(n),
+            records: Vec::with_capacity(n),
+        }
+    }
+
+    fn push(&mut self, index: usize, record: Record) {
+        self.indices.push(index);
+        self.records.push(record);
+    }
+
+    fn len(&self) -> usize {
+        self.indices.len()
+    }
+
+    /// In the batch's order: records kept after a retry come after the pass's.
+    fn in_order(self) -> Self {
+        if self.indices.is_sorted() {
+            return self;
+        }
+        let mut pairs: Vec<_> = self.indices.into_iter().zip(self.records).collect();
+        pairs.sort_unstable_by_key(|(i, _)| *i);
+        let (indices, records) = pairs.into_iter().unzip();
+        Self { indices, records }
     }
 }
 
