@@ -158,6 +158,11 @@ impl Pipeline {
             return true;
         }
         let Kept { indices, records } = live;
+        debug_assert_eq!(
+            indices.len(),
+            records.len(),
+            "each kept record has its number"
+        );
         let (written, attempts) = self
             .write_with_retries(&*self.sink, &records, deadline, "sink")
             .await;

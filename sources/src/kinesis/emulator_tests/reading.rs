@@ -73,6 +73,28 @@ async fn throttled_and_failing_get_records_back_off_and_lose_nothing() {
     assert!(plan.injected() >= 4);
 }
 
+/// Found by the chaos test: a throttled GetShardIterator ended a `--until-caught-up` run with the
+/// shard unread; it now backs off and tries again, as GetRecords does.
+#[tokio::test]
+async fn a_throttled_or_failing_get_shard_iterator_backs_off_and_reads_the_shard() {
+    let Some(endpoint) = moto_endpoint() else {
+        return;
+    };
+    let stream = Stream::create(&endpoint, 1).await;
+    stream.put(0, 10).await;
+    let plan = FaultPlan::new();
+    // Past the SDK's own three attempts, twice over.
+    plan.fail("GetShardIterator", Fault::Throttle, 4).fail(
+        "GetShardIterator",
+        Fault::ServerError,
+        3,
+    );
+    let (summary, sink) = stream.read("", &plan).await;
+    assert!(summary.is_success(), "{summary:?}");
+    assert_eq!(numbers(&sink), (0..10).collect::<Vec<_>>());
+    assert_eq!(plan.injected(), 7);
+}
+
 #[tokio::test]
 async fn at_timestamp_starts_at_the_given_time() {
     let Some(endpoint) = moto_endpoint() else {

@@ -66,7 +66,10 @@ pub(super) enum Fetch {
 
 impl ShardReader {
     /// Opens a feed from `from`: a shard iterator, or (enhanced fan-out) a subscription to come.
-    pub(super) async fn open(&self, from: &Resume) -> Result<Feed, SourceError> {
+    /// A GetShardIterator throttled or failing past the SDK's own retries is tried again after
+    /// `pacer`'s backoff, as a GetRecords is: under throttling a `--until-caught-up` run (which
+    /// does not restart a failed reader, unlike a daemon) used to end with the shard unread.
+    pub(super) async fn open(&self, from: &Resume, pacer: &mut Pacer) -> Result<Feed, SourceError> {
         let cx = &*self.context;
         if let Some(consumer_arn) = &cx.consumer_arn {
             return Ok(Feed::Push {
@@ -76,28 +79,39 @@ impl ShardReader {
             });
         }
         let start = self.starting(from);
-        let mut call = cx
-            .client
-            .get_shard_iterator()
-            .shard_id(&self.shard.id)
-            .shard_iterator_type(start.kind)
-            .set_starting_sequence_number(start.sequence)
-            .set_timestamp(start.timestamp);
-        call = match &cx.stream_arn {
-            Some(arn) => call.stream_arn(arn),
-            None => call.stream_name(&cx.stream_name),
-        };
-        let out = call.send().await.map_err(|e| {
-            SourceError::Service(format!(
-                "GetShardIterator for shard {} failed: {}",
-                self.shard.id,
-                aws::describe_error(&e)
-            ))
-        })?;
-        let iterator = out.shard_iterator().map(str::to_owned).ok_or_else(|| {
-            SourceError::Service(format!("no shard iterator for shard {}", self.shard.id))
-        })?;
-        Ok(Feed::Poll { iterator })
+        loop {
+            let mut call = cx
+                .client
+                .get_shard_iterator()
+                .shard_id(&self.shard.id)
+                .shard_iterator_type(start.kind.clone())
+                .set_starting_sequence_number(start.sequence.clone())
+                .set_timestamp(start.timestamp);
+            call = match &cx.stream_arn {
+                Some(arn) => call.stream_arn(arn),
+                None => call.stream_name(&cx.stream_name),
+            };
+            let out = match call.send().await {
+                Ok(out) => out,
+                Err(e) if aws::is_retryable(&e) => {
+                    pacer
+                        .failed(&self.shard.id, &aws::describe_error(&e))
+                        .await?;
+                    continue;
+                }
+                Err(e) => {
+                    return Err(SourceError::Service(format!(
+                        "GetShardIterator for shard {} failed: {}",
+                        self.shard.id,
+                        aws::describe_error(&e)
+                    )))
+                }
+            };
+            let iterator = out.shard_iterator().map(str::to_owned).ok_or_else(|| {
+                SourceError::Service(format!("no shard iterator for shard {}", self.shard.id))
+            })?;
+            return Ok(Feed::Poll { iterator });
+        }
     }
 
     /// The next records from `feed`, held in the process's budget: a poll first waits for room

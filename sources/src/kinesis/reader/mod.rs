@@ -175,8 +175,8 @@ impl ShardReader {
         let mut first_read: Option<SequenceNumber> = None;
         let from = self.resume(None);
         let mut done_through = from.done_through();
-        let mut feed = self.open(&from).await?;
         let mut pacer = Pacer::default();
+        let mut feed = self.open(&from, &mut pacer).await?;
         let mut window = Window::new(usize::try_from(cx.limit).unwrap_or(1));
         loop {
             if cx.shutdown.is_triggered() {
@@ -197,7 +197,7 @@ impl ShardReader {
                     last_read = None;
                     let from = self.resume(first_read.as_ref());
                     done_through = from.done_through();
-                    feed = self.open(&from).await?;
+                    feed = self.open(&from, &mut pacer).await?;
                 }
                 continue;
             }
@@ -211,7 +211,7 @@ impl ShardReader {
                         None => self.resume(first_read.as_ref()),
                     };
                     done_through = from.done_through();
-                    feed = self.open(&from).await?;
+                    feed = self.open(&from, &mut pacer).await?;
                     continue;
                 }
             };
