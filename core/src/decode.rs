@@ -41,10 +41,10 @@ pub(crate) fn base64_payload(data: &[u8]) -> Option<Bytes> {
 
 /// Standard base64 (padded, canonical) to bytes, surrounding whitespace ignored, or why not.
 ///
-/// Decoded with `base64-simd` (the AWS SDK's own decoder, about four times the `base64` crate's
-/// speed here); it accepts exactly what the `base64` crate's standard engine accepts (a property
-/// test holds the two together), and a refusal is worded by the `base64` crate, which names the
-/// bad symbol and its offset.
+/// Decoded with `base64-simd` (the AWS SDK's own decoder: 2.2% of the hot path's time, against
+/// 5.2% for the `base64` crate); it accepts exactly what the `base64` crate's standard engine
+/// accepts (two tests hold the two together), and a refusal is worded by the `base64` crate,
+/// which names the bad symbol and its offset.
 fn from_base64(data: &[u8]) -> Result<Bytes, String> {
     let text = data.trim_ascii();
     match base64_simd::STANDARD.decode_to_vec(text) {
