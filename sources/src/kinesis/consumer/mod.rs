@@ -38,6 +38,9 @@ const START_BACKOFF: Backoff = Backoff {
 const RESTART_DELAY: Duration = Duration::from_secs(5);
 /// Take rounds between two shard listings (a listing also follows every finished shard).
 const LIST_EVERY: u64 = 6;
+/// Take rounds in a row that may fail to create the leases of listed shards before a one-pass
+/// run gives up on them (a round is half a lease duration: about a minute by default).
+const MAX_CREATION_FAILURES: u32 = 12;
 
 /// A built Kinesis source: its clients and settings, nothing read yet.
 pub struct KinesisSource {
@@ -182,6 +185,8 @@ struct World {
     list_now: bool,
     /// A listing is under way in the background (renewals never wait for Kinesis).
     listing_due: Option<mpsc::Sender<Result<Listing, SourceError>>>,
+    /// Take rounds in a row whose lease creation failed, with the last error.
+    creation_failures: Option<(u32, SourceError)>,
     errors: Vec<SourceError>,
 }
 
@@ -215,7 +220,7 @@ impl Consumer {
             if cx.shutdown.is_triggered() && world.readers.is_empty() {
                 break;
             }
-            if cx.until_caught_up && world.readers.is_empty() && !self.anything_left(&world) {
+            if cx.until_caught_up && world.readers.is_empty() && !self.anything_left(&mut world) {
                 break;
             }
             tokio::select! {
@@ -255,8 +260,18 @@ impl Consumer {
     }
 
     /// In a one-pass run: whether a lease may still become this worker's to read (free, or
-    /// held by a worker not yet seen alive nor expired).
-    fn anything_left(&self, world: &World) -> bool {
+    /// held by a worker not yet seen alive nor expired), or a listed shard has no lease yet
+    /// because creating it failed (the next round tries again; a run whose leases could not be
+    /// created for `MAX_CREATION_FAILURES` rounds in a row ends with that error, not as caught
+    /// up with those shards unread).
+    fn anything_left(&self, world: &mut World) -> bool {
+        if let Some((failures, _)) = &world.creation_failures {
+            if *failures <= MAX_CREATION_FAILURES {
+                return true;
+            }
+            let (_, e) = world.creation_failures.take().expect("matched above");
+            world.errors.push(e);
+        }
         let now = Instant::now();
         world.table.iter().any(|l| {
             !l.is_finished()

@@ -18,13 +18,15 @@ use super::super::shards::{self, Listing};
 use super::{Consumer, Held, State, World, LIST_EVERY};
 
 impl Consumer {
-    /// Creates the leases of listed shards that have none yet; answers whether it made any.
+    /// Creates the leases of listed shards that have none yet; answers whether there were any,
+    /// so the table is read again: a lease this worker's lost answer made (refused as existing
+    /// when tried again) or another worker's is seen there too, as is its own.
     async fn create_missing(
         &self,
         listing: &Listing,
         leases: &[Lease],
     ) -> Result<bool, SourceError> {
-        let mut created = false;
+        let mut missing = false;
         for (shard, parents, child) in shards::missing(listing, leases) {
             // A child starts at its beginning; a root where `start` says, a `latest` start
             // written as the moment it began, so a restart goes on from there, not from a new
@@ -40,10 +42,10 @@ impl Consumer {
             };
             if self.leases.create(&shard, &parents, initial).await? {
                 tracing::info!(%shard, ?parents, "lease created");
-                created = true;
             }
+            missing = true;
         }
-        Ok(created)
+        Ok(missing)
     }
 
     /// Reads the table (unless `scanned` is a fresh read), creates the leases of new shards,
@@ -67,14 +69,27 @@ impl Consumer {
         };
         let Some(mut leases) = scanned else { return };
         match self.create_missing(&world.listing, &leases).await {
-            Ok(false) => {}
+            Ok(false) => world.creation_failures = None,
             Ok(true) => match self.scan(world).await {
-                Some(rescanned) => leases = rescanned,
-                None => return,
+                Some(rescanned) => {
+                    world.creation_failures = None;
+                    leases = rescanned;
+                }
+                None => {
+                    // Until a round sees the new leases, a one-pass run is not caught up.
+                    let failures = world.creation_failures.take().map_or(1, |(n, _)| n + 1);
+                    let e = SourceError::Service(
+                        "the lease table could not be read after creating leases".into(),
+                    );
+                    world.creation_failures = Some((failures, e));
+                    return;
+                }
             },
             Err(e) => {
                 tracing::warn!(error = %e, "creating leases failed; trying again at the next round");
                 world.list_now = true;
+                let failures = world.creation_failures.take().map_or(1, |(n, _)| n + 1);
+                world.creation_failures = Some((failures, e));
             }
         }
         self.notice_losses(world, &leases);

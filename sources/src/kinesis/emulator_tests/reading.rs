@@ -95,6 +95,24 @@ async fn a_throttled_or_failing_get_shard_iterator_backs_off_and_reads_the_shard
     assert_eq!(plan.injected(), 7);
 }
 
+/// Found by an audit after the chaos test: when creating a new shard's lease failed past the
+/// SDK's retries, a one-pass run saw no lease left to take and ended as caught up, with nothing
+/// read and success reported. It now waits for the next round's creation.
+#[tokio::test]
+async fn a_failed_lease_creation_is_tried_again_before_a_run_is_caught_up() {
+    let Some(endpoint) = moto_endpoint() else {
+        return;
+    };
+    let stream = Stream::create(&endpoint, 1).await;
+    stream.put(0, 10).await;
+    let plan = FaultPlan::new();
+    plan.fail("PutItem", Fault::ServerError, 6);
+    let (summary, sink) = stream.read("", &plan).await;
+    assert!(summary.is_success(), "{summary:?}");
+    assert_eq!(numbers(&sink), (0..10).collect::<Vec<_>>());
+    assert_eq!(plan.injected(), 6);
+}
+
 #[tokio::test]
 async fn at_timestamp_starts_at_the_given_time() {
     let Some(endpoint) = moto_endpoint() else {

@@ -110,6 +110,7 @@ impl ShardReader {
             let iterator = out.shard_iterator().map(str::to_owned).ok_or_else(|| {
                 SourceError::Service(format!("no shard iterator for shard {}", self.shard.id))
             })?;
+            pacer.succeeded();
             return Ok(Feed::Poll { iterator });
         }
     }
