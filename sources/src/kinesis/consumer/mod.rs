@@ -38,8 +38,9 @@ const START_BACKOFF: Backoff = Backoff {
 const RESTART_DELAY: Duration = Duration::from_secs(5);
 /// Take rounds between two shard listings (a listing also follows every finished shard).
 const LIST_EVERY: u64 = 6;
-/// Take rounds in a row that may fail to create the leases of listed shards before a one-pass
-/// run gives up on them (a round is half a lease duration: about a minute by default).
+/// Take rounds in a row that fail to create the leases of listed shards (or to read the table)
+/// before a one-pass run gives up on them (a round is half a lease duration: about a minute by
+/// default).
 const MAX_CREATION_FAILURES: u32 = 12;
 
 /// A built Kinesis source: its clients and settings, nothing read yet.
@@ -266,7 +267,7 @@ impl Consumer {
     /// up with those shards unread).
     fn anything_left(&self, world: &mut World) -> bool {
         if let Some((failures, _)) = &world.creation_failures {
-            if *failures <= MAX_CREATION_FAILURES {
+            if *failures < MAX_CREATION_FAILURES {
                 return true;
             }
             let (_, e) = world.creation_failures.take().expect("matched above");

@@ -67,7 +67,14 @@ impl Consumer {
             Some(leases) => Some(self.observe(world, leases)),
             None => self.scan(world).await,
         };
-        let Some(mut leases) = scanned else { return };
+        let Some(mut leases) = scanned else {
+            // A round that cannot read the table counts against leases still to be created, so
+            // a one-pass run waiting for them ends while the table stays unreadable.
+            if let Some((failures, _)) = &mut world.creation_failures {
+                *failures += 1;
+            }
+            return;
+        };
         match self.create_missing(&world.listing, &leases).await {
             Ok(false) => world.creation_failures = None,
             Ok(true) => match self.scan(world).await {

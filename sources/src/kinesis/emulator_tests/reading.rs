@@ -113,6 +113,32 @@ async fn a_failed_lease_creation_is_tried_again_before_a_run_is_caught_up() {
     assert_eq!(plan.injected(), 6);
 }
 
+/// A lease that cannot be created at all ends a one-pass run with the reason, after its rounds
+/// of trying, instead of waiting forever or reporting the shard read.
+#[tokio::test]
+async fn a_lease_that_cannot_be_created_ends_a_run_with_the_reason() {
+    let Some(endpoint) = moto_endpoint() else {
+        return;
+    };
+    let stream = Stream::create(&endpoint, 1).await;
+    stream.put(0, 3).await;
+    let plan = FaultPlan::new();
+    plan.fail("PutItem", Fault::ServerError, u32::MAX);
+    let short = "lease_duration = \"3s\"\ncheckpoint_interval = \"1s\"";
+    let run = stream.read(short, &plan);
+    let (summary, sink) = tokio::time::timeout(Duration::from_secs(240), run)
+        .await
+        .expect("the run ends");
+    assert!(sink.records().is_empty());
+    assert!(
+        summary
+            .errors
+            .iter()
+            .any(|e| e.contains("creating the lease of shard")),
+        "{summary:?}"
+    );
+}
+
 #[tokio::test]
 async fn at_timestamp_starts_at_the_given_time() {
     let Some(endpoint) = moto_endpoint() else {
