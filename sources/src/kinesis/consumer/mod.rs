@@ -39,8 +39,8 @@ const RESTART_DELAY: Duration = Duration::from_secs(5);
 /// Take rounds between two shard listings (a listing also follows every finished shard).
 const LIST_EVERY: u64 = 6;
 /// Take rounds in a row that fail to create the leases of listed shards (or to read the table)
-/// before a one-pass run gives up on them (a round is half a lease duration: about a minute by
-/// default).
+/// before a one-pass run gives up on them (a round is half a lease duration: three minutes in
+/// all with the default lease).
 const MAX_CREATION_FAILURES: u32 = 12;
 
 /// A built Kinesis source: its clients and settings, nothing read yet.
