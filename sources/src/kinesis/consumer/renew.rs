@@ -8,6 +8,12 @@ use tokio::time::Instant;
 use super::super::lease_table::{LeaseTable, LeaseWrite, WriteKind};
 use super::{Consumer, Held, State, World};
 
+/// Waits between attempts at the last lease writes of a stopping worker.
+const RELEASE_BACKOFF: sluice_core::Backoff = sluice_core::Backoff {
+    initial: std::time::Duration::from_millis(200),
+    max: std::time::Duration::from_secs(2),
+};
+
 impl Consumer {
     pub(super) fn lose(&self, world: &mut World, shard: &str) {
         if let Some(held) = world.held.remove(shard) {
@@ -37,19 +43,31 @@ impl Consumer {
         }
     }
 
-    /// Stopping: stores the last checkpoints and lets every lease go.
+    /// Stopping: stores the last checkpoints and lets every lease go. A write the table did not
+    /// take (throttling, an outage past the SDK's retries) is tried again for up to half a lease
+    /// duration, while the leases are surely still this worker's: a failed write puts its
+    /// checkpoints back, and a lease lost meanwhile is refused by its counter, not overwritten.
     pub(super) async fn release_all(&self, world: &mut World) -> Result<(), SourceError> {
-        let writes = each_held(world, |held| match &held.state {
-            State::Finished(children) => WriteKind::Finish(children.clone()),
-            _ => WriteKind::Release(held.progress.take_changed()),
-        });
-        if self.write_held(world, writes).await {
-            Ok(())
-        } else {
-            Err(SourceError::Checkpoint(
-                "the last checkpoints could not be stored; the next run reads those records again"
-                    .into(),
-            ))
+        let give_up = Instant::now() + self.lease_duration / 2;
+        let mut attempt = 0;
+        loop {
+            let writes = each_held(world, |held| match &held.state {
+                State::Finished(children) => WriteKind::Finish(children.clone()),
+                _ => WriteKind::Release(held.progress.take_changed()),
+            });
+            if self.write_held(world, writes).await {
+                return Ok(());
+            }
+            attempt += 1;
+            let wait = RELEASE_BACKOFF.delay(attempt);
+            if Instant::now() + wait >= give_up {
+                return Err(SourceError::Checkpoint(
+                    "the last checkpoints could not be stored; the next run reads those records \
+                     again"
+                        .into(),
+                ));
+            }
+            tokio::time::sleep(wait).await;
         }
     }
 

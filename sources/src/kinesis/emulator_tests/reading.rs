@@ -139,6 +139,39 @@ async fn a_lease_that_cannot_be_created_ends_a_run_with_the_reason() {
     );
 }
 
+/// Found by the chaos test: the last lease writes of a stopping run were made once, so a run
+/// that had stored every record ended with an error when they failed past the SDK's retries.
+#[tokio::test]
+async fn the_last_lease_writes_are_tried_again_when_they_fail() {
+    let Some(endpoint) = moto_endpoint() else {
+        return;
+    };
+    let stream = Stream::create(&endpoint, 1).await;
+    stream.put(0, 5).await;
+    let plan = FaultPlan::new();
+    plan.fail_when(
+        "TransactWriteItems",
+        "REMOVE leaseOwner, leaseExpiresAt",
+        Fault::ServerError,
+    );
+    // Healed once the first release has failed through the SDK's three attempts.
+    let healer = {
+        let plan = plan.clone();
+        tokio::spawn(async move {
+            while plan.injected() < 3 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            plan.heal("TransactWriteItems");
+        })
+    };
+    let (summary, sink) = stream.read("", &plan).await;
+    healer.abort();
+    assert!(summary.is_success(), "{summary:?}");
+    assert_eq!(numbers(&sink), (0..5).collect::<Vec<_>>());
+    let lease = &stream.leases().await["shardId-000000000000"];
+    assert!(!lease.contains_key("leaseOwner"), "released: {lease:?}");
+}
+
 #[tokio::test]
 async fn at_timestamp_starts_at_the_given_time() {
     let Some(endpoint) = moto_endpoint() else {
