@@ -46,13 +46,11 @@ pub(crate) fn base64_payload(data: &[u8]) -> Option<Bytes> {
 /// accepts (two tests hold the two together), and a refusal is worded by the `base64` crate,
 /// which names the bad symbol and its offset.
 fn from_base64(data: &[u8]) -> Result<Bytes, String> {
-    let text = data.trim_ascii();
-    match base64_simd::STANDARD.decode_to_vec(text) {
-        Ok(bytes) => Ok(Bytes::from(bytes)),
-        Err(_) => Err(base64::engine::general_purpose::STANDARD
-            .decode(text)
-            .map_or_else(|e| e.to_string(), |_| "refused by base64-simd".into())),
-    }
+    base64_payload(data).ok_or_else(|| {
+        base64::engine::general_purpose::STANDARD
+            .decode(data.trim_ascii())
+            .map_or_else(|e| e.to_string(), |_| "refused by base64-simd".into())
+    })
 }
 
 /// A payload that did not decode, with the record as received, so nothing is lost.

@@ -88,11 +88,15 @@ impl Meta {
     pub fn write_to(&self, name: &str, out: &mut impl std::fmt::Write) -> bool {
         match MetaName::known(name) {
             Some(known) => self.write_field(&known, out),
-            None => self
-                .extra
-                .get(name)
-                .is_some_and(|s| out.write_str(s).is_ok()),
+            None => self.write_extra(name, out),
         }
+    }
+
+    /// Appends the entry `name` of `extra`; false when there is none.
+    fn write_extra(&self, name: &str, out: &mut impl std::fmt::Write) -> bool {
+        self.extra
+            .get(name)
+            .is_some_and(|s| out.write_str(s).is_ok())
     }
 
     /// [`Meta::write_to`] for a name resolved once, as a template holds it.
@@ -122,7 +126,7 @@ impl Meta {
             MetaName::ArrivalTime => self
                 .arrival_time
                 .is_some_and(|t| text(out, &t.to_rfc3339())),
-            MetaName::Extra(other) => self.extra.get(other).is_some_and(|s| text(out, s)),
+            MetaName::Extra(name) => self.write_extra(name, out),
         }
     }
 

@@ -191,6 +191,15 @@ struct World {
     errors: Vec<SourceError>,
 }
 
+impl World {
+    /// A take round that left a listed shard without a lease, or did not see the leases it
+    /// made: one more in a row, with `e` as the reason a one-pass run gives if it gives up.
+    fn creation_failed(&mut self, e: SourceError) {
+        let failures = self.creation_failures.take().map_or(1, |(n, _)| n + 1);
+        self.creation_failures = Some((failures, e));
+    }
+}
+
 impl Consumer {
     fn pipeline(&self) -> &str {
         &self.readers.pipeline

@@ -84,19 +84,16 @@ impl Consumer {
                 }
                 None => {
                     // Until a round sees the new leases, a one-pass run is not caught up.
-                    let failures = world.creation_failures.take().map_or(1, |(n, _)| n + 1);
-                    let e = SourceError::Service(
+                    world.creation_failed(SourceError::Service(
                         "the lease table could not be read after creating leases".into(),
-                    );
-                    world.creation_failures = Some((failures, e));
+                    ));
                     return;
                 }
             },
             Err(e) => {
                 tracing::warn!(error = %e, "creating leases failed; trying again at the next round");
                 world.list_now = true;
-                let failures = world.creation_failures.take().map_or(1, |(n, _)| n + 1);
-                world.creation_failures = Some((failures, e));
+                world.creation_failed(e);
             }
         }
         self.notice_losses(world, &leases);
