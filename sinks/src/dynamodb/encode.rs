@@ -1,69 +1,198 @@
-//! JSON records to DynamoDB items: attribute values, the item's size, and its key.
+//! JSON records to DynamoDB items, written straight into BatchWriteItem's JSON wire format
+//! (`{"PutRequest":{"Item":{"Id":{"S":"..."}}}}`) with the item's size counted on the way, and
+//! its key read from the record by the same typing rule ([`Stored`]): no attribute-value map is
+//! built per record and serialised again by the SDK.
 
-use std::collections::HashMap;
-
-use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
-use serde_json::Value;
+use serde_json::{Map, Number, Value};
 
 pub use super::key::KeyAttribute;
-use super::key::{canonical_number, item_key, ItemKey};
+use super::key::{canonical_number, key_from, ItemKey, Typed};
 
 /// DynamoDB's limit on one item's size.
 pub const MAX_ITEM_BYTES: usize = 400 * 1024;
 
-/// A JSON object as a DynamoDB item. With `all_strings`, numbers and booleans become strings
-/// (as the seed Lambda stored them); `null` stays `NULL`.
-pub fn to_item(
-    value: &Value,
-    all_strings: bool,
-) -> Result<HashMap<String, AttributeValue>, String> {
-    match value {
-        Value::Object(map) => to_map(map, all_strings),
-        other => Err(format!(
-            "a DynamoDB item must be a JSON object, not {}",
-            kind_of(other)
-        )),
-    }
-}
-
 /// DynamoDB keeps 38 significant digits of a number.
 const MAX_NUMBER_DIGITS: usize = 38;
 
-fn to_attribute(value: &Value, all_strings: bool) -> Result<AttributeValue, String> {
-    Ok(match value {
-        Value::Null => AttributeValue::Null(true),
-        Value::Bool(b) if all_strings => AttributeValue::S(b.to_string()),
-        Value::Bool(b) => AttributeValue::Bool(*b),
-        // Numbers keep the text they were written with (serde_json's arbitrary precision).
-        Value::Number(n) if all_strings => AttributeValue::S(n.to_string()),
-        Value::Number(n) => AttributeValue::N(dynamodb_number(&n.to_string())?),
-        Value::String(s) => AttributeValue::S(s.clone()),
-        Value::Array(items) => AttributeValue::L(
-            items
-                .iter()
-                .map(|v| to_attribute(v, all_strings))
-                .collect::<Result<_, _>>()?,
-        ),
-        Value::Object(map) => AttributeValue::M(to_map(map, all_strings)?),
-    })
+/// Appends the record's value as a BatchWriteItem put request to `out` and returns the item's
+/// key (to merge duplicates), or why it can never be written: not an object, a number DynamoDB
+/// cannot hold, over 400 KB, a missing or mistyped key. On an error `out` is left as it was.
+pub fn write_put_request<'a>(
+    value: &'a Value,
+    all_strings: bool,
+    key: &[KeyAttribute],
+    out: &mut Vec<u8>,
+) -> Result<ItemKey<'a>, String> {
+    let start = out.len();
+    out.extend_from_slice(br#"{"PutRequest":{"Item":"#);
+    let written =
+        write_item(value, all_strings, out).and_then(|()| record_key(value, all_strings, key));
+    match written {
+        Ok(key) => {
+            out.extend_from_slice(b"}}");
+            Ok(key)
+        }
+        Err(e) => {
+            out.truncate(start);
+            Err(e)
+        }
+    }
 }
 
-/// An object's attributes, the map sized once (collecting from fallible items would grow it
-/// step by step, rehashing every key each time).
-fn to_map(
-    map: &serde_json::Map<String, Value>,
-    all_strings: bool,
-) -> Result<HashMap<String, AttributeValue>, String> {
-    let mut item = HashMap::with_capacity(map.len());
-    for (k, v) in map {
-        item.insert(k.clone(), to_attribute(v, all_strings)?);
+/// The record's item alone in the wire format (`{"Id":{"S":"..."}}`), or why DynamoDB would
+/// refuse it whatever the table: not an object, a number it cannot hold, over 400 KB.
+pub fn item_wire(value: &Value, all_strings: bool) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    write_item(value, all_strings, &mut out)?;
+    Ok(out)
+}
+
+/// Writes the item and checks its size as DynamoDB counts it: attribute names plus values
+/// (numbers about one byte per two digits, containers three bytes plus one per element).
+fn write_item(value: &Value, all_strings: bool, out: &mut Vec<u8>) -> Result<(), String> {
+    let Value::Object(map) = value else {
+        return Err(format!(
+            "a DynamoDB item must be a JSON object, not {}",
+            kind_of(value)
+        ));
+    };
+    let mut writer = ItemWriter { out, all_strings };
+    let size = writer.attributes(map, 0, 0)?;
+    if size > MAX_ITEM_BYTES {
+        return Err(format!(
+            "the item is {size} bytes, over DynamoDB's limit of {MAX_ITEM_BYTES} bytes (400 KB)"
+        ));
     }
-    Ok(item)
+    Ok(())
+}
+
+/// How a JSON value is stored: with `all_strings`, numbers and booleans become strings (as the
+/// seed Lambda stored them); `null` stays `NULL`. The one rule for items written and keys read.
+enum Stored<'a> {
+    S(&'a str),
+    N(&'a Number),
+    Bool(bool),
+    Null,
+    L(&'a [Value]),
+    M(&'a Map<String, Value>),
+}
+
+fn stored(value: &Value, all_strings: bool) -> Stored<'_> {
+    match value {
+        Value::Null => Stored::Null,
+        Value::Bool(b) if all_strings => Stored::S(if *b { "true" } else { "false" }),
+        Value::Bool(b) => Stored::Bool(*b),
+        // Numbers keep the text they were written with (serde_json's arbitrary precision).
+        Value::Number(n) if all_strings => Stored::S(n.as_str()),
+        Value::Number(n) => Stored::N(n),
+        Value::String(s) => Stored::S(s),
+        Value::Array(items) => Stored::L(items),
+        Value::Object(map) => Stored::M(map),
+    }
+}
+
+/// DynamoDB's limit on how deeply maps and lists nest.
+const MAX_DEPTH: usize = 32;
+
+/// Writes an item's attributes in the wire format.
+struct ItemWriter<'a> {
+    out: &'a mut Vec<u8>,
+    all_strings: bool,
+}
+
+impl ItemWriter<'_> {
+    /// `{"name":value,...}`; the size of its attributes, each name counted plus `per_entry`.
+    fn attributes(
+        &mut self,
+        map: &Map<String, Value>,
+        per_entry: usize,
+        depth: usize,
+    ) -> Result<usize, String> {
+        self.out.push(b'{');
+        let mut size = 0;
+        for (i, (name, value)) in map.iter().enumerate() {
+            if i > 0 {
+                self.out.push(b',');
+            }
+            write_string(self.out, name);
+            self.out.push(b':');
+            size += per_entry + name.len() + self.attribute(value, depth)?;
+        }
+        self.out.push(b'}');
+        Ok(size)
+    }
+
+    /// One attribute value, `{"S":"x"}`, `{"N":"1.5"}`, `{"BOOL":true}`, `{"NULL":true}`,
+    /// `{"L":[...]}` or `{"M":{...}}`, and its size; `depth` counts the maps and lists around it.
+    fn attribute(&mut self, value: &Value, depth: usize) -> Result<usize, String> {
+        let nested = |depth: usize| {
+            if depth >= MAX_DEPTH {
+                return Err(format!(
+                    "the item nests maps and lists more than {MAX_DEPTH} levels deep, DynamoDB's limit"
+                ));
+            }
+            Ok(depth + 1)
+        };
+        Ok(match stored(value, self.all_strings) {
+            Stored::Null => {
+                self.out.extend_from_slice(br#"{"NULL":true}"#);
+                1
+            }
+            Stored::Bool(b) => {
+                self.out.extend_from_slice(if b {
+                    br#"{"BOOL":true}"#
+                } else {
+                    br#"{"BOOL":false}"#
+                });
+                1
+            }
+            Stored::N(n) => {
+                let text = dynamodb_number(n)?;
+                // A number's text needs no escaping.
+                for part in [r#"{"N":""#, text, r#""}"#] {
+                    self.out.extend_from_slice(part.as_bytes());
+                }
+                text.len().div_ceil(2) + 1
+            }
+            Stored::S(s) => {
+                self.out.extend_from_slice(br#"{"S":"#);
+                write_string(self.out, s);
+                self.out.push(b'}');
+                s.len()
+            }
+            Stored::L(items) => {
+                let depth = nested(depth)?;
+                self.out.extend_from_slice(br#"{"L":["#);
+                let mut size = 3;
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        self.out.push(b',');
+                    }
+                    size += 1 + self.attribute(item, depth)?;
+                }
+                self.out.extend_from_slice(b"]}");
+                size
+            }
+            Stored::M(map) => {
+                let depth = nested(depth)?;
+                self.out.extend_from_slice(br#"{"M":"#);
+                let size = 3 + self.attributes(map, 1, depth)?;
+                self.out.push(b'}');
+                size
+            }
+        })
+    }
+}
+
+/// Appends a JSON string, escaped as serde_json escapes it.
+pub(super) fn write_string(out: &mut Vec<u8>, s: &str) {
+    serde_json::to_writer(out, s).expect("a string written into a Vec cannot fail");
 }
 
 /// A number as written, or why DynamoDB cannot hold it exactly (it would round, never store,
 /// an altered number).
-fn dynamodb_number(text: &str) -> Result<String, String> {
+fn dynamodb_number(n: &Number) -> Result<&str, String> {
+    let text = n.as_str();
     let digits = canonical_number(text)
         .map(|c| {
             c.trim_start_matches(['+', '-'])
@@ -78,7 +207,57 @@ fn dynamodb_number(text: &str) -> Result<String, String> {
              (store it as a string, e.g. with `all_strings = true`)"
         ));
     }
-    Ok(text.to_owned())
+    Ok(text)
+}
+
+/// The key of the item a record's value becomes, its attributes typed as they are stored.
+fn record_key<'a>(
+    value: &'a Value,
+    all_strings: bool,
+    key: &[KeyAttribute],
+) -> Result<ItemKey<'a>, String> {
+    key_from(key, |name| {
+        Some(match stored(value.get(name)?, all_strings) {
+            Stored::S(s) => Typed::S(s),
+            Stored::N(n) => Typed::N(n.as_str()),
+            Stored::Bool(_) => Typed::Bool,
+            Stored::Null => Typed::Null,
+            Stored::L(_) => Typed::L,
+            Stored::M(_) => Typed::M,
+        })
+    })
+}
+
+/// A BatchWriteItem request body, `{"RequestItems":{"<table>":[<put request>,...],...}}`, from
+/// each request's table and wire format; each table's requests keep their order.
+pub fn batch_write_body<'a, I>(requests: I) -> Vec<u8>
+where
+    I: Iterator<Item = (&'a str, &'a [u8])> + Clone,
+{
+    let length: usize = requests.clone().map(|(_, r)| r.len() + 1).sum();
+    let mut body = Vec::with_capacity(length + 64);
+    body.extend_from_slice(br#"{"RequestItems":{"#);
+    let mut tables: Vec<&str> = Vec::new();
+    for (table, _) in requests.clone() {
+        if tables.contains(&table) {
+            continue;
+        }
+        if !tables.is_empty() {
+            body.push(b',');
+        }
+        tables.push(table);
+        write_string(&mut body, table);
+        body.extend_from_slice(b":[");
+        for (i, (_, request)) in requests.clone().filter(|(t, _)| *t == table).enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(request);
+        }
+        body.push(b']');
+    }
+    body.extend_from_slice(b"}}");
+    body
 }
 
 fn kind_of(value: &Value) -> &'static str {
@@ -92,172 +271,5 @@ fn kind_of(value: &Value) -> &'static str {
     }
 }
 
-/// A record's value as a BatchWriteItem put request, with its key (to merge duplicates), or why it
-/// can never be written: not an object, a missing or mistyped key, over 400 KB.
-pub fn write_request(
-    value: &Value,
-    all_strings: bool,
-    key: &[KeyAttribute],
-) -> Result<(ItemKey, WriteRequest), String> {
-    let item = sized_item(value, all_strings)?;
-    let item_key = item_key(&item, key)?;
-    let put = PutRequest::builder()
-        .set_item(Some(item))
-        .build()
-        .map_err(|e| e.to_string())?;
-    Ok((item_key, WriteRequest::builder().put_request(put).build()))
-}
-
-/// The record's item, or why DynamoDB would refuse it whatever the table: not an object, a
-/// number it cannot hold, over 400 KB.
-pub fn sized_item(
-    value: &Value,
-    all_strings: bool,
-) -> Result<HashMap<String, AttributeValue>, String> {
-    let item = to_item(value, all_strings)?;
-    let size = item_size(&item);
-    if size > MAX_ITEM_BYTES {
-        return Err(format!(
-            "the item is {size} bytes, over DynamoDB's limit of {MAX_ITEM_BYTES} bytes (400 KB)"
-        ));
-    }
-    Ok(item)
-}
-
-/// An attribute value in DynamoDB's JSON wire format, as a BatchWriteItem request carries it:
-/// `{"S": "x"}`, `{"N": "1.5"}`, `{"BOOL": true}`, `{"NULL": true}`, `{"L": [...]}`,
-/// `{"M": {...}}` (sets and binaries, which JSON records never give, as `{"?": ...}`).
-pub fn wire_json(value: &AttributeValue) -> Value {
-    let tagged = |tag: &str, v: Value| Value::Object([(tag.to_owned(), v)].into_iter().collect());
-    match value {
-        AttributeValue::S(s) => tagged("S", Value::String(s.clone())),
-        AttributeValue::N(n) => tagged("N", Value::String(n.clone())),
-        AttributeValue::Bool(b) => tagged("BOOL", Value::Bool(*b)),
-        AttributeValue::Null(b) => tagged("NULL", Value::Bool(*b)),
-        AttributeValue::L(items) => tagged("L", items.iter().map(wire_json).collect()),
-        AttributeValue::M(map) => tagged("M", item_json(map)),
-        other => tagged("?", Value::String(format!("{other:?}"))),
-    }
-}
-
-/// An item in DynamoDB's JSON wire format.
-pub fn item_json(item: &HashMap<String, AttributeValue>) -> Value {
-    Value::Object(
-        item.iter()
-            .map(|(k, v)| (k.clone(), wire_json(v)))
-            .collect(),
-    )
-}
-
-/// An item's size as DynamoDB counts it: attribute names plus values (numbers about one byte per
-/// two digits, containers three bytes plus one per element).
-pub fn item_size(item: &HashMap<String, AttributeValue>) -> usize {
-    item.iter().map(|(k, v)| k.len() + value_size(v)).sum()
-}
-
-fn value_size(v: &AttributeValue) -> usize {
-    match v {
-        AttributeValue::S(s) => s.len(),
-        AttributeValue::N(n) => n.len().div_ceil(2) + 1,
-        AttributeValue::B(b) => b.as_ref().len(),
-        AttributeValue::Bool(_) | AttributeValue::Null(_) => 1,
-        AttributeValue::L(items) => 3 + items.iter().map(|v| 1 + value_size(v)).sum::<usize>(),
-        AttributeValue::M(map) => {
-            3 + map
-                .iter()
-                .map(|(k, v)| 1 + k.len() + value_size(v))
-                .sum::<usize>()
-        }
-        AttributeValue::Ss(items) | AttributeValue::Ns(items) => {
-            items.iter().map(|s| s.len()).sum()
-        }
-        _ => 0,
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn json_types_map_to_attribute_types() {
-        let item = to_item(
-            &json!({"s": "x", "n": 12.5, "b": true, "z": null, "l": [1, "a"], "m": {"k": 2}}),
-            false,
-        )
-        .unwrap();
-        assert_eq!(item["s"], AttributeValue::S("x".into()));
-        assert_eq!(item["n"], AttributeValue::N("12.5".into()));
-        assert_eq!(item["b"], AttributeValue::Bool(true));
-        assert_eq!(item["z"], AttributeValue::Null(true));
-        assert_eq!(
-            item["l"],
-            AttributeValue::L(vec![
-                AttributeValue::N("1".into()),
-                AttributeValue::S("a".into())
-            ])
-        );
-        assert_eq!(
-            item["m"],
-            AttributeValue::M([("k".to_owned(), AttributeValue::N("2".into()))].into())
-        );
-    }
-
-    #[test]
-    fn numbers_are_stored_exactly_as_written_or_refused() {
-        // Found by review: numbers beyond 64 bits or 17 significant digits were rounded on
-        // their way to DynamoDB, which keeps 38.
-        let value: Value = serde_json::from_str(
-            r#"{"big": 123456789012345678901234567890, "precise": 0.10000000000000000555, "n": 1.50}"#,
-        )
-        .unwrap();
-        let item = to_item(&value, false).unwrap();
-        assert_eq!(
-            item["big"],
-            AttributeValue::N("123456789012345678901234567890".into())
-        );
-        assert_eq!(
-            item["precise"],
-            AttributeValue::N("0.10000000000000000555".into())
-        );
-        assert_eq!(item["n"], AttributeValue::N("1.50".into()));
-        let strings = to_item(&value, true).unwrap();
-        assert_eq!(
-            strings["big"],
-            AttributeValue::S("123456789012345678901234567890".into())
-        );
-        let too_long: Value =
-            serde_json::from_str(r#"{"n": 1234567890123456789012345678901234567891}"#).unwrap();
-        let e = to_item(&too_long, false).unwrap_err();
-        assert!(
-            e.contains("40 significant digits") && e.contains("38"),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn all_strings_stores_scalars_as_strings() {
-        let item = to_item(&json!({"n": 2019, "b": false, "l": [1]}), true).unwrap();
-        assert_eq!(item["n"], AttributeValue::S("2019".into()));
-        assert_eq!(item["b"], AttributeValue::S("false".into()));
-        assert_eq!(
-            item["l"],
-            AttributeValue::L(vec![AttributeValue::S("1".into())])
-        );
-    }
-
-    #[test]
-    fn only_objects_are_items() {
-        let e = to_item(&json!([1, 2]), false).unwrap_err();
-        assert!(e.contains("not an array"), "{e}");
-    }
-
-    #[test]
-    fn size_counts_names_and_values() {
-        let item = to_item(&json!({"ab": "xyz", "n": 1234}), false).unwrap();
-        assert_eq!(item_size(&item), 2 + 3 + 1 + 3);
-        let big = to_item(&json!({"p": "x".repeat(MAX_ITEM_BYTES)}), false).unwrap();
-        assert!(item_size(&big) > MAX_ITEM_BYTES);
-    }
-}
+mod tests;

@@ -169,10 +169,13 @@ impl Encoder for ItemEncoder {
     fn encode(&self, record: &Record) -> Result<Request, SinkError> {
         let table = self.routes.table(record)?;
         let item =
-            encode::sized_item(&record.value, self.all_strings).map_err(SinkError::Permanent)?;
+            encode::item_wire(&record.value, self.all_strings).map_err(SinkError::Permanent)?;
+        // The bytes the sink would send, read back as JSON to be shown (nested at most 32
+        // levels, within serde_json's limit of 128).
+        let body = serde_json::from_slice(&item).expect("an item's wire format is JSON");
         Ok(Request {
             target: table,
-            body: encode::item_json(&item),
+            body,
         })
     }
 }

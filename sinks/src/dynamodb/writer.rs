@@ -1,22 +1,25 @@
-//! The DynamoDB sink's write path: each record's table from the routes, items merged by table
-//! and key, chunks of 25 (from any tables: BatchWriteItem takes several in one call) written
-//! concurrently, unprocessed items handed back for retry, and a rejected chunk split to find the
-//! bad item.
+//! The DynamoDB sink's write path: each record's table from the routes, its put request
+//! encoded once into one buffer for the whole write, items merged by table and key, chunks of 25
+//! (from any tables: BatchWriteItem takes several in one call) written concurrently, unprocessed
+//! items handed back for retry, and a rejected chunk split to find the bad item.
 
 use std::collections::{HashMap, HashSet};
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::WriteRequest;
+use aws_smithy_types::body::SdkBody;
+use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use sluice_core::aws;
 use sluice_core::{Record, Sink, SinkError};
 use tokio::sync::RwLock;
 
-use super::encode::write_request;
-use super::key::{item_key, ItemKey, KeyAttribute};
+use super::encode::{batch_write_body, write_put_request};
+use super::key::{handed_back_key, ItemKey, KeyAttribute};
 use super::DynamoDbSinkConfig;
 use crate::route::Routes;
 
@@ -29,11 +32,13 @@ pub const MAX_BATCH_ITEMS: usize = 25;
 const CALLS_PER_RUN: usize = 8;
 
 /// One record's item, ready to send.
-struct Pending {
+struct Pending<'a> {
     index: usize,
     table: Arc<str>,
-    key: ItemKey,
-    request: WriteRequest,
+    /// Borrowed from the record's value.
+    key: ItemKey<'a>,
+    /// Its put request in the wire format, within the write's encoded requests.
+    request: Range<usize>,
 }
 
 /// Each record's answer, by its index in the batch.
@@ -120,12 +125,13 @@ impl BatchWriter {
         }
     }
 
-    /// Each record's item, or its answer when it has none.
-    async fn prepare(
+    /// Each record's item, its put request appended to `encoded`, or its answer when it has none.
+    async fn prepare<'b>(
         &self,
-        batch: &[Record],
+        batch: &'b [Record],
         answers: &mut [Result<(), SinkError>],
-    ) -> Vec<Pending> {
+        encoded: &mut Vec<u8>,
+    ) -> Vec<Pending<'b>> {
         let mut prepared = Vec::with_capacity(batch.len());
         for (table, members) in self.routes.group(batch, answers) {
             let table: Arc<str> = table.into();
@@ -139,12 +145,14 @@ impl BatchWriter {
                 }
             };
             for index in members {
-                match write_request(&batch[index].value, self.config.all_strings, &key) {
-                    Ok((key, request)) => prepared.push(Pending {
+                let start = encoded.len();
+                match write_put_request(&batch[index].value, self.config.all_strings, &key, encoded)
+                {
+                    Ok(key) => prepared.push(Pending {
                         index,
                         table: table.clone(),
                         key,
-                        request,
+                        request: start..encoded.len(),
                     }),
                     Err(e) => answers[index] = Err(SinkError::Permanent(e)),
                 }
@@ -155,42 +163,49 @@ impl BatchWriter {
         prepared
     }
 
-    /// Writes one chunk of at most 25 items, moving its requests into the call; a chunk
-    /// DynamoDB rejects as invalid is encoded again from `batch` and split in halves until the
-    /// invalid items are alone, so their neighbours are still written.
+    /// Writes one chunk of at most 25 items; a chunk DynamoDB rejects as invalid is split in
+    /// halves until the invalid items are alone, so their neighbours are still written.
     fn write_chunk<'a>(
         &'a self,
-        batch: &'a [Record],
-        chunk: Vec<Pending>,
+        encoded: &'a [u8],
+        chunk: Vec<Pending<'a>>,
     ) -> BoxFuture<'a, Answers> {
         async move {
-            let mut requests: HashMap<String, Vec<WriteRequest>> = HashMap::new();
-            let mut sent = Vec::with_capacity(chunk.len());
-            for p in chunk {
-                match requests.get_mut(&*p.table) {
-                    Some(table) => table.push(p.request),
-                    None => {
-                        requests.insert(p.table.to_string(), vec![p.request]);
-                    }
+            let requests = chunk
+                .iter()
+                .map(|p| (&*p.table, &encoded[p.request.clone()]));
+            let body = Bytes::from(batch_write_body(requests));
+            // The SDK is given the tables alone (its endpoint rules read their names) and the
+            // request body is put in place before the call is signed; each attempt of the SDK's
+            // retries starts from the serialised call again, so each sends this body.
+            let mut tables: HashMap<String, Vec<WriteRequest>> = HashMap::new();
+            for p in &chunk {
+                if !tables.contains_key(&*p.table) {
+                    tables.insert(p.table.to_string(), Vec::new());
                 }
-                sent.push((p.index, p.table, p.key));
             }
             let call = self
                 .client
                 .batch_write_item()
-                .set_request_items(Some(requests))
+                .set_request_items(Some(tables))
+                .customize()
+                .mutate_request(move |request| {
+                    let length = body.len().to_string();
+                    *request.body_mut() = SdkBody::from(body.clone());
+                    request.headers_mut().insert("content-length", length);
+                })
                 .send()
                 .await;
             match call {
                 Ok(out) => {
                     let keys = self.keys.read().await;
-                    let mut unprocessed: HashSet<(&str, ItemKey)> = HashSet::new();
+                    let mut unprocessed: HashMap<&str, HashSet<ItemKey>> = HashMap::new();
                     let mut unmatched = false;
                     for (table, writes) in out.unprocessed_items().into_iter().flatten() {
                         for put in writes.iter().filter_map(|w| w.put_request()) {
-                            match keys.get(table).map(|key| item_key(put.item(), key)) {
+                            match keys.get(table).map(|key| handed_back_key(put.item(), key)) {
                                 Some(Ok(k)) => {
-                                    unprocessed.insert((table.as_str(), k));
+                                    unprocessed.entry(table.as_str()).or_default().insert(k);
                                 }
                                 _ => unmatched = true,
                             }
@@ -202,11 +217,15 @@ impl BatchWriter {
                         let e = SinkError::Retryable(
                             "DynamoDB returned unprocessed items this batch cannot match".into(),
                         );
-                        return sent.iter().map(|(i, _, _)| (*i, Err(e.clone()))).collect();
+                        return chunk.iter().map(|p| (p.index, Err(e.clone()))).collect();
                     }
-                    sent.into_iter()
-                        .map(|(index, table, key)| {
-                            let answer = if unprocessed.contains(&(&*table, key)) {
+                    chunk
+                        .iter()
+                        .map(|p| {
+                            let handed_back = unprocessed
+                                .get(&*p.table)
+                                .is_some_and(|keys| keys.contains(&p.key));
+                            let answer = if handed_back {
                                 Err(SinkError::Retryable(
                                     "DynamoDB returned the item unprocessed (throughput exceeded)"
                                         .into(),
@@ -214,25 +233,25 @@ impl BatchWriter {
                             } else {
                                 Ok(())
                             };
-                            (index, answer)
+                            (p.index, answer)
                         })
                         .collect()
                 }
                 Err(e) if aws::error_code(&e) == Some("ValidationException") => {
                     let message = aws::describe_error(&e);
-                    if let [(index, _, _)] = sent[..] {
+                    if let [p] = &chunk[..] {
                         return vec![(
-                            index,
+                            p.index,
                             Err(SinkError::Permanent(format!(
                                 "DynamoDB rejected the item: {message}"
                             ))),
                         )];
                     }
-                    let mut first = self.encoded_again(batch, sent).await;
+                    let mut first = chunk;
                     let second = first.split_off(first.len() / 2);
                     let (a, b) = futures::join!(
-                        self.write_chunk(batch, first),
-                        self.write_chunk(batch, second)
+                        self.write_chunk(encoded, first),
+                        self.write_chunk(encoded, second)
                     );
                     a.into_iter().chain(b).collect()
                 }
@@ -240,8 +259,9 @@ impl BatchWriter {
                     // Throttling, 5xx and timeouts, but also a missing table or denied access:
                     // none is the record's fault, so none may dead-letter it; retried, then Failed.
                     let message = format!("BatchWriteItem failed: {}", aws::describe_error(&e));
-                    sent.into_iter()
-                        .map(|(index, _, _)| (index, Err(SinkError::Retryable(message.clone()))))
+                    chunk
+                        .iter()
+                        .map(|p| (p.index, Err(SinkError::Retryable(message.clone()))))
                         .collect()
                 }
             }
@@ -250,39 +270,13 @@ impl BatchWriter {
     }
 }
 
-impl BatchWriter {
-    /// The requests of records sent once (their first requests went into the call), encoded
-    /// again as they were: the same value, table and key attributes.
-    async fn encoded_again(
-        &self,
-        batch: &[Record],
-        sent: Vec<(usize, Arc<str>, ItemKey)>,
-    ) -> Vec<Pending> {
-        let keys = self.keys.read().await;
-        sent.into_iter()
-            .map(|(index, table, key)| {
-                let attributes = keys
-                    .get(&*table)
-                    .expect("described before it was first encoded");
-                let (_, request) =
-                    write_request(&batch[index].value, self.config.all_strings, attributes)
-                        .expect("encoded once before, so again");
-                Pending {
-                    index,
-                    table,
-                    key,
-                    request,
-                }
-            })
-            .collect()
-    }
-}
-
 #[async_trait]
 impl Sink for BatchWriter {
     async fn write(&self, batch: &[Record]) -> Vec<Result<(), SinkError>> {
         let mut answers: Vec<Result<(), SinkError>> = vec![Ok(()); batch.len()];
-        let prepared = self.prepare(batch, &mut answers).await;
+        // About an encoded Waze record each; it grows for larger ones.
+        let mut encoded = Vec::with_capacity(batch.len() * 512);
+        let prepared = self.prepare(batch, &mut answers, &mut encoded).await;
         // DynamoDB rejects a call that names an item twice: the last record with a key wins, and
         // the ones it replaces share its answer.
         let replaced_by: Vec<Option<usize>> = {
@@ -304,8 +298,14 @@ impl Sink for BatchWriter {
             }
         }
         let chunks = sluice_core::owned_chunks(unique, MAX_BATCH_ITEMS);
-        let written: Vec<Answers> = futures::stream::iter(chunks)
-            .map(|chunk| self.write_chunk(batch, chunk))
+        // The calls are made before they are streamed (a future does nothing until polled): a
+        // closure mapping chunks that borrow the batch is more than `async_trait`'s `Send` check
+        // can prove.
+        let calls: Vec<_> = chunks
+            .into_iter()
+            .map(|chunk| self.write_chunk(&encoded, chunk))
+            .collect();
+        let written: Vec<Answers> = futures::stream::iter(calls)
             .buffer_unordered(self.config.max_concurrency)
             .collect()
             .await;
