@@ -44,6 +44,8 @@ struct Rule {
     remaining: Option<u32>,
     /// Only calls whose request body contains this text fail.
     needle: Option<String>,
+    /// Calls to let through before the rule starts failing them.
+    skip: u32,
 }
 
 /// The faults to inject, shared by the HTTP clients made from it; change it while a test runs.
@@ -69,6 +71,18 @@ impl FaultPlan {
         self.push(operation, fault, None)
     }
 
+    /// The calls of `operation` after the next `skip` fail with `fault`, `times` of them.
+    pub fn fail_after(&self, operation: &str, skip: u32, fault: Fault, times: u32) -> &Self {
+        self.lock().push(Rule {
+            operation: operation.to_owned(),
+            fault,
+            remaining: Some(times),
+            needle: None,
+            skip,
+        });
+        self
+    }
+
     /// Every call of `operation` whose request body contains `needle` fails with `fault` until
     /// healed: a way to fail chosen records' writes and not their neighbours' calls.
     pub fn fail_when(&self, operation: &str, needle: &str, fault: Fault) -> &Self {
@@ -77,6 +91,7 @@ impl FaultPlan {
             fault,
             remaining: None,
             needle: Some(needle.to_owned()),
+            skip: 0,
         });
         self
     }
@@ -110,6 +125,7 @@ impl FaultPlan {
             fault,
             remaining,
             needle: None,
+            skip: 0,
         });
         self
     }
@@ -130,6 +146,10 @@ impl FaultPlan {
                 && r.needle.as_deref().is_none_or(contains)
         })?;
         let rule = &mut rules[i];
+        if rule.skip > 0 {
+            rule.skip -= 1;
+            return None;
+        }
         if let Some(n) = rule.remaining.as_mut() {
             *n -= 1;
         }

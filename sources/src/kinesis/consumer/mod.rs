@@ -5,7 +5,7 @@
 //! Closed shards end at `SHARD_END` with their children's leases created; a child is read once
 //! every parent is finished, whoever held them. On stopping it releases what it holds.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,10 +38,11 @@ const START_BACKOFF: Backoff = Backoff {
 const RESTART_DELAY: Duration = Duration::from_secs(5);
 /// Take rounds between two shard listings (a listing also follows every finished shard).
 const LIST_EVERY: u64 = 6;
-/// Take rounds in a row that fail to create the leases of listed shards (or to read the table)
-/// before a one-pass run gives up on them (a round is half a lease duration: three minutes in
-/// all with the default lease).
-const MAX_CREATION_FAILURES: u32 = 12;
+/// Rounds in a row that fail to create the leases of listed shards (or to read the table), or
+/// to list the shards when a listing is due, before a one-pass run gives up waiting and ends
+/// with the error (a round is half a lease duration: three minutes in all with the default
+/// lease).
+const MAX_FAILED_ROUNDS: u32 = 12;
 
 /// A built Kinesis source: its clients and settings, nothing read yet.
 pub struct KinesisSource {
@@ -188,6 +189,10 @@ struct World {
     listing_due: Option<mpsc::Sender<Result<Listing, SourceError>>>,
     /// Take rounds in a row whose lease creation failed, with the last error.
     creation_failures: Option<(u32, SourceError)>,
+    /// Listings in a row that failed, with the last error.
+    listing_failures: Option<(u32, SourceError)>,
+    /// Shards this worker read to their end.
+    finished: HashSet<String>,
     errors: Vec<SourceError>,
 }
 
@@ -195,9 +200,18 @@ impl World {
     /// A take round that left a listed shard without a lease, or did not see the leases it
     /// made: one more in a row, with `e` as the reason a one-pass run gives if it gives up.
     fn creation_failed(&mut self, e: SourceError) {
-        let failures = self.creation_failures.take().map_or(1, |(n, _)| n + 1);
-        self.creation_failures = Some((failures, e));
+        count_failure(&mut self.creation_failures, e);
     }
+
+    /// A listing failed: one more in a row.
+    fn listing_failed(&mut self, e: SourceError) {
+        count_failure(&mut self.listing_failures, e);
+    }
+}
+
+fn count_failure(failures: &mut Option<(u32, SourceError)>, e: SourceError) {
+    let n = failures.take().map_or(1, |(n, _)| n + 1);
+    *failures = Some((n, e));
 }
 
 impl Consumer {
@@ -246,9 +260,13 @@ impl Consumer {
                     Ok(listing) => {
                         world.listing = listing;
                         world.list_now = false;
+                        world.listing_failures = None;
                         world.note_closed();
                     }
-                    Err(e) => tracing::warn!(error = %e, "listing shards failed; trying again at the next round"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "listing shards failed; trying again at the next round");
+                        world.listing_failed(e);
+                    }
                 },
                 // The readers stop by themselves (renewals go on meanwhile); with none, stop now.
                 _ = cx.shutdown.triggered(), if world.readers.is_empty() => {}
@@ -270,17 +288,41 @@ impl Consumer {
     }
 
     /// In a one-pass run: whether a lease may still become this worker's to read (free, or
-    /// held by a worker not yet seen alive nor expired), or a listed shard has no lease yet
-    /// because creating it failed (the next round tries again; a run whose leases could not be
-    /// created for `MAX_CREATION_FAILURES` rounds in a row ends with that error, not as caught
-    /// up with those shards unread).
+    /// held by a worker not yet seen alive nor expired); a listed shard has no lease yet (the
+    /// next round creates it), or creating it failed; or a listing is due and has not come
+    /// (a shard ended while the shards could not be listed: its children are not known yet).
+    /// A run whose leases could not be created, or whose shards could not be listed, for
+    /// `MAX_FAILED_ROUNDS` rounds in a row ends with that error, not as caught up with shards
+    /// unread.
     fn anything_left(&self, world: &mut World) -> bool {
-        if let Some((failures, _)) = &world.creation_failures {
-            if *failures < MAX_CREATION_FAILURES {
+        match world.creation_failures.take() {
+            Some((n, e)) if n >= MAX_FAILED_ROUNDS => world.errors.push(e),
+            Some(failing) => {
+                world.creation_failures = Some(failing);
                 return true;
             }
-            let (_, e) = world.creation_failures.take().expect("matched above");
-            world.errors.push(e);
+            None => {}
+        }
+        if world.list_now {
+            match world.listing_failures.take() {
+                Some((n, e)) if n >= MAX_FAILED_ROUNDS => {
+                    world.errors.push(e);
+                    world.list_now = false;
+                }
+                // Under way, asked of the next round, or to be tried again there.
+                failing => {
+                    world.listing_failures = failing;
+                    return true;
+                }
+            }
+        }
+        // Children of a shard read to its end here, listed since without a lease: the next
+        // round creates them.
+        let children_unleased = shards::missing(&world.listing, &world.table)
+            .iter()
+            .any(|(_, parents, _)| parents.iter().any(|p| world.finished.contains(p)));
+        if children_unleased {
+            return true;
         }
         let now = Instant::now();
         world.table.iter().any(|l| {
@@ -321,11 +363,16 @@ impl Consumer {
         match end {
             Ok(ReadEnd::Finished) => {
                 tracing::info!(shard = %id, "shard read to its end");
+                world.finished.insert(id.clone());
                 // The listing may predate the split or merge that closed the shard.
                 match shards::list(cx).await {
-                    Ok(listing) => world.listing = listing,
+                    Ok(listing) => {
+                        world.listing = listing;
+                        world.listing_failures = None;
+                    }
                     Err(e) => {
-                        tracing::warn!(error = %e, "listing shards failed; the children are found at a later round")
+                        tracing::warn!(error = %e, "listing shards failed; the children are found at a later round");
+                        world.listing_failed(e);
                     }
                 }
                 let children = world.listing.children(&id);

@@ -65,7 +65,7 @@ impl Consumer {
         }
         let scanned = match scanned {
             Some(leases) => Some(self.observe(world, leases)),
-            None => self.scan(world).await,
+            None => self.scan(world).await.ok(),
         };
         let Some(mut leases) = scanned else {
             // A round that cannot read the table counts against leases still to be created, so
@@ -78,15 +78,13 @@ impl Consumer {
         match self.create_missing(&world.listing, &leases).await {
             Ok(false) => world.creation_failures = None,
             Ok(true) => match self.scan(world).await {
-                Some(rescanned) => {
+                Ok(rescanned) => {
                     world.creation_failures = None;
                     leases = rescanned;
                 }
-                None => {
+                Err(e) => {
                     // Until a round sees the new leases, a one-pass run is not caught up.
-                    world.creation_failed(SourceError::Service(
-                        "the lease table could not be read after creating leases".into(),
-                    ));
+                    world.creation_failed(e);
                     return;
                 }
             },
@@ -162,14 +160,14 @@ impl Consumer {
         metrics().leases_held(self.pipeline(), world.held.len());
     }
 
-    /// Scans the table and records what it shows; `None` when it cannot be read.
-    async fn scan(&self, world: &mut World) -> Option<Vec<Lease>> {
+    /// Scans the table and records what it shows, or answers why it cannot be read.
+    async fn scan(&self, world: &mut World) -> Result<Vec<Lease>, SourceError> {
         match self.leases.scan().await {
-            Ok(leases) => Some(self.observe(world, leases)),
+            Ok(leases) => Ok(self.observe(world, leases)),
             Err(e) => {
                 self.health.lease_table_reached(false);
                 tracing::warn!(error = %e, "the lease table cannot be read; trying again at the next round");
-                None
+                Err(e)
             }
         }
     }

@@ -139,6 +139,81 @@ async fn a_lease_that_cannot_be_created_ends_a_run_with_the_reason() {
     );
 }
 
+/// Found by an audit: the scan that follows a lease's creation failing ended a run with a
+/// generic error of its own instead of the scan's reason.
+#[tokio::test]
+async fn a_lease_table_that_cannot_be_read_again_ends_a_run_with_the_scans_reason() {
+    let Some(endpoint) = moto_endpoint() else {
+        return;
+    };
+    let stream = Stream::create(&endpoint, 1).await;
+    stream.put(0, 3).await;
+    let plan = FaultPlan::new();
+    // The start's scan passes; every one after it fails.
+    plan.fail_after("Scan", 1, Fault::ServerError, u32::MAX);
+    let short = "lease_duration = \"3s\"\ncheckpoint_interval = \"1s\"";
+    let run = stream.read(short, &plan);
+    let (summary, _) = tokio::time::timeout(Duration::from_secs(240), run)
+        .await
+        .expect("the run ends");
+    assert!(
+        summary
+            .errors
+            .iter()
+            .any(|e| e.contains(&format!("reading lease table `{}`", stream.checkpoints))),
+        "{summary:?}"
+    );
+}
+
+/// Found by an audit: when a shard was read to its end and listing the shards then failed, a
+/// one-pass run ended as caught up before a later listing showed the shard's children, and
+/// reported success with them unread. It now waits for a listing and the children's leases.
+#[tokio::test]
+async fn a_shard_that_ends_while_the_shards_cannot_be_listed_still_has_its_children_read() {
+    let Some(moto) = moto_endpoint() else { return };
+    let Some(kinesis_local) = kinesis_local_endpoint() else {
+        return;
+    };
+    let stream = Stream::create_on(&kinesis_local, &moto, 1).await;
+    let key = |i: usize| format!("key-{}", i % 16);
+    stream.put_keyed(0, 20, key).await;
+    let parent = stream.shards().await.into_keys().next().unwrap();
+    let plan = FaultPlan::new();
+    // The run lists the shards, makes the lease, then waits for an iterator...
+    plan.fail_always("GetShardIterator", Fault::Throttle);
+    let short = "lease_duration = \"3s\"\ncheckpoint_interval = \"1s\"";
+    let (summary, sink) = {
+        let run = stream.read(short, &plan);
+        let reshard = async {
+            // ...while the shard is split (its listing does not show the children)...
+            assert!(
+                eventually(Duration::from_secs(30), async || plan.injected() > 0).await,
+                "the reader asked for an iterator"
+            );
+            stream
+                .split(&parent, "170141183460469231731687303715884105728")
+                .await;
+            stream.put_keyed(20, 40, key).await;
+            // ...and the shards cannot be listed when it has been read to its end (the SDK's
+            // three attempts of the listing then and of the next one).
+            plan.fail("ListShards", Fault::ServerError, 6);
+            plan.heal("GetShardIterator");
+        };
+        let (read, ()) = tokio::time::timeout(Duration::from_secs(120), async {
+            futures::join!(run, reshard)
+        })
+        .await
+        .expect("the run ends");
+        read
+    };
+    assert!(summary.is_success(), "{summary:?}");
+    assert_eq!(
+        numbers(&sink),
+        (0..40).collect::<Vec<_>>(),
+        "the children too"
+    );
+}
+
 /// Found by the chaos test: the last lease writes of a stopping run were made once, so a run
 /// that had stored every record ended with an error when they failed past the SDK's retries.
 #[tokio::test]
