@@ -71,7 +71,8 @@ impl FaultPlan {
         self.push(operation, fault, None)
     }
 
-    /// The calls of `operation` after the next `skip` fail with `fault`, `times` of them.
+    /// The calls of `operation` after the next `skip` fail with `fault`, `times` of them (while
+    /// it lets calls through, rules added after it for the operation wait).
     pub fn fail_after(&self, operation: &str, skip: u32, fault: Fault, times: u32) -> &Self {
         self.lock().push(Rule {
             operation: operation.to_owned(),

@@ -185,27 +185,72 @@ struct World {
     readers: JoinSet<Ended>,
     rounds: u64,
     list_now: bool,
-    /// A listing is under way in the background (renewals never wait for Kinesis).
-    listing_due: Option<mpsc::Sender<Result<Listing, SourceError>>>,
-    /// Take rounds in a row whose lease creation failed, with the last error.
-    creation_failures: Option<(u32, SourceError)>,
-    /// Listings in a row that failed, with the last error.
+    /// A listing is under way in the background (renewals never wait for Kinesis), answered
+    /// with its number.
+    listing_due: Option<mpsc::Sender<(u64, Result<Listing, SourceError>)>>,
+    /// Listings started so far, numbered in order, and the number of the one `listing` is.
+    listings_started: u64,
+    listing_number: u64,
+    /// Take rounds in a row that could not read the table or create the leases of listed
+    /// shards, with the last error.
+    round_failures: Option<(u32, SourceError)>,
+    /// A one-pass run: a shard ended here when the shards could not be listed, so its children
+    /// are not known; a listing started after this number must come before the run ends.
+    children_unlisted: Option<u64>,
+    /// Background listings in a row that failed since, with the last error.
     listing_failures: Option<(u32, SourceError)>,
-    /// Shards this worker read to their end.
+    /// A one-pass run: shards read to their end here (their children are waited for).
     finished: HashSet<String>,
+    /// A one-pass run gave up waiting for the table, leases or a listing (the error is in
+    /// `errors`): it ends.
+    gave_up: bool,
     errors: Vec<SourceError>,
 }
 
 impl World {
-    /// A take round that left a listed shard without a lease, or did not see the leases it
-    /// made: one more in a row, with `e` as the reason a one-pass run gives if it gives up.
-    fn creation_failed(&mut self, e: SourceError) {
-        count_failure(&mut self.creation_failures, e);
+    /// A take round that could not read the table, left a listed shard without a lease, or did
+    /// not see the leases it made: one more in a row, with `e` as the reason a one-pass run
+    /// gives if it gives up.
+    fn round_failed(&mut self, e: SourceError) {
+        count_failure(&mut self.round_failures, e);
     }
 
-    /// A listing failed: one more in a row.
-    fn listing_failed(&mut self, e: SourceError) {
-        count_failure(&mut self.listing_failures, e);
+    /// The next listing's number.
+    fn listing_started(&mut self) -> u64 {
+        self.listings_started += 1;
+        self.listings_started
+    }
+
+    /// A listing answered: taken unless a later one already was; it may be the one a
+    /// one-pass run waits for.
+    fn listed(&mut self, number: u64, listed: Result<Listing, SourceError>) {
+        match listed {
+            Ok(listing) if number > self.listing_number => {
+                self.listing = listing;
+                self.listing_number = number;
+                self.list_now = false;
+                if self.children_unlisted.is_some_and(|after| number > after) {
+                    self.children_unlisted = None;
+                    self.listing_failures = None;
+                }
+                self.note_closed();
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "listing shards failed; trying again at the next round");
+                if self.children_unlisted.is_some() {
+                    count_failure(&mut self.listing_failures, e);
+                }
+            }
+        }
+    }
+
+    /// Listed shards without a lease whose parent ended here: the next round creates them.
+    fn children_unleased(&self) -> bool {
+        !self.finished.is_empty()
+            && shards::missing(&self.listing, &self.table)
+                .iter()
+                .any(|(_, parents, _)| parents.iter().any(|p| self.finished.contains(p)))
     }
 }
 
@@ -256,18 +301,7 @@ impl Consumer {
                 _ = take.tick(), if !cx.shutdown.is_triggered() => {
                     self.take_round(&mut world, None).await
                 }
-                Some(listed) = listings.recv() => match listed {
-                    Ok(listing) => {
-                        world.listing = listing;
-                        world.list_now = false;
-                        world.listing_failures = None;
-                        world.note_closed();
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "listing shards failed; trying again at the next round");
-                        world.listing_failed(e);
-                    }
-                },
+                Some((number, listed)) = listings.recv() => world.listed(number, listed),
                 // The readers stop by themselves (renewals go on meanwhile); with none, stop now.
                 _ = cx.shutdown.triggered(), if world.readers.is_empty() => {}
             }
@@ -287,41 +321,29 @@ impl Consumer {
         }
     }
 
-    /// In a one-pass run: whether a lease may still become this worker's to read (free, or
-    /// held by a worker not yet seen alive nor expired); a listed shard has no lease yet (the
-    /// next round creates it), or creating it failed; or a listing is due and has not come
-    /// (a shard ended while the shards could not be listed: its children are not known yet).
-    /// A run whose leases could not be created, or whose shards could not be listed, for
-    /// `MAX_FAILED_ROUNDS` rounds in a row ends with that error, not as caught up with shards
-    /// unread.
+    /// In a one-pass run: whether the run waits for the next round (the last could not read the
+    /// table or create a listed shard's lease; the children of a shard ended here are not yet
+    /// listed, the listing having failed, or not yet leased), or a lease may still become this
+    /// worker's to read (free, or held by a worker not yet seen alive nor expired). A run that
+    /// cannot read the table, create its leases or list the shards for `MAX_FAILED_ROUNDS`
+    /// rounds in a row gives up and ends with that error, not as caught up with shards unread.
     fn anything_left(&self, world: &mut World) -> bool {
-        match world.creation_failures.take() {
-            Some((n, e)) if n >= MAX_FAILED_ROUNDS => world.errors.push(e),
-            Some(failing) => {
-                world.creation_failures = Some(failing);
-                return true;
-            }
-            None => {}
-        }
-        if world.list_now {
-            match world.listing_failures.take() {
-                Some((n, e)) if n >= MAX_FAILED_ROUNDS => {
+        for failures in [&mut world.round_failures, &mut world.listing_failures] {
+            if let Some((n, _)) = failures {
+                if *n >= MAX_FAILED_ROUNDS && !world.gave_up {
+                    let (_, e) = failures.take().expect("matched above");
                     world.errors.push(e);
-                    world.list_now = false;
-                }
-                // Under way, asked of the next round, or to be tried again there.
-                failing => {
-                    world.listing_failures = failing;
-                    return true;
+                    world.gave_up = true;
                 }
             }
         }
-        // Children of a shard read to its end here, listed since without a lease: the next
-        // round creates them.
-        let children_unleased = shards::missing(&world.listing, &world.table)
-            .iter()
-            .any(|(_, parents, _)| parents.iter().any(|p| world.finished.contains(p)));
-        if children_unleased {
+        if world.gave_up {
+            return false;
+        }
+        if world.round_failures.is_some()
+            || world.children_unlisted.is_some()
+            || world.children_unleased()
+        {
             return true;
         }
         let now = Instant::now();
@@ -363,16 +385,18 @@ impl Consumer {
         match end {
             Ok(ReadEnd::Finished) => {
                 tracing::info!(shard = %id, "shard read to its end");
-                world.finished.insert(id.clone());
+                if cx.until_caught_up {
+                    world.finished.insert(id.clone());
+                }
                 // The listing may predate the split or merge that closed the shard.
+                let number = world.listing_started();
                 match shards::list(cx).await {
-                    Ok(listing) => {
-                        world.listing = listing;
-                        world.listing_failures = None;
-                    }
+                    Ok(listing) => world.listed(number, Ok(listing)),
                     Err(e) => {
                         tracing::warn!(error = %e, "listing shards failed; the children are found at a later round");
-                        world.listing_failed(e);
+                        if cx.until_caught_up {
+                            world.children_unlisted = Some(number);
+                        }
                     }
                 }
                 let children = world.listing.children(&id);

@@ -52,46 +52,49 @@ impl Consumer {
     /// takes what this worker should, and starts the readers it can.
     pub(super) async fn take_round(&self, world: &mut World, scanned: Option<Vec<Lease>>) {
         world.rounds += 1;
-        if world.list_now || world.rounds.is_multiple_of(LIST_EVERY) {
+        let due = world.list_now || world.children_unlisted.is_some();
+        if due || world.rounds.is_multiple_of(LIST_EVERY) {
             // In the background: the next round uses what it finds.
             if let Some(Ok(permit)) = world
                 .listing_due
                 .as_ref()
                 .map(|tx| tx.clone().try_reserve_owned())
             {
+                let number = world.listing_started();
                 let readers = self.readers.clone();
-                tokio::spawn(async move { permit.send(shards::list(&readers).await) });
+                tokio::spawn(async move { permit.send((number, shards::list(&readers).await)) });
             }
         }
         let scanned = match scanned {
-            Some(leases) => Some(self.observe(world, leases)),
-            None => self.scan(world).await.ok(),
+            Some(leases) => Ok(self.observe(world, leases)),
+            None => self.scan(world).await,
         };
-        let Some(mut leases) = scanned else {
-            // A round that cannot read the table counts against leases still to be created, so
-            // a one-pass run waiting for them ends while the table stays unreadable.
-            if let Some((failures, _)) = &mut world.creation_failures {
-                *failures += 1;
+        let mut leases = match scanned {
+            Ok(leases) => leases,
+            Err(e) => {
+                // What the table holds is not known: a one-pass run does not end as caught up
+                // on an old reading of it, and gives up while it stays unreadable.
+                world.round_failed(e);
+                return;
             }
-            return;
         };
         match self.create_missing(&world.listing, &leases).await {
-            Ok(false) => world.creation_failures = None,
+            Ok(false) => world.round_failures = None,
             Ok(true) => match self.scan(world).await {
                 Ok(rescanned) => {
-                    world.creation_failures = None;
+                    world.round_failures = None;
                     leases = rescanned;
                 }
                 Err(e) => {
                     // Until a round sees the new leases, a one-pass run is not caught up.
-                    world.creation_failed(e);
+                    world.round_failed(e);
                     return;
                 }
             },
             Err(e) => {
                 tracing::warn!(error = %e, "creating leases failed; trying again at the next round");
                 world.list_now = true;
-                world.creation_failed(e);
+                world.round_failed(e);
             }
         }
         self.notice_losses(world, &leases);

@@ -165,46 +165,55 @@ async fn a_lease_table_that_cannot_be_read_again_ends_a_run_with_the_scans_reaso
     );
 }
 
-/// Found by an audit: when a shard was read to its end and listing the shards then failed, a
-/// one-pass run ended as caught up before a later listing showed the shard's children, and
-/// reported success with them unread. It now waits for a listing and the children's leases.
-#[tokio::test]
-async fn a_shard_that_ends_while_the_shards_cannot_be_listed_still_has_its_children_read() {
-    let Some(moto) = moto_endpoint() else { return };
-    let Some(kinesis_local) = kinesis_local_endpoint() else {
-        return;
-    };
+/// A one-pass run of a one-shard stream (records 0..20) whose shard is split after the run has
+/// listed the shards and made its lease, before the reader has an iterator; records 20..40 go
+/// to the children. `meanwhile` changes the plan just before the reader goes on. `None` without
+/// the emulators.
+async fn read_across_a_split(
+    meanwhile: impl FnOnce(&FaultPlan),
+) -> Option<(RunSummary, MemorySink)> {
+    let moto = moto_endpoint()?;
+    let kinesis_local = kinesis_local_endpoint()?;
     let stream = Stream::create_on(&kinesis_local, &moto, 1).await;
     let key = |i: usize| format!("key-{}", i % 16);
     stream.put_keyed(0, 20, key).await;
     let parent = stream.shards().await.into_keys().next().unwrap();
     let plan = FaultPlan::new();
-    // The run lists the shards, makes the lease, then waits for an iterator...
     plan.fail_always("GetShardIterator", Fault::Throttle);
     let short = "lease_duration = \"3s\"\ncheckpoint_interval = \"1s\"";
-    let (summary, sink) = {
-        let run = stream.read(short, &plan);
-        let reshard = async {
-            // ...while the shard is split (its listing does not show the children)...
-            assert!(
-                eventually(Duration::from_secs(30), async || plan.injected() > 0).await,
-                "the reader asked for an iterator"
-            );
-            stream
-                .split(&parent, "170141183460469231731687303715884105728")
-                .await;
-            stream.put_keyed(20, 40, key).await;
-            // ...and the shards cannot be listed when it has been read to its end (the SDK's
-            // three attempts of the listing then and of the next one).
-            plan.fail("ListShards", Fault::ServerError, 6);
-            plan.heal("GetShardIterator");
-        };
-        let (read, ()) = tokio::time::timeout(Duration::from_secs(120), async {
-            futures::join!(run, reshard)
-        })
-        .await
-        .expect("the run ends");
-        read
+    let run = stream.read(short, &plan);
+    let reshard = async {
+        assert!(
+            eventually(Duration::from_secs(30), async || plan.injected() > 0).await,
+            "the reader asked for an iterator"
+        );
+        stream
+            .split(&parent, "170141183460469231731687303715884105728")
+            .await;
+        stream.put_keyed(20, 40, key).await;
+        meanwhile(&plan);
+        plan.heal("GetShardIterator");
+    };
+    let (read, ()) = tokio::time::timeout(Duration::from_secs(150), async {
+        futures::join!(run, reshard)
+    })
+    .await
+    .expect("the run ends");
+    Some(read)
+}
+
+/// Found by an audit: when a shard was read to its end and listing the shards then failed, a
+/// one-pass run ended as caught up before a later listing showed the shard's children, and
+/// reported success with them unread. It now waits for a listing and the children's leases.
+#[tokio::test]
+async fn a_shard_that_ends_while_the_shards_cannot_be_listed_still_has_its_children_read() {
+    // The SDK's three attempts of the listing when the shard ends, and of the next one.
+    let Some((summary, sink)) = read_across_a_split(|plan| {
+        plan.fail("ListShards", Fault::ServerError, 6);
+    })
+    .await
+    else {
+        return;
     };
     assert!(summary.is_success(), "{summary:?}");
     assert_eq!(
@@ -212,6 +221,33 @@ async fn a_shard_that_ends_while_the_shards_cannot_be_listed_still_has_its_child
         (0..40).collect::<Vec<_>>(),
         "the children too"
     );
+}
+
+/// Found by review of the fix above: a one-pass run waiting for the children's leases waited
+/// forever when they could not be created, or the table not read; it gives up after its rounds.
+#[tokio::test]
+async fn children_whose_leases_cannot_be_made_end_a_run_with_the_reason() {
+    for (operation, reason) in [
+        ("PutItem", "creating the lease of shard"),
+        ("Scan", "reading lease table"),
+    ] {
+        let Some((summary, sink)) = read_across_a_split(|plan| {
+            plan.fail_always(operation, Fault::ServerError);
+        })
+        .await
+        else {
+            return;
+        };
+        assert_eq!(
+            numbers(&sink),
+            (0..20).collect::<Vec<_>>(),
+            "{operation}: the parent"
+        );
+        assert!(
+            summary.errors.iter().any(|e| e.contains(reason)),
+            "{operation}: {summary:?}"
+        );
+    }
 }
 
 /// Found by the chaos test: the last lease writes of a stopping run were made once, so a run
