@@ -12,7 +12,7 @@ use aws_sdk_dynamodb::types::ScalarAttributeType;
 use base64::Engine;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use sluice::sluice_core::decode::decode;
-use sluice::sluice_core::Verdict;
+use sluice::sluice_core::{enrich, Verdict};
 use sluice::sluice_sinks::dynamodb_encode::{write_put_request, KeyAttribute};
 
 const RECORDS: usize = 1000;
@@ -42,7 +42,7 @@ fn per_record(c: &mut Criterion) {
                             continue;
                         };
                         for (_, e) in &enrichers {
-                            if e.enrich(&mut record).await.expect("enriched") == Verdict::Skip {
+                            if enrich(&**e, &mut record).await.expect("enriched") == Verdict::Skip {
                                 continue 'records;
                             }
                         }

@@ -254,6 +254,23 @@ pub enum Verdict {
 pub trait Enricher: Send + Sync {
     /// Enriches one record in place.
     async fn enrich(&self, record: &mut Record) -> Result<Verdict, EnrichError>;
+
+    /// Enriches one record in place when that needs no waiting, as [`Enricher::enrich`] would;
+    /// `None` (the default) has the runtime call `enrich`. An enricher whose work is in memory
+    /// (or in a fresh cache) answers here too: each call of `enrich` boxes a future.
+    fn enrich_now(&self, record: &mut Record) -> Option<Result<Verdict, EnrichError>> {
+        let _ = record;
+        None
+    }
+}
+
+/// One record through one enricher, as the runtime does it: without waiting when the enricher
+/// can ([`Enricher::enrich_now`]), else through [`Enricher::enrich`].
+pub async fn enrich(enricher: &dyn Enricher, record: &mut Record) -> Result<Verdict, EnrichError> {
+    match enricher.enrich_now(record) {
+        Some(done) => done,
+        None => enricher.enrich(record).await,
+    }
 }
 
 /// Stores records.

@@ -35,7 +35,7 @@ pub mod testkit;
 pub use async_trait::async_trait;
 pub use calls::ApiCalls;
 pub use component::{
-    default_worker_id, Acknowledge, BuildContext, Enricher, EnricherConfig, Shutdown, Sink,
+    default_worker_id, enrich, Acknowledge, BuildContext, Enricher, EnricherConfig, Shutdown, Sink,
     SinkConfig, Source, SourceBatch, SourceConfig, Verdict,
 };
 pub use config::{Built, Loader, PipelineConfig};

@@ -262,6 +262,16 @@ impl Fields {
 #[async_trait]
 impl Enricher for Fields {
     async fn enrich(&self, record: &mut Record) -> Result<Verdict, EnrichError> {
+        self.reshape(record)
+    }
+
+    fn enrich_now(&self, record: &mut Record) -> Option<Result<Verdict, EnrichError>> {
+        Some(self.reshape(record))
+    }
+}
+
+impl Fields {
+    fn reshape(&self, record: &mut Record) -> Result<Verdict, EnrichError> {
         if !record.value.is_object() {
             return Err(EnrichError::Permanent(
                 "the record is not a JSON object".into(),

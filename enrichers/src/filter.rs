@@ -165,6 +165,16 @@ struct Filter {
 #[async_trait]
 impl Enricher for Filter {
     async fn enrich(&self, record: &mut Record) -> Result<Verdict, EnrichError> {
+        self.verdict(record)
+    }
+
+    fn enrich_now(&self, record: &mut Record) -> Option<Result<Verdict, EnrichError>> {
+        Some(self.verdict(record))
+    }
+}
+
+impl Filter {
+    fn verdict(&self, record: &Record) -> Result<Verdict, EnrichError> {
         match self.condition.holds(record) {
             Some(holds) if holds == self.keep_when => Ok(Verdict::Keep),
             Some(_) => Ok(Verdict::Skip),

@@ -59,6 +59,16 @@ impl EnricherConfig for StaticConfig {
 #[async_trait]
 impl Enricher for StaticConfig {
     async fn enrich(&self, record: &mut Record) -> Result<Verdict, EnrichError> {
+        self.set(record)
+    }
+
+    fn enrich_now(&self, record: &mut Record) -> Option<Result<Verdict, EnrichError>> {
+        Some(self.set(record))
+    }
+}
+
+impl StaticConfig {
+    fn set(&self, record: &mut Record) -> Result<Verdict, EnrichError> {
         let object = record
             .value
             .as_object_mut()

@@ -261,7 +261,7 @@ async fn tried(
     attempt: u32,
     ledger: &mut Ledger<'_>,
 ) -> Tried {
-    match named.enricher.enrich(record).await {
+    match crate::component::enrich(&*named.enricher, record).await {
         Ok(Verdict::Keep) => Tried::Kept,
         Ok(Verdict::Skip) => {
             ledger.skipped(index, SkippedBy::Enricher(named.name.clone()));

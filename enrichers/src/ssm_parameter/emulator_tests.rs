@@ -52,6 +52,39 @@ fn ssm_calls(ctx: &BuildContext) -> u64 {
     ctx.api_calls.service_total("SSM")
 }
 
+/// The runtime enriches without waiting (no boxed future) while the value is fresh, and only
+/// then: a stale or missing value is read through `enrich`.
+#[tokio::test]
+async fn a_fresh_value_is_given_without_waiting_and_a_stale_one_is_read_again() {
+    let Some(endpoint) = moto_endpoint() else {
+        return;
+    };
+    let parameter = Parameter::create(&endpoint, "batch-0001").await;
+    let ctx = testing::context("test", &FaultPlan::new());
+    let enricher = parameter
+        .config("300ms", "1h")
+        .build(&ctx)
+        .await
+        .expect("builds");
+    // Read at start-up.
+    let mut r = record("s", 1, json!({"n": 1}));
+    let now = enricher.enrich_now(&mut r).expect("fresh: no waiting");
+    assert!(now.is_ok(), "{now:?}");
+    assert_eq!(r.value["BatchId"], "batch-0001");
+    assert_eq!(r.meta.extra[&format!("ssm:{}", parameter.name)], "1");
+    assert_eq!(ssm_calls(&ctx), 1);
+
+    parameter.put("batch-0002").await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let mut r = record("s", 2, json!({"n": 2}));
+    assert!(enricher.enrich_now(&mut r).is_none(), "stale: read again");
+    sluice_core::enrich(&*enricher, &mut r)
+        .await
+        .expect("enriched");
+    assert_eq!(r.value["BatchId"], "batch-0002");
+    assert_eq!(ssm_calls(&ctx), 2);
+}
+
 #[tokio::test]
 async fn the_value_goes_into_the_field_and_its_version_into_meta_with_one_read_per_interval() {
     let Some(endpoint) = moto_endpoint() else {

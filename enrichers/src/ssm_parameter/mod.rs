@@ -203,14 +203,19 @@ impl SsmParameter {
 
     /// The value to use now: the cached one while fresh, else a new read, else the cached one
     /// while younger than `max_age`.
+    /// The cached value while it is younger than `refresh`.
+    fn fresh(&self) -> Option<Arc<Reading>> {
+        self.cached()
+            .filter(|r| r.read_at.elapsed() < self.config.refresh)
+    }
+
     async fn current(&self) -> Result<Arc<Reading>, EnrichError> {
-        let fresh = |r: &Reading| r.read_at.elapsed() < self.config.refresh;
-        if let Some(r) = self.cached().filter(|r| fresh(r)) {
+        if let Some(r) = self.fresh() {
             return Ok(r);
         }
         let mut outage = self.refreshing.lock().await;
         // Another record may have refreshed it while this one waited.
-        if let Some(r) = self.cached().filter(|r| fresh(r)) {
+        if let Some(r) = self.fresh() {
             return Ok(r);
         }
         let held = outage
@@ -289,6 +294,18 @@ impl SsmParameter {
 impl Enricher for SsmParameter {
     async fn enrich(&self, record: &mut Record) -> Result<Verdict, EnrichError> {
         let reading = self.current().await?;
+        self.apply(&reading, record)
+    }
+
+    /// While the cached value is fresh: no call, so no waiting.
+    fn enrich_now(&self, record: &mut Record) -> Option<Result<Verdict, EnrichError>> {
+        let reading = self.fresh()?;
+        Some(self.apply(&reading, record))
+    }
+}
+
+impl SsmParameter {
+    fn apply(&self, reading: &Reading, record: &mut Record) -> Result<Verdict, EnrichError> {
         let object = record
             .value
             .as_object_mut()
@@ -315,6 +332,16 @@ struct OfflineParameter {
 #[async_trait]
 impl Enricher for OfflineParameter {
     async fn enrich(&self, record: &mut Record) -> Result<Verdict, EnrichError> {
+        self.apply(record)
+    }
+
+    fn enrich_now(&self, record: &mut Record) -> Option<Result<Verdict, EnrichError>> {
+        Some(self.apply(record))
+    }
+}
+
+impl OfflineParameter {
+    fn apply(&self, record: &mut Record) -> Result<Verdict, EnrichError> {
         let object = record
             .value
             .as_object_mut()

@@ -261,6 +261,22 @@ fn json_record() -> impl Strategy<Value = Value> {
 }
 
 proptest! {
+    #[test]
+    fn strings_are_escaped_as_serde_json_escapes_them(
+        s in prop_oneof![
+            any::<String>(),
+            "[\"\\\\\\u{0}-\\u{1f}\\u{7f}a\u{e9}\u{1f600}]{0,40}",
+            // One byte to escape, anywhere in the eight-byte words.
+            "[a\u{e9}]{0,20}[\"\\\\\\u{0}-\\u{1f}][a\u{e9}]{0,20}",
+        ],
+    ) {
+        let mut ours = Vec::new();
+        write_string(&mut ours, &s);
+        prop_assert_eq!(ours, serde_json::to_vec(&s).unwrap());
+    }
+}
+
+proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
     #[test]
