@@ -62,7 +62,7 @@ async fn a_fresh_value_is_given_without_waiting_and_a_stale_one_is_read_again() 
     let parameter = Parameter::create(&endpoint, "batch-0001").await;
     let ctx = testing::context("test", &FaultPlan::new());
     let enricher = parameter
-        .config("300ms", "1h")
+        .config("2s", "1h")
         .build(&ctx)
         .await
         .expect("builds");
@@ -75,7 +75,7 @@ async fn a_fresh_value_is_given_without_waiting_and_a_stale_one_is_read_again() 
     assert_eq!(ssm_calls(&ctx), 1);
 
     parameter.put("batch-0002").await;
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(2200)).await;
     let mut r = record("s", 2, json!({"n": 2}));
     assert!(enricher.enrich_now(&mut r).is_none(), "stale: read again");
     sluice_core::enrich(&*enricher, &mut r)
@@ -158,7 +158,7 @@ async fn while_unreadable_the_last_value_serves_until_max_age_then_records_wait(
         .await
         .expect("a value younger than max_age serves");
     assert_eq!(r.value["BatchId"], "batch-0001");
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(2200)).await;
     let mut r = record("s", 2, json!({}));
     let e = enricher.enrich(&mut r).await.unwrap_err();
     assert!(

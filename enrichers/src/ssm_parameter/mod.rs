@@ -201,14 +201,14 @@ impl SsmParameter {
         self.cache.read().expect("no panic while caching").clone()
     }
 
-    /// The value to use now: the cached one while fresh, else a new read, else the cached one
-    /// while younger than `max_age`.
     /// The cached value while it is younger than `refresh`.
     fn fresh(&self) -> Option<Arc<Reading>> {
         self.cached()
             .filter(|r| r.read_at.elapsed() < self.config.refresh)
     }
 
+    /// The value to use now: the cached one while fresh, else a new read, else the cached one
+    /// while younger than `max_age`.
     async fn current(&self) -> Result<Arc<Reading>, EnrichError> {
         if let Some(r) = self.fresh() {
             return Ok(r);

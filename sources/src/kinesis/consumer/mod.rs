@@ -191,8 +191,8 @@ struct World {
     /// Listings started so far, numbered in order, and the number of the one `listing` is.
     listings_started: u64,
     listing_number: u64,
-    /// Take rounds in a row that could not read the table or create the leases of listed
-    /// shards, with the last error.
+    /// Take rounds in a row that could not read the table, create the leases of listed shards
+    /// or take the leases chosen, with the last error.
     round_failures: Option<(u32, SourceError)>,
     /// A one-pass run: a shard ended here when the shards could not be listed, so its children
     /// are not known; a listing started after this number must come before the run ends.
@@ -208,9 +208,9 @@ struct World {
 }
 
 impl World {
-    /// A take round that could not read the table, left a listed shard without a lease, or did
-    /// not see the leases it made: one more in a row, with `e` as the reason a one-pass run
-    /// gives if it gives up.
+    /// A take round that could not read the table, left a listed shard without a lease, did
+    /// not see the leases it made, or could not take the leases it chose: one more in a row,
+    /// with `e` as the reason a one-pass run gives if it gives up.
     fn round_failed(&mut self, e: SourceError) {
         count_failure(&mut self.round_failures, e);
     }

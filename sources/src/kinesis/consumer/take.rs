@@ -18,15 +18,15 @@ use super::super::shards::{self, Listing};
 use super::{Consumer, Held, State, World, LIST_EVERY};
 
 impl Consumer {
-    /// Creates the leases of listed shards that have none yet; answers whether there were any,
-    /// so the table is read again: a lease this worker's lost answer made (refused as existing
-    /// when tried again) or another worker's is seen there too, as is its own.
+    /// Creates the leases of listed shards that have none yet; answers which there were, so the
+    /// table is read again: a lease this worker's lost answer made (refused as existing when
+    /// tried again) or another worker's is seen there too, as is its own.
     async fn create_missing(
         &self,
         listing: &Listing,
         leases: &[Lease],
-    ) -> Result<bool, SourceError> {
-        let mut missing = false;
+    ) -> Result<Vec<String>, SourceError> {
+        let mut missing = Vec::new();
         for (shard, parents, child) in shards::missing(listing, leases) {
             // A child starts at its beginning; a root where `start` says, a `latest` start
             // written as the moment it began, so a restart goes on from there, not from a new
@@ -43,7 +43,7 @@ impl Consumer {
             if self.leases.create(&shard, &parents, initial).await? {
                 tracing::info!(%shard, ?parents, "lease created");
             }
-            missing = true;
+            missing.push(shard);
         }
         Ok(missing)
     }
@@ -78,11 +78,21 @@ impl Consumer {
                 return;
             }
         };
+        // What went wrong this round, counted at its end (a round that does all it set out to
+        // ends a run's count of failed rounds).
+        let mut failed = None;
         match self.create_missing(&world.listing, &leases).await {
-            Ok(false) => world.round_failures = None,
-            Ok(true) => match self.scan(world).await {
+            Ok(created) if created.is_empty() => {}
+            Ok(created) => match self.scan(world).await {
                 Ok(rescanned) => {
-                    world.round_failures = None;
+                    let unseen = shards::missing(&world.listing, &rescanned)
+                        .into_iter()
+                        .any(|(shard, _, _)| created.contains(&shard));
+                    if unseen {
+                        failed = Some(SourceError::Checkpoint(
+                            "leases created are not in the lease table yet".into(),
+                        ));
+                    }
                     leases = rescanned;
                 }
                 Err(e) => {
@@ -94,7 +104,7 @@ impl Consumer {
             Err(e) => {
                 tracing::warn!(error = %e, "creating leases failed; trying again at the next round");
                 world.list_now = true;
-                world.round_failed(e);
+                failed = Some(e);
             }
         }
         self.notice_losses(world, &leases);
@@ -155,8 +165,13 @@ impl Consumer {
                 Err(e) => {
                     self.health.lease_table_reached(false);
                     tracing::warn!(error = %e, "taking leases failed; trying again at the next round");
+                    failed.get_or_insert(e);
                 }
             }
+        }
+        match failed {
+            Some(e) => world.round_failed(e),
+            None => world.round_failures = None,
         }
         self.start_readers(world, &leases);
         self.clean_up_finished(&leases).await;

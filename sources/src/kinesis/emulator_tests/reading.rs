@@ -250,6 +250,33 @@ async fn children_whose_leases_cannot_be_made_end_a_run_with_the_reason() {
     }
 }
 
+/// Found by review: a one-pass run whose lease takes kept failing (denied access, a lasting
+/// outage of the table's writes) saw the free lease at every round and never ended.
+#[tokio::test]
+async fn a_lease_that_cannot_be_taken_ends_a_run_with_the_reason() {
+    let Some(endpoint) = moto_endpoint() else {
+        return;
+    };
+    let stream = Stream::create(&endpoint, 1).await;
+    stream.put(0, 3).await;
+    let plan = FaultPlan::new();
+    plan.fail_always("TransactWriteItems", Fault::ServerError);
+    let short = "lease_duration = \"3s\"\ncheckpoint_interval = \"1s\"";
+    let run = stream.read(short, &plan);
+    let (summary, sink) = tokio::time::timeout(Duration::from_secs(240), run)
+        .await
+        .expect("the run ends");
+    assert!(sink.records().is_empty());
+    assert!(!summary.is_success(), "{summary:?}");
+    assert!(
+        summary
+            .errors
+            .iter()
+            .any(|e| e.contains("InternalServerError")),
+        "{summary:?}"
+    );
+}
+
 /// Found by the chaos test: the last lease writes of a stopping run were made once, so a run
 /// that had stored every record ended with an error when they failed past the SDK's retries.
 #[tokio::test]
