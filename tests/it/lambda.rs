@@ -29,11 +29,14 @@ fn sequence(i: usize) -> String {
 
 async fn pipeline(world: &World, plan: &FaultPlan) -> sluice_core::Pipeline {
     let variables: HashMap<&str, String> = world.variables().into_iter().collect();
-    let config = Loader::new()
+    let mut config = Loader::new()
         .variables(move |k| variables.get(k).cloned())
         .without_source()
         .load(root().join("pipelines/waze-persist.toml"))
         .expect("loads without KINESIS_STREAM: the event is the source");
+    // The file's retries, cut short so a write that keeps failing gives up (then Failed) well
+    // within these tests' 6 s deadline; the file itself allows up to 30 s.
+    config.retry.max_elapsed = Duration::from_secs(3);
     config
         .build(&testing::context("waze-persist", plan))
         .await
@@ -49,7 +52,7 @@ async fn a_mixed_event_reports_exactly_the_first_failed_record_of_each_failing_s
     let world = World::create(&endpoint, 1).await;
     let plan = FaultPlan::new();
     // The write carrying record 5 (`retry-me`) keeps failing with 500s: it is retried until the
-    // file's retry policy gives up (about 3 s), then Failed. Its shard's calls carry records 5
+    // retry policy gives up (3 s, see `pipeline`), then Failed. Its shard's calls carry records 5
     // to 7. (The deadline's own cut is tested in `core/src/lambda`, with a stuck sink.)
     plan.fail_when("BatchWriteItem", "retry-me", Fault::ServerError);
     let pipeline = pipeline(&world, &plan).await;
