@@ -38,9 +38,9 @@ const START_BACKOFF: Backoff = Backoff {
 const RESTART_DELAY: Duration = Duration::from_secs(5);
 /// Take rounds between two shard listings (a listing also follows every finished shard).
 const LIST_EVERY: u64 = 6;
-/// Rounds in a row that fail to create the leases of listed shards (or to read the table), or
-/// to list the shards when a listing is due, before a one-pass run gives up waiting and ends
-/// with the error (a round is half a lease duration: three minutes in all with the default
+/// Rounds in a row that fail to read the table, create the leases of listed shards or take
+/// the leases chosen, or to list the shards when a listing is due, before a one-pass run gives
+/// up waiting and ends with the error (a round is half a lease duration: three minutes in all with the default
 /// lease).
 const MAX_FAILED_ROUNDS: u32 = 12;
 

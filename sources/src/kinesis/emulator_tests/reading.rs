@@ -113,28 +113,39 @@ async fn a_failed_lease_creation_is_tried_again_before_a_run_is_caught_up() {
     assert_eq!(plan.injected(), 6);
 }
 
+/// Leases that turn over in seconds, so a run's rounds of trying pass quickly.
+const SHORT_LEASE: &str = "lease_duration = \"3s\"\ncheckpoint_interval = \"1s\"";
+
+/// A one-pass run of a one-shard stream of three records under `plan`, with short leases; it
+/// must end. `None` without the emulator.
+async fn read_three_under(plan: &FaultPlan) -> Option<(Stream, RunSummary, MemorySink)> {
+    let endpoint = moto_endpoint()?;
+    let stream = Stream::create(&endpoint, 1).await;
+    stream.put(0, 3).await;
+    let (summary, sink) =
+        tokio::time::timeout(Duration::from_secs(240), stream.read(SHORT_LEASE, plan))
+            .await
+            .expect("the run ends");
+    Some((stream, summary, sink))
+}
+
+/// Whether one of the run's errors contains `reason`.
+fn ended_with(summary: &RunSummary, reason: &str) -> bool {
+    summary.errors.iter().any(|e| e.contains(reason))
+}
+
 /// A lease that cannot be created at all ends a one-pass run with the reason, after its rounds
 /// of trying, instead of waiting forever or reporting the shard read.
 #[tokio::test]
 async fn a_lease_that_cannot_be_created_ends_a_run_with_the_reason() {
-    let Some(endpoint) = moto_endpoint() else {
-        return;
-    };
-    let stream = Stream::create(&endpoint, 1).await;
-    stream.put(0, 3).await;
     let plan = FaultPlan::new();
     plan.fail("PutItem", Fault::ServerError, u32::MAX);
-    let short = "lease_duration = \"3s\"\ncheckpoint_interval = \"1s\"";
-    let run = stream.read(short, &plan);
-    let (summary, sink) = tokio::time::timeout(Duration::from_secs(240), run)
-        .await
-        .expect("the run ends");
+    let Some((_, summary, sink)) = read_three_under(&plan).await else {
+        return;
+    };
     assert!(sink.records().is_empty());
     assert!(
-        summary
-            .errors
-            .iter()
-            .any(|e| e.contains("creating the lease of shard")),
+        ended_with(&summary, "creating the lease of shard"),
         "{summary:?}"
     );
 }
@@ -143,26 +154,14 @@ async fn a_lease_that_cannot_be_created_ends_a_run_with_the_reason() {
 /// generic error of its own instead of the scan's reason.
 #[tokio::test]
 async fn a_lease_table_that_cannot_be_read_again_ends_a_run_with_the_scans_reason() {
-    let Some(endpoint) = moto_endpoint() else {
-        return;
-    };
-    let stream = Stream::create(&endpoint, 1).await;
-    stream.put(0, 3).await;
     let plan = FaultPlan::new();
     // The start's scan passes; every one after it fails.
     plan.fail_after("Scan", 1, Fault::ServerError, u32::MAX);
-    let short = "lease_duration = \"3s\"\ncheckpoint_interval = \"1s\"";
-    let run = stream.read(short, &plan);
-    let (summary, _) = tokio::time::timeout(Duration::from_secs(240), run)
-        .await
-        .expect("the run ends");
-    assert!(
-        summary
-            .errors
-            .iter()
-            .any(|e| e.contains(&format!("reading lease table `{}`", stream.checkpoints))),
-        "{summary:?}"
-    );
+    let Some((stream, summary, _)) = read_three_under(&plan).await else {
+        return;
+    };
+    let reason = format!("reading lease table `{}`", stream.checkpoints);
+    assert!(ended_with(&summary, &reason), "{summary:?}");
 }
 
 /// A one-pass run of a one-shard stream (records 0..20) whose shard is split after the run has
@@ -180,8 +179,7 @@ async fn read_across_a_split(
     let parent = stream.shards().await.into_keys().next().unwrap();
     let plan = FaultPlan::new();
     plan.fail_always("GetShardIterator", Fault::Throttle);
-    let short = "lease_duration = \"3s\"\ncheckpoint_interval = \"1s\"";
-    let run = stream.read(short, &plan);
+    let run = stream.read(SHORT_LEASE, &plan);
     let reshard = async {
         assert!(
             eventually(Duration::from_secs(30), async || plan.injected() > 0).await,
@@ -243,10 +241,7 @@ async fn children_whose_leases_cannot_be_made_end_a_run_with_the_reason() {
             (0..20).collect::<Vec<_>>(),
             "{operation}: the parent"
         );
-        assert!(
-            summary.errors.iter().any(|e| e.contains(reason)),
-            "{operation}: {summary:?}"
-        );
+        assert!(ended_with(&summary, reason), "{operation}: {summary:?}");
     }
 }
 
@@ -254,27 +249,14 @@ async fn children_whose_leases_cannot_be_made_end_a_run_with_the_reason() {
 /// outage of the table's writes) saw the free lease at every round and never ended.
 #[tokio::test]
 async fn a_lease_that_cannot_be_taken_ends_a_run_with_the_reason() {
-    let Some(endpoint) = moto_endpoint() else {
-        return;
-    };
-    let stream = Stream::create(&endpoint, 1).await;
-    stream.put(0, 3).await;
     let plan = FaultPlan::new();
     plan.fail_always("TransactWriteItems", Fault::ServerError);
-    let short = "lease_duration = \"3s\"\ncheckpoint_interval = \"1s\"";
-    let run = stream.read(short, &plan);
-    let (summary, sink) = tokio::time::timeout(Duration::from_secs(240), run)
-        .await
-        .expect("the run ends");
+    let Some((_, summary, sink)) = read_three_under(&plan).await else {
+        return;
+    };
     assert!(sink.records().is_empty());
     assert!(!summary.is_success(), "{summary:?}");
-    assert!(
-        summary
-            .errors
-            .iter()
-            .any(|e| e.contains("InternalServerError")),
-        "{summary:?}"
-    );
+    assert!(ended_with(&summary, "InternalServerError"), "{summary:?}");
 }
 
 /// Found by the chaos test: the last lease writes of a stopping run were made once, so a run
