@@ -383,7 +383,7 @@ impl Consumer {
             return;
         }
         match end {
-            Ok(ReadEnd::Finished) => {
+            Ok(ReadEnd::Finished(named)) => {
                 tracing::info!(shard = %id, "shard read to its end");
                 if cx.until_caught_up {
                     world.finished.insert(id.clone());
@@ -399,7 +399,13 @@ impl Consumer {
                         }
                     }
                 }
-                let children = world.listing.children(&id);
+                // Kinesis names the children at the shard's end, listed or not; from a listing
+                // where it does not (moto).
+                let children = if named.is_empty() {
+                    world.listing.children(&id)
+                } else {
+                    named
+                };
                 if let Some(held) = world.held.get_mut(&id) {
                     held.state = State::Finished(children);
                 }

@@ -94,13 +94,7 @@ async fn children_are_read_here_once_a_parent_held_elsewhere_is_finished() {
         Duration::from_millis(300),
     )
     .await;
-    let children: Vec<String> = stream
-        .shards()
-        .await
-        .into_iter()
-        .filter(|(_, (parents, _))| parents.contains(&parent))
-        .map(|(id, _)| id)
-        .collect();
+    let children = stream.children_of(&parent).await;
     assert_eq!(children.len(), 2);
     // Records after the split land in the children (and the other open shard).
     stream.put(0, 30).await;

@@ -157,6 +157,16 @@ impl Stream {
         }
     }
 
+    /// The shards `parent` gave way to, in order of id.
+    async fn children_of(&self, parent: &str) -> Vec<String> {
+        self.shards()
+            .await
+            .into_iter()
+            .filter(|(_, (parents, _))| parents.iter().any(|p| p == parent))
+            .map(|(id, _)| id)
+            .collect()
+    }
+
     /// The shards, open or closed, by id: (parents, whether closed).
     async fn shards(&self) -> BTreeMap<String, (Vec<String>, bool)> {
         let out = self

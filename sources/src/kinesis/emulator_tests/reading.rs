@@ -166,11 +166,9 @@ async fn a_lease_table_that_cannot_be_read_again_ends_a_run_with_the_scans_reaso
 
 /// A one-pass run of a one-shard stream (records 0..20) whose shard is split after the run has
 /// listed the shards and made its lease, before the reader has an iterator; records 20..40 go
-/// to the children. `meanwhile` changes the plan just before the reader goes on. `None` without
-/// the emulators.
-async fn read_across_a_split(
-    meanwhile: impl FnOnce(&FaultPlan),
-) -> Option<(RunSummary, MemorySink)> {
+/// to the children. `meanwhile` changes the plan just before the reader goes on. With the
+/// parent's id, its children's, and the lease table after the run; `None` without the emulators.
+async fn read_across_a_split(meanwhile: impl FnOnce(&FaultPlan)) -> Option<AcrossASplit> {
     let moto = moto_endpoint()?;
     let kinesis_local = kinesis_local_endpoint()?;
     let stream = Stream::create_on(&kinesis_local, &moto, 1).await;
@@ -197,7 +195,22 @@ async fn read_across_a_split(
     })
     .await
     .expect("the run ends");
-    Some(read)
+    let children = stream.children_of(&parent).await;
+    Some(AcrossASplit {
+        summary: read.0,
+        sink: read.1,
+        leases: stream.leases().await,
+        parent,
+        children,
+    })
+}
+
+struct AcrossASplit {
+    summary: RunSummary,
+    sink: MemorySink,
+    leases: HashMap<String, HashMap<String, AttributeValue>>,
+    parent: String,
+    children: Vec<String>,
 }
 
 /// Found by an audit: when a shard was read to its end and listing the shards then failed, a
@@ -206,7 +219,7 @@ async fn read_across_a_split(
 #[tokio::test]
 async fn a_shard_that_ends_while_the_shards_cannot_be_listed_still_has_its_children_read() {
     // The SDK's three attempts of the listing when the shard ends, and of the next one.
-    let Some((summary, sink)) = read_across_a_split(|plan| {
+    let Some(AcrossASplit { summary, sink, .. }) = read_across_a_split(|plan| {
         plan.fail("ListShards", Fault::ServerError, 6);
     })
     .await
@@ -229,7 +242,7 @@ async fn children_whose_leases_cannot_be_made_end_a_run_with_the_reason() {
         ("PutItem", "creating the lease of shard"),
         ("Scan", "reading lease table"),
     ] {
-        let Some((summary, sink)) = read_across_a_split(|plan| {
+        let Some(AcrossASplit { summary, sink, .. }) = read_across_a_split(|plan| {
             plan.fail_always(operation, Fault::ServerError);
         })
         .await
@@ -243,6 +256,36 @@ async fn children_whose_leases_cannot_be_made_end_a_run_with_the_reason() {
         );
         assert!(ended_with(&summary, reason), "{operation}: {summary:?}");
     }
+}
+
+/// A shard read to its end names its children in its lease (`childShardIds`, which a KCL worker
+/// sharing the table reads) as Kinesis names them at the end (GetRecords' `ChildShards`): they
+/// used to come from a listing only, so a finished lease had none when the listings failed.
+#[tokio::test]
+async fn a_finished_shard_names_its_children_though_the_shards_cannot_be_listed() {
+    let Some(split) = read_across_a_split(|plan| {
+        plan.fail_always("ListShards", Fault::ServerError);
+    })
+    .await
+    else {
+        return;
+    };
+    assert_eq!(numbers(&split.sink), (0..20).collect::<Vec<_>>());
+    assert!(
+        ended_with(&split.summary, "ListShards"),
+        "the children were never listed: {:?}",
+        split.summary
+    );
+    assert_eq!(split.children.len(), 2);
+    let parent = &split.leases[&split.parent];
+    assert_eq!(parent["checkpoint"].as_s().unwrap(), "SHARD_END");
+    let mut named = parent
+        .get("childShardIds")
+        .and_then(|c| c.as_ss().ok())
+        .cloned()
+        .unwrap_or_default();
+    named.sort();
+    assert_eq!(named, split.children);
 }
 
 /// Found by review: a one-pass run whose lease takes kept failing (denied access, a lasting

@@ -4,7 +4,7 @@
 
 use aws_sdk_kinesis::operation::subscribe_to_shard::SubscribeToShardOutput;
 use aws_sdk_kinesis::types::{
-    Record, ShardIteratorType, StartingPosition, SubscribeToShardEventStream,
+    ChildShard, Record, ShardIteratorType, StartingPosition, SubscribeToShardEventStream,
 };
 use sluice_core::aws;
 use sluice_core::{SequenceNumber, SourceError};
@@ -53,6 +53,14 @@ pub(super) struct Fetched {
     pub millis_behind: Option<i64>,
     /// The shard is closed and everything in it is delivered.
     pub closed: bool,
+    /// The shards it gave way to, as Kinesis names them at its end (GetRecords' and the last
+    /// event's `ChildShards`; moto names none).
+    pub children: Vec<String>,
+}
+
+/// The ids of the child shards Kinesis named.
+fn ids(children: &[ChildShard]) -> Vec<String> {
+    children.iter().map(|c| c.shard_id().to_owned()).collect()
 }
 
 /// The outcome of one fetch.
@@ -183,6 +191,7 @@ impl ShardReader {
         };
         Ok(Fetch::Got(Fetched {
             millis_behind: out.millis_behind_latest(),
+            children: ids(out.child_shards()),
             records: out.records,
             reserved,
             closed,
@@ -266,10 +275,12 @@ impl ShardReader {
                     // A new subscription goes on after what this one delivered.
                     *from = Resume::After(SequenceNumber::new(continuation));
                 }
+                // A closed shard's last event names its children.
+                let children = ids(event.child_shards());
                 Ok(Fetch::Got(Fetched {
                     millis_behind: Some(event.millis_behind_latest()),
-                    // A closed shard's last event names its children.
-                    closed: !event.child_shards().is_empty(),
+                    closed: !children.is_empty(),
+                    children,
                     records: event.records,
                     reserved,
                 }))

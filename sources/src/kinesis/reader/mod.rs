@@ -27,8 +27,9 @@ use pacing::{Healing, Pacer};
 /// How a shard reader ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReadEnd {
-    /// Closed (split or merged) and every record done: its children may be read.
-    Finished,
+    /// Closed (split or merged) and every record done: its children may be read. With the
+    /// children Kinesis named at its end (none where it names none, as moto).
+    Finished(Vec<String>),
     /// Closed, but some record failed: children wait for a later run.
     Unfinished,
     /// Read to its current tip (`--until-caught-up`).
@@ -216,7 +217,8 @@ impl ShardReader {
                 }
             };
             let millis_behind = fetched.millis_behind;
-            let (closed, mut reserved) = (fetched.closed, fetched.reserved);
+            let (closed, children, mut reserved) =
+                (fetched.closed, fetched.children, fetched.reserved);
             let fetched = fetched.records;
             // The response's buffers become the records' own (no copy).
             let records: Vec<RawRecord> = fetched
@@ -281,7 +283,7 @@ impl ShardReader {
                     checkpoint.as_ref().and_then(|c| c.position()).cloned()
                 });
                 return Ok(if self.progress.finish(last.as_ref()) {
-                    ReadEnd::Finished
+                    ReadEnd::Finished(children)
                 } else {
                     ReadEnd::Unfinished
                 });
