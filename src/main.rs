@@ -43,6 +43,10 @@ struct Cli {
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
+    /// Threads that run the pipeline: 0 for one per core; 1 runs everything on this thread,
+    /// the least CPU per record where AWS, not the CPU, bounds the pace (BENCHMARKS.md).
+    #[arg(long, default_value_t = 0, global = true, env = "SLUICE_THREADS")]
+    threads: usize,
     #[command(subcommand)]
     command: Command,
 }
@@ -205,10 +209,7 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     init_logs(cli.log_format);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime starts");
+    let runtime = runtime(cli.threads);
     let result = runtime.block_on(execute(cli.command));
     // A read of a terminal's stdin cannot be cancelled: exit without waiting for it.
     runtime.shutdown_background();
@@ -224,10 +225,17 @@ fn main() -> ExitCode {
 fn lambda_main() -> ExitCode {
     // CloudWatch filters JSON lines; one summary line per invocation, not one per record.
     init_logs(LogFormat::Json);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime starts");
+    let threads = match std::env::var("SLUICE_THREADS") {
+        Err(_) => 0,
+        Ok(text) => match text.parse() {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!(SLUICE_THREADS = %text, error = %e, "SLUICE_THREADS must be a whole number of threads (0 for one per core)");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let runtime = runtime(threads);
     match runtime.block_on(lambda::run("pipelines/waze-persist.toml")) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -235,6 +243,24 @@ fn lambda_main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The runtime for `threads` (0: one worker per core; 1: this thread alone, with no hand-offs
+/// between threads).
+fn runtime(threads: usize) -> tokio::runtime::Runtime {
+    let mut builder = match threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        0 => tokio::runtime::Builder::new_multi_thread(),
+        n => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(n);
+            builder
+        }
+    };
+    builder
+        .enable_all()
+        .build()
+        .expect("a tokio runtime starts")
 }
 
 fn positive_duration(text: &str) -> Result<Duration, String> {

@@ -183,6 +183,46 @@ fn the_local_waze_job_stores_valid_records_dead_letters_malformed_ones_and_rerun
     assert_eq!(ids(&first), ids(&second), "ids are deterministic");
 }
 
+/// `--threads 1` (everything on the main thread, SQLite's writes on the blocking pool) stores
+/// the same rows and dead letters as the default runtime.
+#[test]
+fn one_thread_stores_the_same_rows_and_dead_letters() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let job = |name: &str, threads: &str| {
+        let (db, dlq) = (
+            dir.path().join(format!("{name}.db")),
+            dir.path().join(format!("{name}.jsonl")),
+        );
+        let (out, stdout, stderr) = run(sluice()
+            .args([
+                "run",
+                "pipelines/waze-persist.local.toml",
+                "--threads",
+                threads,
+            ])
+            .env("WAZE_DB", &db)
+            .env("WAZE_DLQ", &dlq));
+        assert!(
+            out.status.success(),
+            "--threads {threads}: {stdout}\n{stderr}"
+        );
+        let mut stored = rows(&db);
+        stored.sort_by_key(|r| r["CurationRecordId"].as_str().unwrap().to_owned());
+        let mut letters: Vec<Value> = std::fs::read_to_string(&dlq)
+            .expect("dlq written")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("envelope is JSON"))
+            .collect();
+        for letter in &mut letters {
+            letter.as_object_mut().unwrap().remove("failed_at");
+        }
+        (stored, letters)
+    };
+    let (stored, letters) = job("default", "0");
+    assert_eq!(stored.len(), expected().stored.len());
+    assert_eq!(job("one", "1"), (stored, letters));
+}
+
 #[test]
 fn records_the_error_sink_cannot_take_fail_the_run_and_hold_the_checkpoint() {
     let dir = tempfile::tempdir().expect("tempdir");

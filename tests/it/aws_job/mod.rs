@@ -209,7 +209,7 @@ async fn the_dlq_holds_exactly_the_malformed_records_with_reason_position_and_pa
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_rerun_reads_only_new_records_at_a_bounded_request_cost() {
+async fn a_rerun_reads_only_new_records_at_a_bounded_request_cost_on_one_thread_too() {
     let Some(endpoint) = moto_endpoint() else {
         return;
     };
@@ -218,10 +218,11 @@ async fn a_rerun_reads_only_new_records_at_a_bounded_request_cost() {
     world.put(&first).await;
     assert_eq!(count(&world.run_job(), "stored"), 200);
 
-    // 1000 more valid records: the request counts the seed would need 1000 of each for.
+    // 1000 more valid records: the request counts the seed would need 1000 of each for. This
+    // run goes on one thread (`SLUICE_THREADS=1`, the runtime without worker threads).
     let more: Vec<Vec<u8>> = (1000..2000).map(|i| bytes(&waze_payload(i))).collect();
     world.put(&more).await;
-    let summary = world.run_job();
+    let summary = World::summary_of(world.run_command("json").env("SLUICE_THREADS", "1"));
     assert_eq!(
         count(&summary, "records"),
         1000,

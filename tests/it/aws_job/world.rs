@@ -123,7 +123,13 @@ impl World {
 
     /// Runs the job and returns its summary, failing the test if the run did not exit 0.
     pub fn run_job(&self) -> Value {
-        let (out, stdout, stderr) = run(&mut self.run_command("json"));
+        Self::summary_of(&mut self.run_command("json"))
+    }
+
+    /// Runs `cmd` (a [`World::run_command`] with `json` summaries) and returns its summary,
+    /// failing the test if the run did not exit 0.
+    pub fn summary_of(cmd: &mut Command) -> Value {
+        let (out, stdout, stderr) = run(cmd);
         assert!(out.status.success(), "sluice failed: {stderr}\n{stdout}");
         serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
     }
