@@ -238,7 +238,8 @@ impl World {
             Ok(_) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "listing shards failed; trying again at the next round");
-                if self.children_unlisted.is_some() {
+                // Only a listing that could have shown the children counts against them.
+                if self.children_unlisted.is_some_and(|after| number > after) {
                     count_failure(&mut self.listing_failures, e);
                 }
             }
@@ -453,5 +454,32 @@ impl Consumer {
                 world.errors.push(e);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed() -> Result<Listing, SourceError> {
+        Err(SourceError::Service("ListShards failed".into()))
+    }
+
+    /// A listing started before the one that failed at a shard's end cannot show its children
+    /// either way: its failure does not bring the run's giving up nearer.
+    #[test]
+    fn only_listings_started_after_the_children_went_unlisted_count_as_failed() {
+        let mut world = World::default();
+        let early = world.listing_started();
+        let at_end = world.listing_started();
+        world.children_unlisted = Some(at_end);
+        world.listed(early, failed());
+        assert!(world.listing_failures.is_none());
+        let later = world.listing_started();
+        world.listed(later, failed());
+        assert_eq!(world.listing_failures.as_ref().map(|(n, _)| *n), Some(1));
+        let last = world.listing_started();
+        world.listed(last, Ok(Listing::default()));
+        assert!(world.children_unlisted.is_none() && world.listing_failures.is_none());
     }
 }
