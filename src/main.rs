@@ -45,7 +45,7 @@ struct Cli {
     log_format: LogFormat,
     /// Threads that run the pipeline: 0 for one per core; 1 runs everything on this thread,
     /// the least CPU per record where AWS, not the CPU, bounds the pace (BENCHMARKS.md).
-    #[arg(long, default_value_t = 0, global = true, env = "SLUICE_THREADS")]
+    #[arg(long, default_value_t = 0, global = true, env = "SLUICE_THREADS", value_parser = thread_count)]
     threads: usize,
     #[command(subcommand)]
     command: Command,
@@ -209,7 +209,16 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     init_logs(cli.log_format);
-    let runtime = runtime(cli.threads);
+    let runtime = match runtime(cli.threads) {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!(
+                "error: cannot start {} threads (--threads): {e}",
+                cli.threads
+            );
+            return ExitCode::from(2);
+        }
+    };
     let result = runtime.block_on(execute(cli.command));
     // A read of a terminal's stdin cannot be cancelled: exit without waiting for it.
     runtime.shutdown_background();
@@ -225,18 +234,25 @@ fn main() -> ExitCode {
 fn lambda_main() -> ExitCode {
     // CloudWatch filters JSON lines; one summary line per invocation, not one per record.
     init_logs(LogFormat::Json);
-    let threads = match std::env::var("SLUICE_THREADS") {
-        Err(_) => 0,
-        Ok(text) => match text.parse() {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::error!(SLUICE_THREADS = %text, error = %e, "SLUICE_THREADS must be a whole number of threads (0 for one per core)");
-                return ExitCode::FAILURE;
-            }
-        },
+    // A bad setting is answered on every invocation, as a bad pipeline file is: exiting before
+    // serving would only have Lambda start the function again and again.
+    let threads = std::env::var("SLUICE_THREADS").map_or(Ok(0), |text| {
+        thread_count(&text).map_err(|e| format!("SLUICE_THREADS=`{text}`: {e}"))
+    });
+    let runtime = match runtime(*threads.as_ref().unwrap_or(&0)) {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::error!(error = %e, "no runtime could be started");
+            return ExitCode::FAILURE;
+        }
     };
-    let runtime = runtime(threads);
-    match runtime.block_on(lambda::run("pipelines/waze-persist.toml")) {
+    let served = runtime.block_on(async {
+        match threads {
+            Ok(_) => lambda::run("pipelines/waze-persist.toml").await,
+            Err(message) => lambda::serve_error(message).await,
+        }
+    });
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "the Lambda runtime stopped");
@@ -245,9 +261,22 @@ fn lambda_main() -> ExitCode {
     }
 }
 
+/// The most threads `--threads` takes: more than any machine sluice runs on has cores.
+const MAX_THREADS: usize = 1024;
+
+/// `--threads` and `SLUICE_THREADS`: a whole number from 0 (one per core) to `MAX_THREADS`.
+fn thread_count(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(n) if n <= MAX_THREADS => Ok(n),
+        _ => Err(format!(
+            "must be a whole number of threads from 0 (one per core) to {MAX_THREADS}, e.g. 1"
+        )),
+    }
+}
+
 /// The runtime for `threads` (0: one worker per core; 1: this thread alone, with no hand-offs
-/// between threads).
-fn runtime(threads: usize) -> tokio::runtime::Runtime {
+/// between threads; the blocking pool, for SQLite and files, is there either way).
+fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
     let mut builder = match threads {
         1 => tokio::runtime::Builder::new_current_thread(),
         0 => tokio::runtime::Builder::new_multi_thread(),
@@ -257,10 +286,9 @@ fn runtime(threads: usize) -> tokio::runtime::Runtime {
             builder
         }
     };
-    builder
-        .enable_all()
-        .build()
-        .expect("a tokio runtime starts")
+    let runtime = builder.enable_all().build()?;
+    tracing::debug!(threads, flavor = ?runtime.handle().runtime_flavor(), "runtime started");
+    Ok(runtime)
 }
 
 fn positive_duration(text: &str) -> Result<Duration, String> {

@@ -180,6 +180,22 @@ fn a_missing_pipeline_file_is_a_clear_error() {
     );
 }
 
+#[test]
+fn a_thread_count_that_is_not_one_is_a_clear_error() {
+    for bad in ["many", "-1", "100000"] {
+        let (out, _, stderr) = run(sluice().args([
+            "run",
+            "pipelines/waze-persist.local.toml",
+            &format!("--threads={bad}"),
+        ]));
+        assert_eq!(out.status.code(), Some(2), "{bad}: {stderr}");
+        assert!(
+            stderr.contains("--threads") && stderr.contains("from 0 (one per core) to 1024"),
+            "{bad}: {stderr}"
+        );
+    }
+}
+
 /// A first SIGTERM lets the records already read finish (here: a sink that keeps failing, with
 /// minutes of retries left); a second one exits at once.
 #[test]

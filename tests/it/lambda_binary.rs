@@ -153,29 +153,41 @@ async fn the_binary_answers_lambda_with_batch_item_failures_and_reports_what_the
     assert_eq!(invocations[1]["batch_item_failures"], 2);
 }
 
+/// A missing pipeline file, or a thread count that is not one, fails each invocation with the
+/// reason instead of the function exiting (which Lambda would only start again).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pipeline_that_cannot_run_fails_each_invocation_with_the_reason() {
     let Some(endpoint) = moto_endpoint() else {
         return;
     };
     let world = World::create(&endpoint, 1).await;
-    let api = RuntimeApi::start().await;
-    let mut variables = world.variables();
-    variables.push((
-        "SLUICE_PIPELINE",
-        "pipelines/no-such-pipeline.toml".to_owned(),
-    ));
-    let function = start_function(&api, &variables);
-    let id = api.invoke(event(&[]), Duration::from_secs(10));
-    let (kind, body) = api.answer(&id).await;
-    assert_eq!(kind, "error");
-    assert_eq!(body["errorType"], "PipelineCannotRun");
-    let message = body["errorMessage"].as_str().unwrap_or_default();
-    assert!(
-        message.contains("no-such-pipeline.toml") && message.contains("no such file"),
-        "{body}"
-    );
-    drop(function);
+    for (name, value, reason) in [
+        (
+            "SLUICE_PIPELINE",
+            "pipelines/no-such-pipeline.toml",
+            ["no-such-pipeline.toml", "no such file"],
+        ),
+        (
+            "SLUICE_THREADS",
+            "many",
+            ["SLUICE_THREADS=`many`", "from 0 (one per core)"],
+        ),
+    ] {
+        let api = RuntimeApi::start().await;
+        let mut variables = function_variables(&world);
+        variables.retain(|(k, _)| *k != name);
+        variables.push((name, value.to_owned()));
+        let function = start_function(&api, &variables);
+        for _ in 0..2 {
+            let id = api.invoke(event(&[]), Duration::from_secs(10));
+            let (kind, body) = api.answer(&id).await;
+            assert_eq!(kind, "error", "{name}");
+            assert_eq!(body["errorType"], "PipelineCannotRun");
+            let message = body["errorMessage"].as_str().unwrap_or_default();
+            assert!(reason.iter().all(|r| message.contains(r)), "{body}");
+        }
+        drop(function);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

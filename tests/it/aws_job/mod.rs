@@ -218,36 +218,43 @@ async fn a_rerun_reads_only_new_records_at_a_bounded_request_cost_on_one_thread_
     world.put(&first).await;
     assert_eq!(count(&world.run_job(), "stored"), 200);
 
-    // 1000 more valid records: the request counts the seed would need 1000 of each for. This
-    // run goes on one thread (`SLUICE_THREADS=1`, the runtime without worker threads).
-    let more: Vec<Vec<u8>> = (1000..2000).map(|i| bytes(&waze_payload(i))).collect();
-    world.put(&more).await;
-    let summary = World::summary_of(world.run_command("json").env("SLUICE_THREADS", "1"));
-    assert_eq!(
-        count(&summary, "records"),
-        1000,
-        "only the new records: {summary}"
-    );
-    assert_eq!(count(&summary, "stored"), 1000);
-    eprintln!("calls for 1000 records: {}", summary["api_calls"]);
-    let dynamodb = calls(&summary, "DynamoDB");
-    assert!(
-        dynamodb <= 45,
-        "{dynamodb} DynamoDB calls for 1000 records: {}",
-        summary["api_calls"]
-    );
-    let refresh_intervals = 1 + (summary["elapsed"].as_f64().unwrap() / 5.0) as u64;
-    assert!(
-        calls(&summary, "SSM") <= refresh_intervals,
-        "{}",
-        summary["api_calls"]
-    );
-    assert_eq!(world.items().await.len(), 1200);
+    // 1000 more valid records, twice: the request counts the seed would need 1000 of each for.
+    // The second thousand goes on one thread (`SLUICE_THREADS=1`, no worker threads).
+    for (round, threads) in [(1, "0"), (2, "1")] {
+        let more: Vec<Vec<u8>> = (1000 * round..1000 * (round + 1))
+            .map(|i| bytes(&waze_payload(i)))
+            .collect();
+        world.put(&more).await;
+        let summary = World::summary_of(world.run_command("json").env("SLUICE_THREADS", threads));
+        assert_eq!(
+            count(&summary, "records"),
+            1000,
+            "only the new records: {summary}"
+        );
+        assert_eq!(count(&summary, "stored"), 1000);
+        eprintln!(
+            "calls for 1000 records ({threads} threads): {}",
+            summary["api_calls"]
+        );
+        let dynamodb = calls(&summary, "DynamoDB");
+        assert!(
+            dynamodb <= 45,
+            "{dynamodb} DynamoDB calls for 1000 records: {}",
+            summary["api_calls"]
+        );
+        let refresh_intervals = 1 + (summary["elapsed"].as_f64().unwrap() / 5.0) as u64;
+        assert!(
+            calls(&summary, "SSM") <= refresh_intervals,
+            "{}",
+            summary["api_calls"]
+        );
+        assert_eq!(world.items().await.len(), 200 + 1000 * round);
+    }
 
     // Running again reads nothing new, stores nothing new and sends nothing new.
     let summary = world.run_job();
     assert_eq!(count(&summary, "records"), 0, "{summary}");
-    assert_eq!(world.items().await.len(), 1200);
+    assert_eq!(world.items().await.len(), 2200);
     assert!(world.dead_letters().await.is_empty());
 }
 
