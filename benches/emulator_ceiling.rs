@@ -31,8 +31,20 @@ fn item(i: usize, batch_id: &str) -> std::collections::HashMap<String, Attribute
     .collect()
 }
 
-#[tokio::main]
-async fn main() {
+/// On the runtime sluice would use with the same `SLUICE_THREADS` (1: this thread alone).
+fn main() {
+    let mut builder = match std::env::var("SLUICE_THREADS").as_deref() {
+        Ok("1") => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let runtime = builder
+        .enable_all()
+        .build()
+        .expect("a tokio runtime starts");
+    runtime.block_on(run());
+}
+
+async fn run() {
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| a != "--bench")

@@ -43,8 +43,9 @@ struct Cli {
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
-    /// Threads that run the pipeline: 0 for one per core; 1 runs everything on this thread,
-    /// the least CPU per record where AWS, not the CPU, bounds the pace (BENCHMARKS.md).
+    /// Threads that run the pipeline: 0 for one per core; 1 runs it on this thread (SQLite and
+    /// file writes still use tokio's blocking pool), the least CPU per record where AWS, not
+    /// the CPU, bounds the pace (BENCHMARKS.md).
     #[arg(long, default_value_t = 0, global = true, env = "SLUICE_THREADS", value_parser = thread_count)]
     threads: usize,
     #[command(subcommand)]
@@ -236,7 +237,8 @@ fn lambda_main() -> ExitCode {
     init_logs(LogFormat::Json);
     // A bad setting is answered on every invocation, as a bad pipeline file is: exiting before
     // serving would only have Lambda start the function again and again.
-    let threads = std::env::var("SLUICE_THREADS").map_or(Ok(0), |text| {
+    let threads = std::env::var_os("SLUICE_THREADS").map_or(Ok(0), |text| {
+        let text = text.to_string_lossy();
         thread_count(&text).map_err(|e| format!("SLUICE_THREADS=`{text}`: {e}"))
     });
     let runtime = match runtime(*threads.as_ref().unwrap_or(&0)) {
@@ -287,7 +289,12 @@ fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
         }
     };
     let runtime = builder.enable_all().build()?;
-    tracing::debug!(threads, flavor = ?runtime.handle().runtime_flavor(), "runtime started");
+    tracing::debug!(
+        target: "sluice::runtime",
+        threads,
+        flavor = ?runtime.handle().runtime_flavor(),
+        "runtime started"
+    );
     Ok(runtime)
 }
 

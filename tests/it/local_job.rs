@@ -200,11 +200,21 @@ fn one_thread_stores_the_same_rows_and_dead_letters() {
                 "--threads",
                 threads,
             ])
+            .env("SLUICE_LOG", "sluice::runtime=debug")
             .env("WAZE_DB", &db)
             .env("WAZE_DLQ", &dlq));
         assert!(
             out.status.success(),
             "--threads {threads}: {stdout}\n{stderr}"
+        );
+        let flavor = if threads == "1" {
+            "CurrentThread"
+        } else {
+            "MultiThread"
+        };
+        assert!(
+            stderr.contains(&format!("flavor={flavor}")),
+            "--threads {threads}: {stderr}"
         );
         let mut stored = rows(&db);
         stored.sort_by_key(|r| r["CurationRecordId"].as_str().unwrap().to_owned());
