@@ -29,21 +29,6 @@ impl Listing {
             })
     }
 
-    /// Whether `id` is listed.
-    pub fn contains(&self, id: &str) -> bool {
-        self.shards.iter().any(|s| s.id == id)
-    }
-
-    /// Adds the shards in `named` it does not list: children Kinesis named at their parent's
-    /// end, before any listing showed them (after their parents, as ListShards orders them).
-    pub fn learn(&mut self, named: &[ShardInfo]) {
-        for shard in named {
-            if !self.contains(&shard.id) {
-                self.shards.push(shard.clone());
-            }
-        }
-    }
-
     /// Where the listing shows `id` to end, when it is closed.
     pub fn ending(&self, id: &str) -> Option<SequenceNumber> {
         self.shards

@@ -2,9 +2,8 @@
 //! Kinesis Client Library 2.x protocol. Every `checkpoint_interval` it renews its leases and
 //! stores their checkpoints; every take interval it reads the table, takes free and expired
 //! leases up to its share and steals toward balance; a lease it loses stops its shard at once.
-//! Closed shards end at `SHARD_END` with their children's leases created (the children Kinesis
-//! names at the end, else those a listing shows); a child is read once every parent is
-//! finished, whoever held them. On stopping it releases what it holds.
+//! Closed shards end at `SHARD_END` with their children's leases created; a child is read once
+//! every parent is finished, whoever held them. On stopping it releases what it holds.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -181,11 +180,7 @@ impl World {
 struct World {
     held: HashMap<String, Held>,
     table: Vec<Lease>,
-    /// The last listing, with the children Kinesis named that it does not show.
     listing: Listing,
-    /// Children Kinesis named at a shard's end that no listing has shown yet: kept in
-    /// `listing` when a newer listing replaces it.
-    named: Vec<ShardInfo>,
     observations: Observations,
     readers: JoinSet<Ended>,
     rounds: u64,
@@ -232,8 +227,6 @@ impl World {
         match listed {
             Ok(listing) if number > self.listing_number => {
                 self.listing = listing;
-                self.named.retain(|c| !self.listing.contains(&c.id));
-                self.listing.learn(&self.named);
                 self.listing_number = number;
                 self.list_now = false;
                 if self.children_unlisted.is_some_and(|after| number > after) {
@@ -251,16 +244,6 @@ impl World {
                 }
             }
         }
-    }
-
-    /// Children Kinesis named at a shard's end: known (and given leases) without a listing.
-    fn learn(&mut self, named: &[ShardInfo]) {
-        for child in named {
-            if !self.listing.contains(&child.id) && !self.named.contains(child) {
-                self.named.push(child.clone());
-            }
-        }
-        self.listing.learn(&self.named);
     }
 
     /// Listed shards without a lease whose parent ended here: the next round creates them.
@@ -410,24 +393,19 @@ impl Consumer {
                 let number = world.listing_started();
                 match shards::list(cx).await {
                     Ok(listing) => world.listed(number, Ok(listing)),
-                    // Children Kinesis named need no listing; others wait for a later one.
-                    Err(e) if named.is_empty() => {
+                    Err(e) => {
                         tracing::warn!(error = %e, "listing shards failed; the children are found at a later round");
                         if cx.until_caught_up {
                             world.children_unlisted = Some(number);
                         }
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "listing shards failed; the children Kinesis named are leased without it");
-                    }
                 }
-                // Kinesis names the children at the shard's end, listed or not; a listing
-                // shows them where it does not (moto).
-                world.learn(&named);
+                // Kinesis names the children at the shard's end, listed or not; from a listing
+                // where it does not (moto).
                 let children = if named.is_empty() {
                     world.listing.children(&id)
                 } else {
-                    named.into_iter().map(|c| c.id).collect()
+                    named
                 };
                 if let Some(held) = world.held.get_mut(&id) {
                     held.state = State::Finished(children);

@@ -10,7 +10,7 @@ use sluice_core::aws;
 use sluice_core::{SequenceNumber, SourceError};
 
 use super::pacing::Pacer;
-use super::{Resume, ShardInfo, ShardReader};
+use super::{Resume, ShardReader};
 use crate::kinesis::budget::Reserved;
 
 /// How long a subscription may stay silent before it is given up.
@@ -55,19 +55,12 @@ pub(super) struct Fetched {
     pub closed: bool,
     /// The shards it gave way to, as Kinesis names them at its end (GetRecords' and the last
     /// event's `ChildShards`; moto names none).
-    pub children: Vec<ShardInfo>,
+    pub children: Vec<String>,
 }
 
-/// The child shards Kinesis named, with their parents (both, for a merge's child).
-fn named(children: &[ChildShard]) -> Vec<ShardInfo> {
-    children
-        .iter()
-        .map(|c| ShardInfo {
-            id: c.shard_id().to_owned(),
-            parents: c.parent_shards().to_vec(),
-            ending: None,
-        })
-        .collect()
+/// The ids of the child shards Kinesis named.
+fn ids(children: &[ChildShard]) -> Vec<String> {
+    children.iter().map(|c| c.shard_id().to_owned()).collect()
 }
 
 /// The outcome of one fetch.
@@ -198,7 +191,7 @@ impl ShardReader {
         };
         Ok(Fetch::Got(Fetched {
             millis_behind: out.millis_behind_latest(),
-            children: named(out.child_shards()),
+            children: ids(out.child_shards()),
             records: out.records,
             reserved,
             closed,
@@ -283,7 +276,7 @@ impl ShardReader {
                     *from = Resume::After(SequenceNumber::new(continuation));
                 }
                 // A closed shard's last event names its children.
-                let children = named(event.child_shards());
+                let children = ids(event.child_shards());
                 Ok(Fetch::Got(Fetched {
                     millis_behind: Some(event.millis_behind_latest()),
                     closed: !children.is_empty(),

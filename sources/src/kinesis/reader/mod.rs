@@ -29,7 +29,7 @@ use pacing::{Healing, Pacer};
 pub enum ReadEnd {
     /// Closed (split or merged) and every record done: its children may be read. With the
     /// children Kinesis named at its end (none where it names none, as moto).
-    Finished(Vec<ShardInfo>),
+    Finished(Vec<String>),
     /// Closed, but some record failed: children wait for a later run.
     Unfinished,
     /// Read to its current tip (`--until-caught-up`).
@@ -86,9 +86,8 @@ pub struct ReaderContext {
     pub batches: Option<mpsc::Sender<Result<SourceBatch, SourceError>>>,
 }
 
-/// A shard as ListShards describes it (or, for a closed shard's children, as Kinesis names
-/// them at its end).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A shard as ListShards describes it.
+#[derive(Debug, Clone)]
 pub struct ShardInfo {
     pub id: String,
     pub parents: Vec<String>,
