@@ -58,8 +58,20 @@ pub(super) struct Fetched {
     pub children: Vec<String>,
 }
 
-/// The ids of the child shards Kinesis named.
-fn ids(children: &[ChildShard]) -> Vec<String> {
+/// The ids of the child shards Kinesis named at `parent`'s end; none when one of them does not
+/// name `parent` among its parents (the KCL refuses such a set too): a listing tells instead.
+fn ids(parent: &str, children: &[ChildShard]) -> Vec<String> {
+    if children
+        .iter()
+        .any(|c| !c.parent_shards().iter().any(|p| p == parent))
+    {
+        tracing::warn!(
+            shard = parent,
+            ?children,
+            "child shards that do not name their parent; ignored"
+        );
+        return Vec::new();
+    }
     children.iter().map(|c| c.shard_id().to_owned()).collect()
 }
 
@@ -191,7 +203,7 @@ impl ShardReader {
         };
         Ok(Fetch::Got(Fetched {
             millis_behind: out.millis_behind_latest(),
-            children: ids(out.child_shards()),
+            children: ids(&self.shard.id, out.child_shards()),
             records: out.records,
             reserved,
             closed,
@@ -276,11 +288,10 @@ impl ShardReader {
                     *from = Resume::After(SequenceNumber::new(continuation));
                 }
                 // A closed shard's last event names its children.
-                let children = ids(event.child_shards());
                 Ok(Fetch::Got(Fetched {
                     millis_behind: Some(event.millis_behind_latest()),
-                    closed: !children.is_empty(),
-                    children,
+                    closed: !event.child_shards().is_empty(),
+                    children: ids(&self.shard.id, event.child_shards()),
                     records: event.records,
                     reserved,
                 }))
@@ -296,5 +307,36 @@ impl ShardReader {
                 Ok(Fetch::Again)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_kinesis::types::HashKeyRange;
+
+    fn child(id: &str, parents: &[&str]) -> ChildShard {
+        ChildShard::builder()
+            .shard_id(id)
+            .set_parent_shards(Some(parents.iter().map(|p| (*p).to_owned()).collect()))
+            .hash_key_range(
+                HashKeyRange::builder()
+                    .starting_hash_key("0")
+                    .ending_hash_key("1")
+                    .build()
+                    .expect("a range"),
+            )
+            .build()
+            .expect("a child shard")
+    }
+
+    #[test]
+    fn children_are_taken_only_when_each_names_the_shard_that_ended() {
+        let split = [child("s-2", &["s-1"]), child("s-3", &["s-1"])];
+        assert_eq!(ids("s-1", &split), ["s-2", "s-3"]);
+        let merge = [child("s-9", &["s-7", "s-8"])];
+        assert_eq!(ids("s-8", &merge), ["s-9"]);
+        let stray = [child("s-2", &["s-1"]), child("s-5", &["s-4"])];
+        assert!(ids("s-1", &stray).is_empty());
     }
 }
