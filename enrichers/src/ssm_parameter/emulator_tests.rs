@@ -36,6 +36,19 @@ impl Parameter {
         testing::put_parameter(&self.client, &self.name, value).await;
     }
 
+    /// The enricher of [`Parameter::config`], built in `ctx`.
+    async fn enricher(
+        &self,
+        refresh: &str,
+        max_age: &str,
+        ctx: &BuildContext,
+    ) -> Arc<dyn sluice_core::Enricher> {
+        self.config(refresh, max_age)
+            .build(ctx)
+            .await
+            .expect("builds")
+    }
+
     fn config(&self, refresh: &str, max_age: &str) -> SsmParameterConfig {
         use figment::providers::{Format, Toml};
         let text = format!(
@@ -61,11 +74,7 @@ async fn a_fresh_value_is_given_without_waiting_and_a_stale_one_is_read_again() 
     };
     let parameter = Parameter::create(&endpoint, "batch-0001").await;
     let ctx = testing::context("test", &FaultPlan::new());
-    let enricher = parameter
-        .config("2s", "1h")
-        .build(&ctx)
-        .await
-        .expect("builds");
+    let enricher = parameter.enricher("2s", "1h", &ctx).await;
     // Read at start-up.
     let mut r = record("s", 1, json!({"n": 1}));
     let now = enricher.enrich_now(&mut r).expect("fresh: no waiting");
@@ -92,11 +101,7 @@ async fn the_value_goes_into_the_field_and_its_version_into_meta_with_one_read_p
     };
     let parameter = Parameter::create(&endpoint, "batch-0001").await;
     let ctx = testing::context("test", &FaultPlan::new());
-    let enricher = parameter
-        .config("1h", "2h")
-        .build(&ctx)
-        .await
-        .expect("builds");
+    let enricher = parameter.enricher("1h", "2h", &ctx).await;
     for i in 0..1000 {
         let mut r = record("s", i, json!({"n": i}));
         enricher.enrich(&mut r).await.expect("enriched");
@@ -117,11 +122,7 @@ async fn a_new_value_is_picked_up_after_the_refresh_interval() {
     };
     let parameter = Parameter::create(&endpoint, "batch-0001").await;
     let ctx = testing::context("test", &FaultPlan::new());
-    let enricher = parameter
-        .config("100ms", "1s")
-        .build(&ctx)
-        .await
-        .expect("builds");
+    let enricher = parameter.enricher("100ms", "1s", &ctx).await;
     parameter.put("batch-0002").await;
     let mut r = record("s", 1, json!({}));
     enricher.enrich(&mut r).await.unwrap();
@@ -145,11 +146,7 @@ async fn while_unreadable_the_last_value_serves_until_max_age_then_records_wait(
     let parameter = Parameter::create(&endpoint, "batch-0001").await;
     let plan = FaultPlan::new();
     let ctx = testing::context("test", &plan);
-    let enricher = parameter
-        .config("50ms", "400ms")
-        .build(&ctx)
-        .await
-        .expect("builds");
+    let enricher = parameter.enricher("50ms", "400ms", &ctx).await;
     plan.fail_always("GetParameter", Fault::ServerError);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let mut r = record("s", 1, json!({}));
@@ -307,11 +304,7 @@ async fn an_outage_is_logged_when_it_begins_and_when_it_ends_not_per_record() {
     let parameter = Parameter::create(&endpoint, "batch-0001").await;
     let plan = FaultPlan::new();
     let ctx = testing::context("test", &plan);
-    let enricher = parameter
-        .config("50ms", "60s")
-        .build(&ctx)
-        .await
-        .expect("builds");
+    let enricher = parameter.enricher("50ms", "60s", &ctx).await;
     plan.fail_always("GetParameter", Fault::ServerError);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let ((), text) = logged(async {
@@ -352,10 +345,6 @@ async fn a_throttled_or_failing_first_read_is_tried_again() {
     plan.fail("GetParameter", Fault::Throttle, 1)
         .fail("GetParameter", Fault::ServerError, 1);
     let ctx = testing::context("test", &plan);
-    parameter
-        .config("1h", "2h")
-        .build(&ctx)
-        .await
-        .expect("builds");
+    parameter.enricher("1h", "2h", &ctx).await;
     assert_eq!(plan.injected(), 2);
 }

@@ -40,8 +40,8 @@ const RESTART_DELAY: Duration = Duration::from_secs(5);
 const LIST_EVERY: u64 = 6;
 /// Rounds in a row that fail to read the table, create the leases of listed shards or take
 /// the leases chosen, or to list the shards when a listing is due, before a one-pass run gives
-/// up waiting and ends with the error (a round is half a lease duration: three minutes in all with the default
-/// lease).
+/// up waiting and ends with the error (a round is half a lease duration: three minutes in all
+/// with the default lease).
 const MAX_FAILED_ROUNDS: u32 = 12;
 
 /// A built Kinesis source: its clients and settings, nothing read yet.
